@@ -1,0 +1,73 @@
+//! Group commit: many concurrent writers, one transaction and one fsync per batch.
+
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+
+use crate::{Store, StoreError, Write};
+
+/// Pending requests the committer holds at most; a full queue makes writers wait
+/// (back-pressure) instead of growing memory without bound.
+const QUEUE_REQUESTS_MAX: usize = 4096;
+/// Writes folded into one transaction at most, to bound the latency of a batch.
+const BATCH_WRITES_MAX: usize = 1024;
+
+type Done = Box<dyn FnOnce(Result<(), String>) + Send>;
+
+struct Request {
+    writes: Vec<Write>,
+    done: Done,
+}
+
+/// Runs [`Store::apply`] on a dedicated thread, folding every request that is
+/// waiting when a transaction starts into that transaction. Each request's `done`
+/// callback runs only after the transaction holding it has been fsynced.
+#[derive(Clone)]
+pub struct GroupCommitter {
+    sender: SyncSender<Request>,
+}
+
+impl GroupCommitter {
+    pub fn start(store: Arc<Store>) -> GroupCommitter {
+        let (sender, receiver) = sync_channel(QUEUE_REQUESTS_MAX);
+        std::thread::Builder::new()
+            .name("store-commit".to_owned())
+            .spawn(move || run(&store, &receiver))
+            .expect("spawning the commit thread");
+        GroupCommitter { sender }
+    }
+
+    /// Queues `writes`; `done` is called with the outcome once it is durable (or
+    /// failed). Blocks while the queue is full.
+    pub fn submit(&self, writes: Vec<Write>, done: impl FnOnce(Result<(), String>) + Send + 'static) {
+        let request = Request { writes, done: Box::new(done) };
+        match self.sender.try_send(request) {
+            Ok(()) => {}
+            Err(TrySendError::Full(request)) => {
+                if let Err(error) = self.sender.send(request) {
+                    (error.0.done)(Err("store is shut down".to_owned()));
+                }
+            }
+            Err(TrySendError::Disconnected(request)) => (request.done)(Err("store is shut down".to_owned())),
+        }
+    }
+}
+
+fn run(store: &Store, receiver: &Receiver<Request>) {
+    while let Ok(first) = receiver.recv() {
+        let mut batch = vec![first];
+        let mut n_writes = batch[0].writes.len();
+        while n_writes < BATCH_WRITES_MAX {
+            let Ok(next) = receiver.try_recv() else { break };
+            n_writes += next.writes.len();
+            batch.push(next);
+        }
+        let writes: Vec<Write> = batch.iter_mut().flat_map(|request| std::mem::take(&mut request.writes)).collect();
+        let outcome = store.apply(&writes).map_err(|error: StoreError| error.to_string());
+        if let Err(error) = &outcome {
+            tracing::error!(%error, n_writes, "store commit failed");
+        }
+        for request in batch {
+            (request.done)(outcome.clone());
+        }
+    }
+}
