@@ -1,0 +1,2 @@
+//! Placeholder until the ring engineer writes the experiment.
+fn main() {}
