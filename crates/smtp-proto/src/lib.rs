@@ -1,0 +1,36 @@
+//! The SMTP protocol core of chordmail: bytes in, commands and replies out.
+//!
+//! This crate is sans-IO. It has no tokio, no sockets and no clock, so every rule
+//! of the protocol is tested here with plain byte slices. The tokio shell
+//! (`cm-smtp`) reads from the socket, feeds this crate and writes what it returns.
+//! It deliberately knows nothing of accounts or storage either: where a decision
+//! needs them, the [`Session`] asks the shell through a [`Step`] and is told the
+//! verdict.
+//!
+//! In reading order:
+//! - [`limits`]: [`SmtpLimits`], the bounds of a session (config lowers, never raises);
+//! - [`command`]: line framing with the 512-octet limit and the command grammar;
+//! - [`data`]: the DATA receiver (dot-unstuffing, text-line and size limits);
+//! - [`sasl`]: AUTH PLAIN and LOGIN decoding;
+//! - [`session`]: the state machine, one enum variant per protocol state;
+//! - [`reply`]: reply encoding, and every reply of the server in one catalogue;
+//! - [`headers`]: `Received:`, `Return-Path:` and `Message-ID:` construction.
+
+pub mod command;
+pub mod data;
+mod error;
+pub mod headers;
+pub mod limits;
+pub mod reply;
+pub mod sasl;
+pub mod session;
+
+pub use command::{Command, CommandReader};
+pub use data::DataReceiver;
+pub use error::SmtpError;
+pub use limits::SmtpLimits;
+pub use reply::Reply;
+pub use session::{
+    AuthVerdict, Delivery, DeliveryVerdict, InputMode, RecipientVerdict, Session, SessionConfig,
+    Step,
+};
