@@ -63,6 +63,8 @@ fn run(store: &Store, receiver: &Receiver<Request>) {
         }
         let writes: Vec<Write> = batch.iter_mut().flat_map(|request| std::mem::take(&mut request.writes)).collect();
         let outcome = store.apply(&writes).map_err(|error: StoreError| error.to_string());
+        cm_types::metrics::STORE_COMMITS.increment();
+        cm_types::metrics::STORE_WRITES.add(writes.len() as u64);
         if let Err(error) = &outcome {
             tracing::error!(%error, n_writes, "store commit failed");
         }

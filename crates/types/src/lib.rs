@@ -4,10 +4,12 @@
 //! sockets, storage or protocols. It holds
 //! - [`RingKey`] and [`key_of_address`]: where an address lives on the Chord circle;
 //! - [`limits`]: every bound on an input, as named constants with the unit last;
-//! - [`Address`]: a validated, lower-cased mail address.
+//! - [`Address`]: a validated, lower-cased mail address;
+//! - [`metrics`]: the node's counters, rendered by the admin API.
 
 pub mod address;
 pub mod limits;
+pub mod metrics;
 
 pub use address::{Address, AddressError};
 

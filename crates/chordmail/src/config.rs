@@ -1,0 +1,217 @@
+//! Resolving `chordmail node`'s flags and `--config` file into one [`NodeConfig`].
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::cli::NodeArgs;
+
+/// Service ports default to the ring port plus these offsets (DESIGN.md §2), so that
+/// the seed's two commands (ring ports 5000 and 5002) run side by side on one host.
+pub const SMTP_PORT_OFFSET: u16 = 10_000;
+pub const POP3_PORT_OFFSET: u16 = 20_000;
+pub const HTTP_PORT_OFFSET: u16 = 30_000;
+
+/// A node's configuration once flags, file and defaults are merged and checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeConfig {
+    pub id: Option<u64>,
+    pub addr: SocketAddr,
+    pub bits: u32,
+    pub entry_addr: Option<SocketAddr>,
+    pub smtp: SocketAddr,
+    pub pop3: SocketAddr,
+    pub http: SocketAddr,
+    pub data: PathBuf,
+    pub replicas: u64,
+    pub domains: Vec<String>,
+    pub hostname: String,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+}
+
+/// The `--config` file: the same options as the flags.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    id: Option<u64>,
+    addr: Option<String>,
+    bits: Option<u32>,
+    entry_addr: Option<String>,
+    smtp: Option<String>,
+    pop3: Option<String>,
+    http: Option<String>,
+    data: Option<PathBuf>,
+    replicas: Option<u64>,
+    #[serde(alias = "domains")]
+    domain: Option<Vec<String>>,
+    hostname: Option<String>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+}
+
+/// A configuration mistake: reported with exit status 2 (bad usage).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+fn usage(message: impl Into<String>) -> UsageError {
+    UsageError(message.into())
+}
+
+impl NodeConfig {
+    pub fn resolve(args: &NodeArgs) -> Result<NodeConfig, UsageError> {
+        let file = match &args.config {
+            Some(path) => read_config_file(path)?,
+            None => ConfigFile::default(),
+        };
+        let addr_text = args
+            .addr
+            .clone()
+            .or(file.addr)
+            .ok_or_else(|| usage("--addr HOST:PORT is required (the node's ring address)"))?;
+        let addr = parse_socket_addr("--addr", &addr_text)?;
+        let bits = args.bits.or(file.bits).unwrap_or(64);
+        if !(1..=cm_types::RING_BITS_MAX).contains(&bits) {
+            return Err(usage(format!("--bits must be in 1..=64, got {bits}")));
+        }
+        let id = args.id.or(file.id);
+        if let Some(id) = id {
+            if bits < 64 && id >= 1u64 << bits {
+                return Err(usage(format!("--id {id} is outside [0, 2^{bits}) = [0, {})", 1u64 << bits)));
+            }
+        }
+        let entry_addr = match args.entry_addr.clone().or(file.entry_addr) {
+            Some(text) => Some(parse_socket_addr("--entry-addr", &text)?),
+            None => None,
+        };
+        let service = |flag: &str, given: Option<String>, offset: u16| -> Result<SocketAddr, UsageError> {
+            match given {
+                Some(text) => parse_socket_addr(flag, &text),
+                None => {
+                    let port = addr.port().checked_add(offset).ok_or_else(|| {
+                        usage(format!(
+                            "ring port {} + {offset} is past 65535: set {flag} HOST:PORT explicitly",
+                            addr.port()
+                        ))
+                    })?;
+                    Ok(SocketAddr::new(addr.ip(), port))
+                }
+            }
+        };
+        let smtp = service("--smtp", args.smtp.clone().or(file.smtp), SMTP_PORT_OFFSET)?;
+        let pop3 = service("--pop3", args.pop3.clone().or(file.pop3), POP3_PORT_OFFSET)?;
+        let http = service("--http", args.http.clone().or(file.http), HTTP_PORT_OFFSET)?;
+        let data = args.data.clone().or(file.data).unwrap_or_else(|| {
+            PathBuf::from("chordmail-data").join(format!("{}_{}", addr.ip(), addr.port()))
+        });
+        let replicas = args.replicas.or(file.replicas).unwrap_or(3);
+        if !(1..=16).contains(&replicas) {
+            return Err(usage(format!("--replicas must be in 1..=16, got {replicas}")));
+        }
+        let domains = if !args.domains.is_empty() {
+            args.domains.clone()
+        } else {
+            file.domain.unwrap_or_else(|| vec!["localhost".to_owned()])
+        };
+        let mut domains: Vec<String> = domains.iter().map(|domain| domain.trim().to_lowercase()).collect();
+        for domain in &domains {
+            let probe = format!("postmaster@{domain}");
+            cm_types::Address::parse(&probe).map_err(|error| usage(format!("--domain {domain:?}: {error}")))?;
+        }
+        domains.sort();
+        domains.dedup();
+        let hostname = args.hostname.clone().or(file.hostname).unwrap_or_else(|| "localhost".to_owned());
+        let tls_cert = args.tls_cert.clone().or(file.tls_cert);
+        let tls_key = args.tls_key.clone().or(file.tls_key);
+        if tls_cert.is_some() != tls_key.is_some() {
+            return Err(usage("set both --tls-cert and --tls-key, or neither"));
+        }
+        Ok(NodeConfig {
+            id,
+            addr,
+            bits,
+            entry_addr,
+            smtp,
+            pop3,
+            http,
+            data,
+            replicas,
+            domains,
+            hostname,
+            tls_cert,
+            tls_key,
+        })
+    }
+}
+
+fn read_config_file(path: &Path) -> Result<ConfigFile, UsageError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|error| usage(format!("cannot read --config {}: {error}", path.display())))?;
+    toml::from_str(&text).map_err(|error| usage(format!("--config {}: {error}", path.display())))
+}
+
+fn parse_socket_addr(flag: &str, text: &str) -> Result<SocketAddr, UsageError> {
+    text.parse().map_err(|_| usage(format!("{flag} {text:?} is not HOST:PORT with a numeric IP address")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(addr: &str) -> NodeArgs {
+        NodeArgs { addr: Some(addr.to_owned()), ..NodeArgs::default() }
+    }
+
+    #[test]
+    fn service_ports_follow_the_ring_port() {
+        let config = NodeConfig::resolve(&args("127.0.0.1:5000")).unwrap();
+        assert_eq!(config.smtp.to_string(), "127.0.0.1:15000");
+        assert_eq!(config.pop3.to_string(), "127.0.0.1:25000");
+        assert_eq!(config.http.to_string(), "127.0.0.1:35000");
+        assert_eq!((config.bits, config.replicas), (64, 3));
+        assert_eq!(config.domains, ["localhost"]);
+        assert_eq!(config.data, PathBuf::from("chordmail-data/127.0.0.1_5000"));
+    }
+
+    #[test]
+    fn ids_outside_the_space_and_high_ports_are_usage_errors() {
+        let outside = NodeArgs { id: Some(8), bits: Some(3), ..args("127.0.0.1:5000") };
+        assert!(NodeConfig::resolve(&outside).unwrap_err().0.contains("--id 8"));
+        let inside = NodeArgs { id: Some(7), bits: Some(3), ..args("127.0.0.1:5000") };
+        assert_eq!(NodeConfig::resolve(&inside).unwrap().id, Some(7));
+        assert!(NodeConfig::resolve(&args("127.0.0.1:60000")).unwrap_err().0.contains("--smtp"));
+        assert!(NodeConfig::resolve(&args("localhost:5000")).unwrap_err().0.contains("--addr"));
+        assert!(NodeConfig::resolve(&NodeArgs::default()).unwrap_err().0.contains("--addr"));
+    }
+
+    #[test]
+    fn flags_win_over_the_config_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.toml");
+        std::fs::write(
+            &path,
+            "addr = \"127.0.0.1:6000\"\nbits = 8\nreplicas = 2\ndomain = [\"Example.org\"]\nhttp = \"127.0.0.1:9999\"\n",
+        )
+        .unwrap();
+        let from_file = NodeConfig::resolve(&NodeArgs { config: Some(path.clone()), ..NodeArgs::default() }).unwrap();
+        assert_eq!(from_file.addr.to_string(), "127.0.0.1:6000");
+        assert_eq!((from_file.bits, from_file.replicas), (8, 2));
+        assert_eq!(from_file.domains, ["example.org"]);
+        assert_eq!(from_file.http.to_string(), "127.0.0.1:9999");
+        let overridden = NodeArgs { config: Some(path), bits: Some(16), ..args("127.0.0.1:7000") };
+        let merged = NodeConfig::resolve(&overridden).unwrap();
+        assert_eq!((merged.addr.port(), merged.bits, merged.replicas), (7000, 16, 2));
+        assert_eq!(merged.smtp.to_string(), "127.0.0.1:17000");
+    }
+
+    #[test]
+    fn unknown_config_keys_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.toml");
+        std::fs::write(&path, "adr = \"127.0.0.1:6000\"\n").unwrap();
+        let error = NodeConfig::resolve(&NodeArgs { config: Some(path), ..NodeArgs::default() }).unwrap_err();
+        assert!(error.0.contains("adr"), "{error}");
+    }
+}

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Installs what the tests need on a fresh Debian machine; does nothing when it is
+# all there already. Rust (cargo) and Python 3 are expected on the machine.
+set -euo pipefail
+
+packages=()
+command -v swaks >/dev/null 2>&1 || packages+=(swaks)
+command -v fetchmail >/dev/null 2>&1 || packages+=(fetchmail)
+command -v iptables >/dev/null 2>&1 || packages+=(iptables)
+command -v ip >/dev/null 2>&1 || packages+=(iproute2)
+command -v openssl >/dev/null 2>&1 || packages+=(openssl)
+if [ ${#packages[@]} -gt 0 ]; then
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  export DEBIAN_FRONTEND=noninteractive
+  $sudo apt-get update -qq
+  $sudo apt-get install -y -qq --no-install-recommends "${packages[@]}"
+fi
+
+python3 -c 'import pytest' 2>/dev/null || python3 -m pip install --quiet 'pytest>=7,<9'
