@@ -1,0 +1,631 @@
+//! The SMTP shell end to end: real loopback TCP (and `tokio::io::duplex` for
+//! timers), a real one-node `Mail` on a temporary directory, raw protocol bytes.
+//! Every refused input checks its reply code and that no mailbox changed.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use cm_repl::Mail;
+use cm_smtp::{SmtpConfig, SmtpLimits};
+use cm_types::Address;
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+const ALICE: &str = "alice@example.org";
+const BOB: &str = "bob@localhost";
+const PASSWORD: &str = "correct horse";
+const READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+struct Reply {
+    code: u16,
+    lines: Vec<String>,
+}
+
+/// A line-level SMTP client that reads replies whole (all continuation lines).
+struct Client {
+    stream: Box<dyn Io>,
+    buffer: Vec<u8>,
+    /// How long a read may wait before the test fails instead of hanging.
+    read_timeout: Duration,
+}
+
+impl Client {
+    async fn connect(addr: SocketAddr) -> (Client, Reply) {
+        let stream = TcpStream::connect(addr).await.unwrap();
+        let mut client = Client {
+            stream: Box::new(stream),
+            buffer: Vec::new(),
+            read_timeout: READ_TIMEOUT,
+        };
+        let greeting = client.reply().await;
+        (client, greeting)
+    }
+
+    async fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.unwrap();
+    }
+
+    /// One line without its CRLF, or `None` at EOF.
+    async fn line(&mut self) -> Option<String> {
+        loop {
+            if let Some(end_idx) = self.buffer.windows(2).position(|pair| pair == b"\r\n") {
+                let line = String::from_utf8(self.buffer[..end_idx].to_vec()).unwrap();
+                self.buffer.drain(..end_idx + 2);
+                return Some(line);
+            }
+            let mut chunk = [0u8; 4096];
+            let n_read = tokio::time::timeout(self.read_timeout, self.stream.read(&mut chunk))
+                .await
+                .expect("server answers in time")
+                .unwrap_or(0);
+            if n_read == 0 {
+                return None;
+            }
+            self.buffer.extend_from_slice(&chunk[..n_read]);
+        }
+    }
+
+    async fn reply(&mut self) -> Reply {
+        let mut lines = Vec::new();
+        loop {
+            let line = self.line().await.expect("a reply, not EOF");
+            let code = line[..3].parse().unwrap();
+            let last = line.as_bytes().get(3) != Some(&b'-');
+            lines.push(line.get(4..).unwrap_or("").to_owned());
+            if last {
+                return Reply { code, lines };
+            }
+        }
+    }
+
+    async fn command(&mut self, line: &str) -> Reply {
+        self.send(format!("{line}\r\n").as_bytes()).await;
+        self.reply().await
+    }
+
+    async fn expect(&mut self, line: &str, code: u16) -> Reply {
+        let reply = self.command(line).await;
+        assert_eq!(reply.code, code, "{line:?} -> {:?}", reply.lines);
+        reply
+    }
+
+    async fn is_closed(&mut self) -> bool {
+        self.line().await.is_none()
+    }
+}
+
+struct Server {
+    addr: SocketAddr,
+    mail: Mail,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+    _dir: tempfile::TempDir,
+}
+
+async fn start(config: SmtpConfig) -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let mail = Mail::open_for_tests(dir.path());
+    for address in [ALICE, BOB] {
+        mail.create_account(&Address::parse(address).unwrap(), PASSWORD)
+            .await
+            .unwrap();
+    }
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(cm_smtp::serve(
+        listener,
+        config,
+        mail.clone(),
+        shutdown.clone(),
+    ));
+    Server {
+        addr,
+        mail,
+        shutdown,
+        task,
+        _dir: dir,
+    }
+}
+
+fn fast_config() -> SmtpConfig {
+    SmtpConfig {
+        auth_failure_delay: Duration::from_millis(20),
+        ..SmtpConfig::default()
+    }
+}
+
+impl Server {
+    /// Every message in `address`'s maildrop, oldest first.
+    async fn stored(&self, address: &str) -> Vec<Vec<u8>> {
+        let lock = self
+            .mail
+            .lock_maildrop(&Address::parse(address).unwrap())
+            .await
+            .unwrap();
+        let mut messages = Vec::new();
+        for info in self.mail.list(&lock).await.unwrap() {
+            messages.push(
+                self.mail
+                    .retrieve(&lock, info.id)
+                    .await
+                    .unwrap()
+                    .unwrap()
+                    .to_vec(),
+            );
+        }
+        messages
+    }
+
+    async fn assert_nothing_stored(&self) {
+        for address in [ALICE, BOB] {
+            assert!(
+                self.stored(address).await.is_empty(),
+                "{address} received mail"
+            );
+        }
+    }
+}
+
+/// Splits a stored message into (trace headers we added, what the client sent).
+fn split_trace(stored: &[u8], sent: &[u8]) -> String {
+    assert!(
+        stored.ends_with(sent),
+        "the client's bytes are stored unchanged at the end"
+    );
+    String::from_utf8(stored[..stored.len() - sent.len()].to_vec()).unwrap()
+}
+
+async fn greeted(server: &Server) -> Client {
+    let (mut client, greeting) = Client::connect(server.addr).await;
+    assert_eq!(greeting.code, 220);
+    client.expect("EHLO client.test", 250).await;
+    client
+}
+
+/// Goal: a message with several recipients is stored once per recipient, byte for
+/// byte after dot-unstuffing, behind Return-Path, Received and Message-ID.
+#[tokio::test]
+async fn delivers_to_several_recipients_byte_for_byte() {
+    let server = start(fast_config()).await;
+    let mut client = greeted(&server).await;
+    client
+        .expect("MAIL FROM:<Sender@Elsewhere.net> BODY=8BITMIME", 250)
+        .await;
+    client.expect(&format!("RCPT TO:<{ALICE}>"), 250).await;
+    client.expect(&format!("RCPT TO:<{BOB}>"), 250).await;
+    client.expect("DATA", 354).await;
+    let body = "Subject: dots\r\n\r\n.leading dot\r\n..two\r\nünïcödé 8-bit\r\n".as_bytes();
+    client.send(&cm_smtp_proto::data::dot_stuff(body)).await;
+    let reply = client.reply().await;
+    assert_eq!(reply.code, 250, "{:?}", reply.lines);
+    client.expect("QUIT", 221).await;
+
+    for address in [ALICE, BOB] {
+        let stored = server.stored(address).await;
+        assert_eq!(stored.len(), 1);
+        let trace = split_trace(&stored[0], body);
+        assert!(trace.starts_with(
+            "Return-Path: <Sender@Elsewhere.net>\r\nReceived: from client.test ([127.0.0.1])\r\n"
+        ));
+        assert!(trace.contains("\tby localhost with ESMTP id "), "{trace}");
+        assert!(
+            !trace.contains("\tfor <"),
+            "several recipients are not named: {trace}"
+        );
+        assert!(
+            trace.contains("Message-ID: <"),
+            "a missing Message-ID is added: {trace}"
+        );
+    }
+}
+
+/// Goal: PIPELINING (RFC 2920) — a whole transaction sent in one write gets its
+/// replies in order, and a Message-ID the client set is kept.
+#[tokio::test]
+async fn pipelined_transaction() {
+    let server = start(fast_config()).await;
+    let (mut client, _) = Client::connect(server.addr).await;
+    client.send(format!("EHLO p\r\nMAIL FROM:<{BOB}>\r\nRCPT TO:<{ALICE}>\r\nRCPT TO:<nobody@example.org>\r\nDATA\r\n").as_bytes()).await;
+    let ehlo = client.reply().await;
+    assert!(ehlo.lines.iter().any(|line| line == "PIPELINING"));
+    assert!(ehlo.lines.iter().any(|line| line == "SIZE 26214400"));
+    let codes: Vec<u16> = [
+        client.reply().await,
+        client.reply().await,
+        client.reply().await,
+        client.reply().await,
+    ]
+    .iter()
+    .map(|reply| reply.code)
+    .collect();
+    assert_eq!(codes, [250, 250, 550, 354]);
+    let body = b"Message-ID: <mine@client>\r\n\r\nhi\r\n";
+    client
+        .send(
+            &[
+                cm_smtp_proto::data::dot_stuff(body),
+                b"NOOP\r\nQUIT\r\n".to_vec(),
+            ]
+            .concat(),
+        )
+        .await;
+    assert_eq!(client.reply().await.code, 250);
+    assert_eq!(client.reply().await.code, 250);
+    assert_eq!(client.reply().await.code, 221);
+    let stored = server.stored(ALICE).await;
+    let trace = split_trace(&stored[0], body);
+    assert!(
+        !trace.contains("Message-ID"),
+        "the client's Message-ID is kept: {trace}"
+    );
+    assert!(trace.contains(&format!("\tfor <{ALICE}>")));
+}
+
+/// Goal: each refused input gets the RFC's code, changes no mailbox, and the
+/// session survives where the RFC says it does. Method: a table of scripts.
+#[tokio::test]
+async fn refused_inputs_store_nothing() {
+    let limits = SmtpLimits {
+        message_bytes_max: 1000,
+        recipients_max: 2,
+        ..SmtpLimits::default()
+    };
+    let server = start(SmtpConfig {
+        limits,
+        ..fast_config()
+    })
+    .await;
+    let long_line = format!("NOOP {}", "x".repeat(600));
+    let scripts: Vec<(&str, Vec<(String, u16)>)> = vec![
+        (
+            "unknown user",
+            vec![
+                ("MAIL FROM:<x@y.net>".into(), 250),
+                ("RCPT TO:<nobody@example.org>".into(), 550),
+                ("DATA".into(), 554),
+            ],
+        ),
+        (
+            "relay",
+            vec![
+                ("MAIL FROM:<x@y.net>".into(), 250),
+                ("RCPT TO:<victim@elsewhere.net>".into(), 550),
+                ("DATA".into(), 554),
+            ],
+        ),
+        (
+            "command line too long",
+            vec![(long_line, 500), ("NOOP".into(), 250)],
+        ),
+        (
+            "declared size",
+            vec![
+                ("MAIL FROM:<x@y.net> SIZE=1001".into(), 552),
+                ("RCPT TO:<alice@example.org>".into(), 503),
+            ],
+        ),
+        (
+            "no MAIL",
+            vec![
+                ("RCPT TO:<alice@example.org>".into(), 503),
+                ("DATA".into(), 503),
+            ],
+        ),
+        (
+            "bad address",
+            vec![
+                ("MAIL FROM:<x@y.net>".into(), 250),
+                ("RCPT TO:<a b@example.org>".into(), 553),
+            ],
+        ),
+        (
+            "unoffered parameter",
+            vec![("MAIL FROM:<x@y.net> RET=HDRS".into(), 555)],
+        ),
+        (
+            "unknown command",
+            vec![("EXPLODE".into(), 500), ("EXPN list".into(), 502)],
+        ),
+        (
+            "utf-8 without SMTPUTF8",
+            vec![("MAIL FROM:<jürgen@example.org>".into(), 553)],
+        ),
+    ];
+    for (name, script) in scripts {
+        let mut client = greeted(&server).await;
+        for (line, code) in script {
+            let reply = client.command(&line).await;
+            assert_eq!(reply.code, code, "{name}: {line:?} -> {:?}", reply.lines);
+        }
+        client.expect("QUIT", 221).await;
+    }
+    server.assert_nothing_stored().await;
+}
+
+/// Goal: a body over the size limit or with an over-long line is drained to its
+/// dot, refused (552 / 500), not stored, and the session goes on.
+#[tokio::test]
+async fn oversized_bodies_are_drained_and_refused() {
+    let limits = SmtpLimits {
+        message_bytes_max: 1000,
+        ..SmtpLimits::default()
+    };
+    let server = start(SmtpConfig {
+        limits,
+        ..fast_config()
+    })
+    .await;
+    let mut client = greeted(&server).await;
+    let too_big = "0123456789\r\n".repeat(200);
+    let long_line = format!("{}\r\n", "y".repeat(1200));
+    for (body, code) in [(too_big, 552), (long_line, 500)] {
+        client.expect("MAIL FROM:<x@y.net>", 250).await;
+        client.expect(&format!("RCPT TO:<{ALICE}>"), 250).await;
+        client.expect("DATA", 354).await;
+        client
+            .send(&cm_smtp_proto::data::dot_stuff(body.as_bytes()))
+            .await;
+        assert_eq!(client.reply().await.code, code);
+        client.expect("RCPT TO:<alice@example.org>", 503).await;
+    }
+    client.expect("NOOP", 250).await;
+    server.assert_nothing_stored().await;
+}
+
+/// Goal: RCPT beyond the recipient limit is 452 4.5.3 and the message goes to
+/// the accepted recipients only.
+#[tokio::test]
+async fn too_many_recipients() {
+    let limits = SmtpLimits {
+        recipients_max: 1,
+        ..SmtpLimits::default()
+    };
+    let server = start(SmtpConfig {
+        limits,
+        ..fast_config()
+    })
+    .await;
+    let mut client = greeted(&server).await;
+    client.expect("MAIL FROM:<x@y.net>", 250).await;
+    client.expect(&format!("RCPT TO:<{ALICE}>"), 250).await;
+    let reply = client.expect(&format!("RCPT TO:<{BOB}>"), 452).await;
+    assert!(reply.lines[0].starts_with("4.5.3"));
+    assert!(server.stored(ALICE).await.is_empty());
+    client.expect("DATA", 354).await;
+    client.send(b"hi\r\n.\r\n").await;
+    assert_eq!(client.reply().await.code, 250);
+    assert_eq!(server.stored(ALICE).await.len(), 1);
+    assert!(server.stored(BOB).await.is_empty());
+}
+
+/// Goal: RSET in the middle of a transaction forgets sender and recipients.
+#[tokio::test]
+async fn rset_mid_transaction() {
+    let server = start(fast_config()).await;
+    let mut client = greeted(&server).await;
+    client.expect("MAIL FROM:<x@y.net>", 250).await;
+    client.expect(&format!("RCPT TO:<{ALICE}>"), 250).await;
+    client.expect("RSET", 250).await;
+    client.expect("DATA", 503).await;
+    client.expect("MAIL FROM:<x@y.net>", 250).await;
+    client.expect(&format!("RCPT TO:<{BOB}>"), 250).await;
+    client.expect("DATA", 354).await;
+    client.send(b"x\r\n.\r\n").await;
+    assert_eq!(client.reply().await.code, 250);
+    assert!(server.stored(ALICE).await.is_empty());
+    assert_eq!(server.stored(BOB).await.len(), 1);
+}
+
+/// Goal: ten bad commands in a row end the session with 421.
+#[tokio::test]
+async fn too_many_bad_commands_close() {
+    let server = start(fast_config()).await;
+    let mut client = greeted(&server).await;
+    for _ in 1..10 {
+        client.expect("GARBAGE", 500).await;
+    }
+    client.expect("GARBAGE", 421).await;
+    assert!(client.is_closed().await);
+}
+
+/// Goal: random bytes never crash the server; the next connection is served.
+#[tokio::test]
+async fn garbage_bytes() {
+    let server = start(fast_config()).await;
+    let (mut client, _) = Client::connect(server.addr).await;
+    let mut garbage = Vec::new();
+    let mut state: u32 = 12345;
+    for _ in 0..20_000 {
+        state = state.wrapping_mul(1_103_515_245).wrapping_add(12345);
+        garbage.push((state >> 16) as u8);
+    }
+    client.send(&garbage).await;
+    client.send(b"\r\n").await;
+    drop(client);
+    let mut client = greeted(&server).await;
+    client.expect("QUIT", 221).await;
+    server.assert_nothing_stored().await;
+}
+
+/// Goal: wrong credentials get 535 5.7.8 after a delay that grows; right ones 235.
+#[tokio::test]
+async fn auth_failures_are_slowed_down() {
+    let server = start(SmtpConfig {
+        auth_failure_delay: Duration::from_millis(100),
+        ..SmtpConfig::default()
+    })
+    .await;
+    let mut client = greeted(&server).await;
+    let wrong = BASE64.encode(format!("\0{ALICE}\0wrong"));
+    let started = std::time::Instant::now();
+    let reply = client.expect(&format!("AUTH PLAIN {wrong}"), 535).await;
+    assert!(reply.lines[0].starts_with("5.7.8"));
+    client.expect(&format!("AUTH PLAIN {wrong}"), 535).await;
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "100 ms then 200 ms"
+    );
+    client.expect("AUTH LOGIN", 334).await;
+    client.expect(&BASE64.encode(ALICE), 334).await;
+    client.expect(&BASE64.encode(PASSWORD), 235).await;
+}
+
+async fn tls_client(server: &Server, tls_dir: &std::path::Path) -> Client {
+    let mut client = greeted(server).await;
+    client.expect("STARTTLS", 220).await;
+    let mut roots = rustls::RootCertStore::empty();
+    let pem = std::fs::read(tls_dir.join("tls/self-signed.crt")).unwrap();
+    use rustls::pki_types::pem::PemObject as _;
+    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(&pem) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    assert!(client.buffer.is_empty());
+    let tls = connector.connect(name, client.stream).await.unwrap();
+    Client {
+        stream: Box::new(tls),
+        buffer: Vec::new(),
+        read_timeout: READ_TIMEOUT,
+    }
+}
+
+/// Goal: STARTTLS (RFC 3207) resets the session, AUTH works inside TLS, and the
+/// trace header says ESMTPSA (RFC 3848).
+#[tokio::test]
+async fn starttls_then_auth_plain() {
+    let tls_dir = tempfile::tempdir().unwrap();
+    let tls = cm_tls::server_config(tls_dir.path(), None, None, "localhost").unwrap();
+    let server = start(SmtpConfig {
+        tls: Some(tls),
+        ..fast_config()
+    })
+    .await;
+    let mut client = tls_client(&server, tls_dir.path()).await;
+    client.expect("MAIL FROM:<x@y.net>", 503).await;
+    let ehlo = client.expect("EHLO tls.test", 250).await;
+    assert!(
+        !ehlo.lines.iter().any(|line| line == "STARTTLS"),
+        "not offered twice"
+    );
+    client
+        .expect(
+            &format!(
+                "AUTH PLAIN {}",
+                BASE64.encode(format!("\0{BOB}\0{PASSWORD}"))
+            ),
+            235,
+        )
+        .await;
+    client.expect(&format!("MAIL FROM:<{BOB}>"), 250).await;
+    client.expect("RCPT TO:<friend@elsewhere.net>", 550).await;
+    client.expect(&format!("RCPT TO:<{ALICE}>"), 250).await;
+    client.expect("DATA", 354).await;
+    client.send(b"Subject: secure\r\n\r\nhello\r\n.\r\n").await;
+    assert_eq!(client.reply().await.code, 250);
+    let stored = server.stored(ALICE).await;
+    let trace = split_trace(&stored[0], b"Subject: secure\r\n\r\nhello\r\n");
+    assert!(trace.contains("with ESMTPSA"), "{trace}");
+}
+
+/// Goal: commands pipelined behind STARTTLS in clear text are dropped (RFC 3207 §4.2).
+#[tokio::test]
+async fn plaintext_after_starttls_is_dropped() {
+    let tls_dir = tempfile::tempdir().unwrap();
+    let tls = cm_tls::server_config(tls_dir.path(), None, None, "localhost").unwrap();
+    let server = start(SmtpConfig {
+        tls: Some(tls),
+        ..fast_config()
+    })
+    .await;
+    let mut client = greeted(&server).await;
+    client.send(b"STARTTLS\r\nMAIL FROM:<x@y.net>\r\n").await;
+    assert_eq!(client.reply().await.code, 220);
+    // Whatever the server now reads is a TLS handshake; the injected MAIL must
+    // not have been answered in clear text.
+    let mut rest = [0u8; 64];
+    let n_read =
+        tokio::time::timeout(Duration::from_millis(300), client.stream.read(&mut rest)).await;
+    assert!(
+        n_read.is_err() || matches!(n_read, Ok(Ok(0))),
+        "no clear-text reply after 220"
+    );
+}
+
+/// Goal: past the connection limit a client gets 421 4.3.2 and is closed.
+#[tokio::test]
+async fn connection_limit() {
+    let limits = SmtpLimits {
+        connections_max: 1,
+        ..SmtpLimits::default()
+    };
+    let server = start(SmtpConfig {
+        limits,
+        ..fast_config()
+    })
+    .await;
+    let (_first, greeting) = Client::connect(server.addr).await;
+    assert_eq!(greeting.code, 220);
+    let (mut second, refusal) = Client::connect(server.addr).await;
+    assert_eq!(refusal.code, 421);
+    assert!(refusal.lines[0].starts_with("4.3.2"));
+    assert!(second.is_closed().await);
+}
+
+/// Goal: shutdown says 421 to open sessions and `serve` returns once they closed.
+#[tokio::test]
+async fn shutdown_closes_sessions() {
+    let server = start(fast_config()).await;
+    let mut client = greeted(&server).await;
+    server.shutdown.cancel();
+    assert_eq!(client.reply().await.code, 421);
+    assert!(client.is_closed().await);
+    tokio::time::timeout(Duration::from_secs(5), server.task)
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+/// Goal: an idle client gets 421 4.4.2 after the idle timeout. Method: a duplex
+/// stream and paused time, so the five minutes pass instantly.
+#[tokio::test(start_paused = true)]
+async fn idle_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let mail = Mail::open_for_tests(dir.path());
+    let (client_side, server_side) = tokio::io::duplex(4096);
+    let config = SmtpConfig::default();
+    let shutdown = CancellationToken::new();
+    let ip = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    let session = tokio::spawn(async move {
+        cm_smtp::handle_connection(server_side, ip, "t", &config, &mail, &shutdown)
+            .await
+            .unwrap();
+    });
+    let mut client = Client {
+        stream: Box::new(client_side),
+        buffer: Vec::new(),
+        read_timeout: Duration::from_secs(3600),
+    };
+    assert_eq!(client.reply().await.code, 220);
+    let started = tokio::time::Instant::now();
+    let reply = client.reply().await;
+    assert_eq!(reply.code, 421);
+    assert!(reply.lines[0].starts_with("4.4.2"));
+    assert!(started.elapsed() >= cm_types::limits::SMTP_IDLE_TIMEOUT);
+    assert!(client.is_closed().await);
+    session.await.unwrap();
+}
