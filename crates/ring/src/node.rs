@@ -637,7 +637,7 @@ impl Node {
     // ----- partition healing -----
 
     /// The remembered peer to probe this period (round robin). The driver runs
-    /// `Lookup::via(node.me().id, peer)` and feeds the outcome to [`Node::apply_probe`].
+    /// `Lookup::via(node.probe_key(), peer)` and feeds the outcome to [`Node::apply_probe`].
     pub fn probe_target(&mut self) -> Option<NodeRef> {
         for _ in 0..self.remembered.len() {
             let probe_idx = self.next_probe_idx % self.remembered.len();
@@ -648,6 +648,12 @@ impl Node {
             }
         }
         None
+    }
+
+    /// The key a probe looks up: the id just after ours, so that the answer is the
+    /// node that should follow us, never our own (possibly stale) entry.
+    pub fn probe_key(&self) -> RingKey {
+        self.me.id.wrapping_add(1) & self.space.id_max()
     }
 
     /// The peer's ring named `owner` as the successor of our id. If that is closer than
@@ -703,6 +709,9 @@ impl Node {
     /// `dead` did not answer: drop it from the successor list and the fingers.
     fn forget_dead(&mut self, dead: &NodeRef) {
         self.forget_finger(dead);
+        if self.predecessor.as_ref() == Some(dead) {
+            self.predecessor = None;
+        }
         self.successors.retain(|entry| entry != dead);
         if self.successors.is_empty() {
             self.fall_back_from_empty_list();
@@ -813,27 +822,24 @@ impl Node {
     }
 }
 
-/// Picks the join successor from a lookup of our own id made through the entry node.
+/// Decides the join successor from a lookup of our own id made through the entry node.
 ///
-/// A node restarting with its old id and address may still be listed by the ring (its
-/// old incarnation has not been flushed yet); it then joins before its first fallback.
-pub fn choose_join_successor(me: &NodeRef, found: &LookupStep) -> Result<NodeRef, JoinError> {
-    let LookupStep::Done { owner, fallbacks } = found else {
-        return Err(JoinError::NoSuccessor);
-    };
-    if owner.id != me.id {
-        return Ok(owner.clone());
+/// `Ok(Some(successor))`: fetch its state and call [`Node::join`]. `Ok(None)`: the ring
+/// still lists our previous incarnation (a restart with the same id and address that
+/// was not flushed yet); look up `id + 1` through the entry node and use its owner.
+pub fn choose_join_successor(
+    me: &NodeRef,
+    found: &LookupResult,
+) -> Result<Option<NodeRef>, JoinError> {
+    if found.owner.id != me.id {
+        return Ok(Some(found.owner.clone()));
     }
-    if owner.addr != me.addr {
+    if found.owner.addr != me.addr {
         return Err(JoinError::IdTaken {
-            holder: owner.clone(),
+            holder: found.owner.clone(),
         });
     }
-    fallbacks
-        .iter()
-        .find(|node| node.id != me.id)
-        .cloned()
-        .ok_or(JoinError::NoSuccessor)
+    Ok(None)
 }
 
 #[cfg(test)]
@@ -925,13 +931,16 @@ mod tests {
             id: 10,
             addr: "other".to_string(),
         };
-        let step = holder.next_hop(10);
-        assert_eq!(
-            choose_join_successor(&me, &step),
-            Err(JoinError::IdTaken {
-                holder: node_ref(10)
-            })
-        );
+        let found = LookupResult {
+            owner: holder.me().clone(),
+            hops: 1,
+            timeouts: 0,
+        };
+        let expected = Err(JoinError::IdTaken {
+            holder: node_ref(10),
+        });
+        assert_eq!(choose_join_successor(&me, &found), expected);
+        assert_eq!(choose_join_successor(&node_ref(10), &found), Ok(None));
         assert!(matches!(
             Node::join(config(), me, holder.remote_state(), Vec::new()),
             Err(JoinError::IdTaken { .. })
