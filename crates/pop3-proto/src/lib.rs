@@ -67,4 +67,8 @@ pub enum ProtoError {
     Unavailable,
     #[error("too many errors, closing")]
     TooManyErrors,
+    #[error("too many connections, try again later")]
+    TooManyConnections,
+    #[error("server shutting down")]
+    ShuttingDown,
 }

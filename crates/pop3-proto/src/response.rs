@@ -73,7 +73,9 @@ impl Response {
             | ProtoError::SaslCancelled
             | ProtoError::PassWithoutUser => Some(ResponseCode::Auth),
             ProtoError::MaildropInUse => Some(ResponseCode::InUse),
-            ProtoError::Unavailable => Some(ResponseCode::SysTemp),
+            ProtoError::Unavailable | ProtoError::TooManyConnections | ProtoError::ShuttingDown => {
+                Some(ResponseCode::SysTemp)
+            }
             ProtoError::PlaintextRefused | ProtoError::TlsUnavailable => {
                 Some(ResponseCode::SysPerm)
             }
