@@ -29,6 +29,7 @@ pub struct NodeConfig {
     pub hostname: String,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
+    pub ring_timing: cm_net::Timing,
 }
 
 /// The `--config` file: the same options as the flags.
@@ -49,6 +50,14 @@ struct ConfigFile {
     hostname: Option<String>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
+    /// Ring maintenance periods and the ring call deadline, in milliseconds
+    /// (file only: operators rarely need them, tests and benchmarks do).
+    stabilize_ms: Option<u64>,
+    fix_fingers_ms: Option<u64>,
+    fix_successors_ms: Option<u64>,
+    check_predecessor_ms: Option<u64>,
+    probe_ms: Option<u64>,
+    rpc_timeout_ms: Option<u64>,
 }
 
 /// A configuration mistake: reported with exit status 2 (bad usage).
@@ -128,6 +137,22 @@ impl NodeConfig {
         if tls_cert.is_some() != tls_key.is_some() {
             return Err(usage("set both --tls-cert and --tls-key, or neither"));
         }
+        let mut ring_timing = cm_net::Timing::default();
+        for (name, given, target) in [
+            ("stabilize_ms", file.stabilize_ms, &mut ring_timing.stabilize),
+            ("fix_fingers_ms", file.fix_fingers_ms, &mut ring_timing.fix_fingers),
+            ("fix_successors_ms", file.fix_successors_ms, &mut ring_timing.fix_successors),
+            ("check_predecessor_ms", file.check_predecessor_ms, &mut ring_timing.check_predecessor),
+            ("probe_ms", file.probe_ms, &mut ring_timing.probe),
+            ("rpc_timeout_ms", file.rpc_timeout_ms, &mut ring_timing.rpc_timeout),
+        ] {
+            if let Some(ms) = given {
+                if !(10..=60_000).contains(&ms) {
+                    return Err(usage(format!("{name} must be in 10..=60000 milliseconds, got {ms}")));
+                }
+                *target = std::time::Duration::from_millis(ms);
+            }
+        }
         Ok(NodeConfig {
             id,
             addr,
@@ -142,6 +167,7 @@ impl NodeConfig {
             hostname,
             tls_cert,
             tls_key,
+            ring_timing,
         })
     }
 }

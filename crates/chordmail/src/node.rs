@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use cm_admin::{NodeRef, RingStatus, RingView};
+use cm_net::{RingDriver, RingHandle, RingOptions};
 use cm_repl::{Mail, MailConfig};
 use cm_store::{Store, Write};
 use tokio::net::TcpListener;
@@ -21,25 +22,50 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     let id = node_identity(&store, &config)?;
     tracing::info!(id, addr = %config.addr, bits = config.bits, data = %config.data.display(), "node starting");
 
+    let ring_listener = bind("ring", config.addr).await?;
     let http = bind("admin http", config.http).await?;
+
+    let shutdown = CancellationToken::new();
+    let mut ring_tasks = tokio::task::JoinSet::new();
+    let me = cm_ring::NodeRef { id, addr: config.addr.to_string() };
+    let ring_config = cm_ring::RingConfig::new(config.bits, config.replicas as usize);
+    let peers_store = store.clone();
+    let options = RingOptions {
+        me,
+        config: ring_config,
+        entry: config.entry_addr.map(|addr| addr.to_string()),
+        remembered: remembered_peers(&store),
+        timing: config.ring_timing,
+        on_peers_changed: Box::new(move |peers| save_remembered_peers(&peers_store, &peers)),
+    };
+    let ring = RingDriver::start(options, ring_listener, shutdown.clone(), &mut ring_tasks).await?;
 
     let mail_config = MailConfig { node_id: id, bits: config.bits, domains: config.domains.clone() };
     let mail = Mail::new(mail_config, store.clone());
-    let ring: Arc<dyn RingStatus> = Arc::new(SoloRing { id, addr: config.addr.to_string() });
 
-    let shutdown = CancellationToken::new();
     let mut tasks = tokio::task::JoinSet::new();
-    let admin = cm_admin::router(mail.clone(), ring);
+    let admin = cm_admin::router(mail.clone(), Arc::new(RingAdmin(ring.clone())));
     let admin_shutdown = shutdown.clone();
     tasks.spawn(async move {
         axum::serve(http, admin).with_graceful_shutdown(admin_shutdown.cancelled_owned()).await.context("admin http")
     });
 
-    wait_for_signal().await;
+    tokio::select! {
+        _ = wait_for_signal() => {}
+        Some(failed) = ring_tasks.join_next() => {
+            shutdown.cancel();
+            failed.context("a ring task panicked")??;
+            bail!("the ring service stopped unexpectedly");
+        }
+    }
     tracing::info!("shutting down");
+    ring.leave().await;
     shutdown.cancel();
     while let Some(joined) = tasks.join_next().await {
         joined.context("a server task panicked")??;
+    }
+    while let Some(joined) = ring_tasks.join_next().await {
+        joined.context("a ring task panicked")??;
     }
     tracing::info!("stopped");
     Ok(())
@@ -99,19 +125,58 @@ async fn wait_for_signal() {
     }
 }
 
-/// The ring of a node that is alone: it is its own successor and predecessor.
-struct SoloRing {
-    id: u64,
-    addr: String,
+const META_RING_PEERS: &str = "ring.peers";
+
+/// Peers remembered from an earlier life of this node, for partition healing.
+fn remembered_peers(store: &Store) -> Vec<cm_ring::NodeRef> {
+    match store.meta(META_RING_PEERS) {
+        Ok(Some(bytes)) => serde_json::from_slice(&bytes).unwrap_or_else(|error| {
+            tracing::warn!(%error, "ignoring unreadable remembered peers");
+            Vec::new()
+        }),
+        Ok(None) => Vec::new(),
+        Err(error) => {
+            tracing::warn!(%error, "cannot read remembered peers");
+            Vec::new()
+        }
+    }
 }
 
-impl RingStatus for SoloRing {
+fn save_remembered_peers(store: &Store, peers: &[cm_ring::NodeRef]) {
+    let value = serde_json::to_vec(peers).expect("node refs serialise");
+    if let Err(error) = store.apply(&[Write::Meta { name: META_RING_PEERS.to_owned(), value }]) {
+        tracing::warn!(%error, "cannot save remembered peers");
+    }
+}
+
+/// The admin API's view of the ring driver.
+struct RingAdmin(RingHandle);
+
+fn node_ref(node: &cm_ring::NodeRef) -> NodeRef {
+    NodeRef { id: node.id, addr: node.addr.clone() }
+}
+
+impl RingStatus for RingAdmin {
     fn view(&self) -> RingView {
-        let me = NodeRef { id: self.id, addr: self.addr.clone() };
-        RingView { id: self.id, addr: self.addr.clone(), predecessor: Some(me.clone()), successors: vec![me], fingers: vec![], keys: 0 }
+        let view = self.0.view();
+        let me = NodeRef { id: view.id, addr: view.addr.clone() };
+        // A lone node is its own successor; the ring crate leaves the list empty then.
+        let successors = if view.successors.is_empty() { vec![me] } else { view.successors.iter().map(node_ref).collect() };
+        RingView {
+            id: view.id,
+            addr: view.addr,
+            predecessor: view.predecessor.as_ref().map(node_ref),
+            successors,
+            fingers: view
+                .fingers
+                .into_iter()
+                .map(|finger| cm_admin::Finger { start: finger.start, id: finger.id, addr: finger.addr })
+                .collect(),
+            keys: 0,
+        }
     }
 
     fn cluster(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = Vec<NodeRef>> + Send + '_>> {
-        Box::pin(async move { vec![NodeRef { id: self.id, addr: self.addr.clone() }] })
+        Box::pin(async move { self.0.cluster().await.iter().map(node_ref).collect() })
     }
 }

@@ -1,0 +1,373 @@
+//! Runs a [`cm_ring::Node`] over the network: join, periodic maintenance, lookups,
+//! graceful leave.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use cm_ring::{
+    Effect, JoinError, Lookup, LookupAction, LookupError, LookupResult, Node, NodeRef, RingConfig,
+    choose_join_successor,
+};
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::peers::Peers;
+use crate::pb::ring_server::RingServer;
+use crate::server::RingService;
+
+/// Periods of the maintenance tasks and the deadline of every ring call. The
+/// defaults converge a LAN ring of a few dozen nodes within seconds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timing {
+    pub stabilize: Duration,
+    pub fix_fingers: Duration,
+    pub fix_successors: Duration,
+    pub check_predecessor: Duration,
+    pub probe: Duration,
+    pub rpc_timeout: Duration,
+}
+
+impl Default for Timing {
+    fn default() -> Timing {
+        Timing {
+            stabilize: Duration::from_millis(250),
+            fix_fingers: Duration::from_millis(250),
+            fix_successors: Duration::from_millis(500),
+            check_predecessor: Duration::from_millis(500),
+            probe: Duration::from_secs(2),
+            rpc_timeout: Duration::from_millis(1000),
+        }
+    }
+}
+
+/// Stabilize rounds run back to back at most when successors keep turning out dead.
+const STABILIZE_RETRIES_MAX: usize = cm_ring::SUCCESSOR_LIST_LEN_MAX;
+/// Nodes a cluster walk visits at most.
+const CLUSTER_WALK_NODES_MAX: usize = 4096;
+/// Fingers refreshed per fix_fingers period.
+const FINGERS_PER_ROUND: usize = 4;
+
+pub struct RingOptions {
+    pub me: NodeRef,
+    pub config: RingConfig,
+    /// Ring address of a member to join through; `None` starts a new ring.
+    pub entry: Option<String>,
+    /// Peers remembered from an earlier life (kept in `--data`), probed for healing.
+    pub remembered: Vec<NodeRef>,
+    pub timing: Timing,
+    /// Called (from a maintenance task) when the set of remembered peers changed.
+    pub on_peers_changed: Box<dyn Fn(Vec<NodeRef>) + Send + Sync>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("entry node {addr} does not answer on its ring port; check --entry-addr and that it runs")]
+    EntryUnreachable { addr: String },
+    #[error(transparent)]
+    Join(#[from] JoinError),
+    #[error("joining through {addr} failed: {reason}")]
+    JoinFailed { addr: String, reason: String },
+    #[error("the ring service failed: {0}")]
+    Serve(String),
+}
+
+/// State shared by the server, the maintenance tasks and [`RingHandle`]s.
+pub struct Shared {
+    /// A std `Mutex`: every critical section is a few field updates, never an await.
+    node: Mutex<Node>,
+    peers: Peers,
+    /// The last check_predecessor outcome, the failure detector `on_notify` consults.
+    predecessor_alive: AtomicBool,
+}
+
+impl Shared {
+    pub(crate) fn node(&self) -> MutexGuard<'_, Node> {
+        self.node.lock().expect("ring node mutex poisoned")
+    }
+
+    pub(crate) fn predecessor_alive(&self) -> bool {
+        self.predecessor_alive.load(Ordering::Relaxed)
+    }
+
+    fn me(&self) -> NodeRef {
+        self.node().me().clone()
+    }
+
+    /// Carries out what an apply step asked for; follow-up effects included, bounded.
+    pub(crate) async fn run_effects(&self, mut effects: Vec<Effect>) {
+        let me = self.me();
+        for _ in 0..STABILIZE_RETRIES_MAX {
+            let mut next = Vec::new();
+            for effect in effects {
+                match effect {
+                    Effect::Notify { to } => {
+                        let _ = self.peers.notify(&to, &me).await;
+                    }
+                    Effect::QueryCandidate { candidate } => {
+                        let reply = self.peers.get_state(&candidate.addr).await;
+                        next.extend(self.node().apply_stabilize_candidate(&candidate, reply));
+                    }
+                    Effect::StabilizeAgain => next.extend(self.stabilize_once().await),
+                }
+            }
+            if next.is_empty() {
+                return;
+            }
+            effects = next;
+        }
+    }
+
+    async fn stabilize_once(&self) -> Vec<Effect> {
+        let Some(target) = self.node().stabilize_target() else { return Vec::new() };
+        let reply = self.peers.get_state(&target.addr).await;
+        self.node().apply_stabilize(&target, reply)
+    }
+
+    async fn stabilize(&self) {
+        let effects = self.stabilize_once().await;
+        self.run_effects(effects).await;
+    }
+
+    async fn check_predecessor(&self) {
+        let Some(target) = self.node().check_predecessor_target() else { return };
+        let reply = self.peers.get_state(&target.addr).await.and_then(|state| {
+            if state.node == target { Ok(()) } else { Err(cm_ring::Unreachable) }
+        });
+        self.predecessor_alive.store(reply.is_ok(), Ordering::Relaxed);
+        self.node().apply_check_predecessor(&target, reply);
+    }
+
+    async fn fix_successors(&self) {
+        let Some(target) = self.node().fix_successors_target() else { return };
+        let reply = self.peers.get_state(&target.addr).await;
+        self.node().apply_fix_successors(&target, reply);
+    }
+
+    async fn fix_fingers(&self) {
+        for _ in 0..FINGERS_PER_ROUND {
+            let Some(request) = self.node().fix_fingers_target() else { return };
+            let lookup = self.node().start_lookup(request.start);
+            let outcome = self.drive(lookup).await;
+            self.node().apply_fix_finger(request, outcome);
+        }
+    }
+
+    async fn probe(&self) {
+        let Some(peer) = self.node().probe_target() else { return };
+        let key = self.node().probe_key();
+        let outcome = self.drive(Lookup::via(key, peer)).await;
+        let effects = self.node().apply_probe(outcome);
+        if !effects.is_empty() {
+            tracing::info!("found a node of another ring; merging");
+        }
+        self.run_effects(effects).await;
+    }
+
+    /// Runs an iterative lookup to its end; queries to ourselves are answered locally.
+    async fn drive(&self, mut lookup: Lookup) -> Result<LookupResult, LookupError> {
+        let me = self.me();
+        loop {
+            match lookup.next_action() {
+                LookupAction::Finished(outcome) => return outcome,
+                LookupAction::Query(target) => {
+                    let reply = if target == me {
+                        Ok(self.node().next_hop(lookup.key()))
+                    } else {
+                        self.peers.next_hop(&target, lookup.key()).await
+                    };
+                    lookup.on_reply(&target, reply);
+                }
+            }
+        }
+    }
+}
+
+/// A handle on the running ring of this node; cheap to clone.
+#[derive(Clone)]
+pub struct RingHandle {
+    shared: Arc<Shared>,
+}
+
+impl RingHandle {
+    pub fn view(&self) -> cm_ring::RingView {
+        self.shared.node().view()
+    }
+
+    pub fn me(&self) -> NodeRef {
+        self.shared.me()
+    }
+
+    /// This node's successor list (`[me]` when alone).
+    pub fn successors(&self) -> Vec<NodeRef> {
+        self.shared.node().successors().to_vec()
+    }
+
+    pub fn predecessor(&self) -> Option<NodeRef> {
+        self.shared.node().predecessor().cloned()
+    }
+
+    pub fn peers(&self) -> &Peers {
+        &self.shared.peers
+    }
+
+    /// The successor of `key` (the node responsible for it), routing around dead nodes.
+    pub async fn lookup(&self, key: u64) -> Result<LookupResult, LookupError> {
+        let lookup = self.shared.node().start_lookup(key);
+        self.shared.drive(lookup).await
+    }
+
+    /// The ring walked along successors from this node, each node once, in order.
+    /// A node that does not answer is skipped using the previous node's list.
+    pub async fn cluster(&self) -> Vec<NodeRef> {
+        let me = self.me();
+        let mut walked = vec![me.clone()];
+        let mut pending: Vec<NodeRef> = self.successors();
+        while walked.len() < CLUSTER_WALK_NODES_MAX {
+            let Some(next) = pending.first().cloned() else { break };
+            if next.id == me.id || walked.iter().any(|node| node.id == next.id) {
+                break;
+            }
+            match self.shared.peers.get_state(&next.addr).await {
+                Ok(state) if state.node == next => {
+                    walked.push(next);
+                    pending = state.successors;
+                }
+                _ => {
+                    pending.remove(0);
+                }
+            }
+        }
+        walked
+    }
+
+    /// Tells the predecessor and the successor that this node leaves, so they repair
+    /// at once. Best effort: each notice has the ring call deadline.
+    pub async fn leave(&self) {
+        let notices = self.shared.node().leave_notices();
+        for (recipient, notice) in notices {
+            if self.shared.peers.leave(&recipient, &notice).await.is_err() {
+                tracing::warn!(peer = %recipient.addr, "could not tell a neighbour that this node leaves");
+            }
+        }
+    }
+}
+
+/// Starts the ring service on `listener`, joins (or starts) the ring, and spawns the
+/// maintenance tasks; they and the server stop when `shutdown` is cancelled.
+pub struct RingDriver;
+
+impl RingDriver {
+    pub async fn start(
+        options: RingOptions,
+        listener: TcpListener,
+        shutdown: CancellationToken,
+        tasks: &mut JoinSet<Result<(), StartError>>,
+    ) -> Result<RingHandle, StartError> {
+        let RingOptions { me, config, entry, remembered, timing, on_peers_changed } = options;
+        let node = Node::new_ring(config, me.clone(), remembered.clone())
+            .map_err(|error| StartError::JoinFailed { addr: me.addr.clone(), reason: error.to_string() })?;
+        let shared = Arc::new(Shared {
+            node: Mutex::new(node),
+            peers: Peers::new(timing.rpc_timeout),
+            predecessor_alive: AtomicBool::new(true),
+        });
+
+        let service = RingServer::new(RingService { shared: shared.clone() });
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        let server_shutdown = shutdown.clone();
+        tasks.spawn(async move {
+            tonic::transport::Server::builder()
+                .timeout(timing.rpc_timeout * 4)
+                .add_service(service)
+                .serve_with_incoming_shutdown(incoming, server_shutdown.cancelled_owned())
+                .await
+                .map_err(|error| StartError::Serve(error.to_string()))
+        });
+
+        if let Some(entry) = entry {
+            let joined = join(&shared, &me, config, &entry, remembered.clone()).await?;
+            *shared.node() = joined;
+            tracing::info!(id = me.id, successor = shared.node().successor().id, "joined the ring");
+        } else {
+            tracing::info!(id = me.id, "started a new ring");
+        }
+
+        spawn_periodic(tasks, &shutdown, timing.stabilize, shared.clone(), |shared| async move { shared.stabilize().await });
+        spawn_periodic(tasks, &shutdown, timing.check_predecessor, shared.clone(), |shared| async move {
+            shared.check_predecessor().await
+        });
+        spawn_periodic(tasks, &shutdown, timing.fix_successors, shared.clone(), |shared| async move {
+            shared.fix_successors().await
+        });
+        spawn_periodic(tasks, &shutdown, timing.fix_fingers, shared.clone(), |shared| async move { shared.fix_fingers().await });
+        let on_peers_changed = Arc::new(on_peers_changed);
+        let last_saved = Arc::new(Mutex::new(remembered));
+        spawn_periodic(tasks, &shutdown, timing.probe, shared.clone(), move |shared| {
+            let (on_peers_changed, last_saved) = (on_peers_changed.clone(), last_saved.clone());
+            async move {
+                shared.probe().await;
+                let current = shared.node().remembered_peers().to_vec();
+                let mut saved = last_saved.lock().expect("peer list mutex poisoned");
+                if *saved != current {
+                    on_peers_changed(current.clone());
+                    *saved = current;
+                }
+            }
+        });
+        Ok(RingHandle { shared })
+    }
+}
+
+async fn join(
+    shared: &Shared,
+    me: &NodeRef,
+    config: RingConfig,
+    entry: &str,
+    remembered: Vec<NodeRef>,
+) -> Result<Node, StartError> {
+    let entry_state =
+        shared.peers.get_state(entry).await.map_err(|_| StartError::EntryUnreachable { addr: entry.to_owned() })?;
+    let entry_ref = entry_state.node.clone();
+    let failed = |reason: String| StartError::JoinFailed { addr: entry.to_owned(), reason };
+    let found = shared.drive(Lookup::via(me.id, entry_ref.clone())).await.map_err(|error| failed(error.to_string()))?;
+    let successor = match choose_join_successor(me, &found)? {
+        Some(successor) => successor,
+        None => {
+            let next_key = me.id.wrapping_add(1) & shared.node().space().id_max();
+            let found = shared.drive(Lookup::via(next_key, entry_ref)).await.map_err(|error| failed(error.to_string()))?;
+            if found.owner.id == me.id {
+                // Our previous incarnation is the only node the ring names: we are alone.
+                return Node::new_ring(config, me.clone(), remembered).map_err(|error| failed(error.to_string()));
+            }
+            found.owner
+        }
+    };
+    let state = shared.peers.get_state(&successor.addr).await.map_err(|_| failed(format!("successor {} does not answer", successor.addr)))?;
+    let node = Node::join(config, me.clone(), state, remembered)?;
+    Ok(node)
+}
+
+fn spawn_periodic<F, Fut>(
+    tasks: &mut JoinSet<Result<(), StartError>>,
+    shutdown: &CancellationToken,
+    period: Duration,
+    shared: Arc<Shared>,
+    mut work: F,
+) where
+    F: FnMut(Arc<Shared>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let shutdown = shutdown.clone();
+    tasks.spawn(async move {
+        let mut ticks = tokio::time::interval(period);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                _ = ticks.tick() => work(shared.clone()).await,
+            }
+        }
+    });
+}
