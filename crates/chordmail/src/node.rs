@@ -19,7 +19,7 @@ const META_NODE_BITS: &str = "node.bits";
 
 pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     let store = Arc::new(Store::open(&config.data)?);
-    let id = node_identity(&store, &config)?;
+    let (id, identity_is_new) = node_identity(&store, &config)?;
     tracing::info!(id, addr = %config.addr, bits = config.bits, data = %config.data.display(), "node starting");
 
     let ring_listener = bind("ring", config.addr).await?;
@@ -39,6 +39,10 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         on_peers_changed: Box::new(move |peers| save_remembered_peers(&peers_store, &peers)),
     };
     let ring = RingDriver::start(options, ring_listener, shutdown.clone(), &mut ring_tasks).await?;
+    if identity_is_new {
+        // Only now: a join refused (say, for a taken id) must leave --data unclaimed.
+        save_identity(&store, id, config.bits)?;
+    }
 
     let mail_config = MailConfig { node_id: id, bits: config.bits, domains: config.domains.clone() };
     let mail = Mail::new(mail_config, store.clone());
@@ -78,10 +82,10 @@ async fn bind(role: &str, addr: SocketAddr) -> anyhow::Result<TcpListener> {
     Ok(listener)
 }
 
-/// The node's ring id: kept in the store so that a restart on the same `--data`
-/// keeps it, and checked against `--id`/`--bits` so that a data directory is never
-/// silently taken over by a different node.
-fn node_identity(store: &Store, config: &NodeConfig) -> anyhow::Result<u64> {
+/// The node's ring id, and whether it is new to this `--data`. The id is kept in the
+/// store so that a restart on the same `--data` keeps it, and checked against
+/// `--id`/`--bits` so that a data directory is never silently taken over by another node.
+fn node_identity(store: &Store, config: &NodeConfig) -> anyhow::Result<(u64, bool)> {
     let read_u64 = |name: &str| -> anyhow::Result<Option<u64>> {
         let Some(bytes) = store.meta(name)? else { return Ok(None) };
         let bytes: [u8; 8] = bytes.try_into().map_err(|_| anyhow::anyhow!("store meta {name} is not 8 bytes"))?;
@@ -107,13 +111,15 @@ fn node_identity(store: &Store, config: &NodeConfig) -> anyhow::Result<u64> {
         (None, Some(given)) => given,
         (None, None) => cm_types::key_of_node_addr(&config.addr.to_string(), config.bits),
     };
-    if stored_id.is_none() {
-        store.apply(&[
-            Write::Meta { name: META_NODE_ID.to_owned(), value: id.to_be_bytes().to_vec() },
-            Write::Meta { name: META_NODE_BITS.to_owned(), value: u64::from(config.bits).to_be_bytes().to_vec() },
-        ])?;
-    }
-    Ok(id)
+    Ok((id, stored_id.is_none()))
+}
+
+fn save_identity(store: &Store, id: u64, bits: u32) -> anyhow::Result<()> {
+    store.apply(&[
+        Write::Meta { name: META_NODE_ID.to_owned(), value: id.to_be_bytes().to_vec() },
+        Write::Meta { name: META_NODE_BITS.to_owned(), value: u64::from(bits).to_be_bytes().to_vec() },
+    ])?;
+    Ok(())
 }
 
 async fn wait_for_signal() {

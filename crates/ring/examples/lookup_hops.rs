@@ -49,8 +49,13 @@ fn measure(sim: &mut Sim) -> Measure {
 }
 
 fn main() {
-    let seed: u64 = std::env::var("RING_SIM_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(2001);
-    println!("seed {seed}, bits 64, {LOOKUPS_PER_MEASURE} lookups of random keys from random nodes per cell\n");
+    let seed: u64 = std::env::var("RING_SIM_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2001);
+    println!(
+        "seed {seed}, bits 64, {LOOKUPS_PER_MEASURE} lookups of random keys from random nodes per cell\n"
+    );
     println!(
         "| N | s = 2·log2 N | ½·log2 N | hops mean | hops p99 | failed after 50% crash | timeouts/lookup | rounds to correct ring | failed after stabilization | hops mean after |"
     );
@@ -58,10 +63,17 @@ fn main() {
     for n_nodes in RING_SIZES {
         let log2_n = (n_nodes as f64).log2();
         let successor_list_len = (2.0 * log2_n).ceil() as usize;
-        let ring = RingConfig { bits: 64, successor_list_len, replicas: 3 };
+        let ring = RingConfig {
+            bits: 64,
+            successor_list_len,
+            replicas: 3,
+        };
         let mut sim = Sim::with_correct_ring(ring, n_nodes, seed ^ n_nodes as u64, false);
         let stable = measure(&mut sim);
-        assert_eq!(stable.failed_fraction, 0.0, "a correct ring answers every lookup");
+        assert_eq!(
+            stable.failed_fraction, 0.0,
+            "a correct ring answers every lookup"
+        );
 
         // Half of the nodes fail at once; nobody has noticed yet.
         let mut victims = sim.live_slots();

@@ -291,11 +291,8 @@ impl Node {
             id: self.me.id,
             addr: self.me.addr.clone(),
             predecessor: self.predecessor.clone(),
-            successors: if self.is_alone() {
-                Vec::new()
-            } else {
-                self.successors.clone()
-            },
+            // A one-node ring lists itself, as Chord defines its successor.
+            successors: self.successors.clone(),
             fingers,
         }
     }
