@@ -23,7 +23,10 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     tracing::info!(id, addr = %config.addr, bits = config.bits, data = %config.data.display(), "node starting");
 
     let ring_listener = bind("ring", config.addr).await?;
+    let smtp_listener = bind("smtp", config.smtp).await?;
+    let pop3_listener = bind("pop3", config.pop3).await?;
     let http = bind("admin http", config.http).await?;
+    let tls = cm_tls::server_config(&config.data, config.tls_cert.as_deref(), config.tls_key.as_deref(), &config.hostname)?;
 
     let shutdown = CancellationToken::new();
     let mut ring_tasks = tokio::task::JoinSet::new();
@@ -48,6 +51,10 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     let mail = Mail::new(mail_config, store.clone());
 
     let mut tasks = tokio::task::JoinSet::new();
+    let smtp_config = cm_smtp::SmtpConfig { hostname: config.hostname.clone(), tls: Some(tls.clone()), ..Default::default() };
+    tasks.spawn(cm_smtp_task(smtp_listener, smtp_config, mail.clone(), shutdown.clone()));
+    let pop3_config = cm_pop3::Pop3Config { hostname: config.hostname.clone(), tls: Some(tls), ..Default::default() };
+    tasks.spawn(cm_pop3_task(pop3_listener, pop3_config, mail.clone(), shutdown.clone()));
     let admin = cm_admin::router(mail.clone(), Arc::new(RingAdmin(ring.clone())));
     let admin_shutdown = shutdown.clone();
     tasks.spawn(async move {
@@ -72,6 +79,26 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         joined.context("a ring task panicked")??;
     }
     tracing::info!("stopped");
+    Ok(())
+}
+
+async fn cm_smtp_task(
+    listener: TcpListener,
+    config: cm_smtp::SmtpConfig,
+    mail: Mail,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    cm_smtp::serve(listener, config, mail, shutdown).await;
+    Ok(())
+}
+
+async fn cm_pop3_task(
+    listener: TcpListener,
+    config: cm_pop3::Pop3Config,
+    mail: Mail,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    cm_pop3::serve(listener, config, mail, shutdown).await;
     Ok(())
 }
 
