@@ -15,6 +15,8 @@ pub struct Cli {
 pub enum Command {
     /// Run one ring node with its SMTP, POP3 and admin HTTP servers.
     Node(NodeArgs),
+    /// Run a local ring of N nodes on 127.0.0.1 to try chordmail out.
+    Up(UpArgs),
     /// Manage accounts through a node's admin API.
     User(UserArgs),
     /// Show the ring as a node sees it.
@@ -66,6 +68,19 @@ pub struct NodeArgs {
     /// PEM private key matching --tls-cert.
     #[arg(long)]
     pub tls_key: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    /// Number of nodes.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub nodes: u16,
+    /// Ring port of the first node; node i uses base + i (services: +10000/+20000/+30000).
+    #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u16).range(1..=35000))]
+    pub base_port: u16,
+    /// Directory holding each node's data and log.
+    #[arg(long, default_value = "chordmail-data/up")]
+    pub data: PathBuf,
 }
 
 #[derive(Debug, Args)]

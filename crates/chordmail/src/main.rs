@@ -5,6 +5,7 @@ mod admin_client;
 mod cli;
 mod config;
 mod node;
+mod up;
 
 use std::process::ExitCode;
 
@@ -33,6 +34,7 @@ fn main() -> ExitCode {
             init_tracing();
             run_async(node::run(config))
         }
+        Command::Up(args) => run_async(up::run(args)),
         Command::User(args) => admin_client::user(args),
         Command::Ring(args) => admin_client::ring(args),
     };

@@ -1,0 +1,180 @@
+//! `chordmail up`: a local ring of N node processes on 127.0.0.1, a demo account,
+//! and directions for a mail client. Ctrl-C (or SIGTERM) stops every node cleanly.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+use crate::cli::UpArgs;
+use crate::config::{HTTP_PORT_OFFSET, POP3_PORT_OFFSET, SMTP_PORT_OFFSET};
+
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+const STOP_TIMEOUT: Duration = Duration::from_secs(15);
+const DEMO_ADDRESS: &str = "demo@localhost";
+const DEMO_PASSWORD: &str = "demo";
+
+/// The node processes; dropping it kills whatever still runs, so that an error on
+/// the way never leaves orphans behind.
+struct Ring {
+    children: Vec<(u16, Child)>,
+}
+
+impl Drop for Ring {
+    fn drop(&mut self) {
+        for (_, child) in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+pub async fn run(args: UpArgs) -> anyhow::Result<()> {
+    let n_nodes = args.nodes;
+    let replicas = n_nodes.min(3);
+    let exe = std::env::current_exe().context("cannot find the chordmail executable")?;
+    std::fs::create_dir_all(&args.data).with_context(|| format!("cannot create {}", args.data.display()))?;
+    let mut ring = Ring { children: Vec::new() };
+    let first_port = args.base_port;
+    for node_idx in 0..n_nodes {
+        let port = first_port + node_idx;
+        let data = args.data.join(format!("node-{node_idx}"));
+        let log_path = args.data.join(format!("node-{node_idx}.log"));
+        let log = std::fs::File::create(&log_path).with_context(|| format!("cannot create {}", log_path.display()))?;
+        let mut command = Command::new(&exe);
+        command
+            .args(["node", "--addr", &format!("127.0.0.1:{port}"), "--replicas", &replicas.to_string()])
+            .arg("--data")
+            .arg(&data)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        // SAFETY: prctl(2) is async-signal-safe; it asks the kernel to SIGTERM the node
+        // when `up` dies, even by SIGKILL, so no node outlives it.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut command, || {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                Ok(())
+            });
+        }
+        if node_idx > 0 {
+            command.args(["--entry-addr", &format!("127.0.0.1:{first_port}")]);
+        }
+        let child = command.spawn().context("cannot start a node")?;
+        ring.children.push((port, child));
+        wait_ready(&mut ring, port, &log_path).await?;
+        println!("node {node_idx}: ring 127.0.0.1:{port}  log {}", log_path.display());
+    }
+    create_demo_account(first_port + HTTP_PORT_OFFSET).await?;
+    print_directions(n_nodes, first_port, replicas);
+
+    let outcome = supervise(&mut ring).await;
+    stop(&mut ring).await;
+    outcome
+}
+
+async fn wait_ready(ring: &mut Ring, port: u16, log_path: &Path) -> anyhow::Result<()> {
+    let deadline = Instant::now() + READY_TIMEOUT;
+    let url = format!("http://127.0.0.1:{}/healthz", port + HTTP_PORT_OFFSET);
+    loop {
+        let (_, child) = ring.children.last_mut().expect("a node was just started");
+        if let Some(status) = child.try_wait()? {
+            let log = std::fs::read_to_string(log_path).unwrap_or_default();
+            let last_lines: Vec<&str> = log.lines().rev().take(5).collect::<Vec<_>>().into_iter().rev().collect();
+            bail!("the node on port {port} exited ({status}):\n{}", last_lines.join("\n"));
+        }
+        let probe_url = url.clone();
+        let healthy = tokio::task::spawn_blocking(move || {
+            let agent: ureq::Agent =
+                ureq::Agent::config_builder().timeout_global(Some(Duration::from_secs(1))).build().into();
+            agent.get(&probe_url).call().is_ok()
+        })
+        .await?;
+        if healthy {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("the node on port {port} is not ready after {READY_TIMEOUT:?}; see {}", log_path.display());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn create_demo_account(http_port: u16) -> anyhow::Result<()> {
+    let url = format!("http://127.0.0.1:{http_port}/api/users");
+    let status = tokio::task::spawn_blocking(move || -> anyhow::Result<u16> {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(30)))
+            .build()
+            .into();
+        let body = serde_json::json!({ "address": DEMO_ADDRESS, "password": DEMO_PASSWORD });
+        Ok(agent.post(&url).send_json(body)?.status().as_u16())
+    })
+    .await??;
+    match status {
+        201 | 409 => Ok(()),
+        other => bail!("creating the demo account failed with HTTP {other}"),
+    }
+}
+
+fn print_directions(n_nodes: u16, first_port: u16, replicas: u16) {
+    let smtp = first_port + SMTP_PORT_OFFSET;
+    let pop3 = first_port + POP3_PORT_OFFSET;
+    let http = first_port + HTTP_PORT_OFFSET;
+    println!();
+    println!("chordmail: a ring of {n_nodes} nodes on 127.0.0.1 is up ({replicas} copies of every key).");
+    println!("  account   {DEMO_ADDRESS}, password \"{DEMO_PASSWORD}\"");
+    println!("  SMTP      127.0.0.1:{smtp}..{}   (STARTTLS, AUTH PLAIN/LOGIN)", smtp + n_nodes - 1);
+    println!("  POP3      127.0.0.1:{pop3}..{}   (STLS, USER/PASS, AUTH PLAIN)", pop3 + n_nodes - 1);
+    println!("  admin     http://127.0.0.1:{http}/  (chordmail ring --node http://127.0.0.1:{http})");
+    println!("  try       swaks --server 127.0.0.1:{smtp} --to {DEMO_ADDRESS} --from you@localhost");
+    println!("            python3 -c \"import poplib; p=poplib.POP3('127.0.0.1',{pop3}); p.user('{DEMO_ADDRESS}'); p.pass_('{DEMO_PASSWORD}'); print(p.stat())\"");
+    println!("Press Ctrl-C to stop the ring.");
+}
+
+/// Waits for Ctrl-C or SIGTERM; fails if a node dies on its own meanwhile.
+async fn supervise(ring: &mut Ring) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    loop {
+        tokio::select! {
+            _ = interrupt.recv() => return Ok(()),
+            _ = terminate.recv() => return Ok(()),
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {
+                for (port, child) in &mut ring.children {
+                    if let Some(status) = child.try_wait()? {
+                        bail!("the node on port {port} stopped on its own ({status}); stopping the ring");
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// SIGTERM to every node (each leaves the ring cleanly), then waits; a node that
+/// does not stop in time is killed.
+async fn stop(ring: &mut Ring) {
+    println!("stopping {} nodes", ring.children.len());
+    for (_, child) in ring.children.iter().rev() {
+        // SAFETY: kill(2) with a pid we spawned and have not reaped yet.
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    }
+    let deadline = Instant::now() + STOP_TIMEOUT;
+    for (port, child) in &mut ring.children {
+        loop {
+            match child.try_wait() {
+                Ok(Some(_)) | Err(_) => break,
+                Ok(None) if Instant::now() > deadline => {
+                    eprintln!("node on port {port} did not stop in time; killing it");
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break;
+                }
+                Ok(None) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    }
+}
