@@ -472,7 +472,8 @@ mod tests {
             parse_everywhere(long_line.as_bytes(), Expect::Command),
             vec![Err(ProtoError::LineTooLong), Ok(Command::Noop)]
         );
-        let huge = format!("{}\nSTAT\r\n", "x".repeat(100_000));
+        // Split at every offset, so kept short; `never_buffers_more_than_the_limit` feeds 1 MB.
+        let huge = format!("{}\nSTAT\r\n", "x".repeat(4 * POP3_COMMAND_LINE_BYTES_MAX));
         assert_eq!(
             parse_everywhere(huge.as_bytes(), Expect::Command),
             vec![Err(ProtoError::LineTooLong), Ok(Command::Stat)]

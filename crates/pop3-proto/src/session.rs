@@ -142,9 +142,11 @@ impl<Id: Copy + fmt::Display, Lock> Session<Id, Lock> {
         }
     }
 
-    /// RFC 1939 §4: the greeting.
-    pub fn greeting() -> Response {
-        Response::ok("chordmail POP3 server ready")
+    /// RFC 1939 §4: the greeting, naming the server. Characters that could break
+    /// the line out of a configured hostname are dropped.
+    pub fn greeting(hostname: &str) -> Response {
+        let hostname: String = hostname.chars().filter(|c| c.is_ascii_graphic()).collect();
+        Response::ok(format!("{hostname} chordmail POP3 server ready"))
     }
 
     pub fn state(&self) -> &State<Id, Lock> {
@@ -768,6 +770,16 @@ mod tests {
             "-ERR [SYS/TEMP] deleted messages were not removed, try again later"
         );
         assert_eq!(driver.removed, None);
+    }
+
+    #[test]
+    fn greeting_names_the_host() {
+        let greeting =
+            Session::<FakeId, FakeLock>::greeting("mail.example.org\r\n+OK fake").to_bytes();
+        assert_eq!(
+            greeting,
+            b"+OK mail.example.org+OKfake chordmail POP3 server ready\r\n"
+        );
     }
 
     #[test]

@@ -56,7 +56,7 @@ pub(crate) async fn handle_connection(
         shutdown,
         out: Vec::with_capacity(WRITE_BUFFER_BYTES),
     };
-    Pop3Session::greeting().encode(&mut connection.out);
+    Pop3Session::greeting(&config.hostname).encode(&mut connection.out);
     match connection.run(&mut stream, &mut session).await? {
         Ended::Closed => return Ok(()),
         Ended::StartTls => {}

@@ -34,7 +34,7 @@ use tracing::Instrument as _;
 /// The POP3 server's settings.
 #[derive(Clone)]
 pub struct Pop3Config {
-    /// Our name, for the logs and the TLS certificate.
+    /// Our name, in the greeting.
     pub hostname: String,
     /// With a configuration, STLS is offered (RFC 2595).
     pub tls: Option<Arc<rustls::ServerConfig>>,
