@@ -8,10 +8,11 @@ pub use cm_types::limits::{
 
 /// A client line answering a SASL challenge, CRLF included.
 ///
-/// RFC 5034 §4 keeps the 255-octet limit of RFC 2449 for the AUTH command (initial
-/// response included) but not for the continuation lines of the exchange. It must
-/// hold the base64 of `authzid NUL authcid NUL password` for the longest address
-/// and password we accept: 4/3 of (256 + 1 + 256 + 1 + 1024) is 2052.
+/// RFC 5034 §4 keeps the AUTH command itself (initial response included) within
+/// RFC 2449's 255 octets: a client whose initial response would not fit sends it
+/// after the empty challenge instead. That continuation line is therefore given
+/// its own, larger bound: the base64 of `authzid NUL authcid NUL password` for the
+/// longest address and password we accept, 4/3 of (256 + 1 + 256 + 1 + 1024).
 pub const POP3_SASL_LINE_BYTES_MAX: usize = 2048 + 64;
 
 /// Consecutive rejected commands after which the session is closed.
