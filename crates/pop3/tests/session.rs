@@ -523,3 +523,30 @@ async fn stls_upgrades_the_connection() {
     );
     drop(server.dir);
 }
+
+// Goal: failed logins are answered after a growing delay. Method: a 150 ms step;
+// the first failure takes at least one step, the second at least two.
+#[tokio::test]
+async fn failed_logins_are_delayed_more_each_time() {
+    let step = Duration::from_millis(150);
+    let server = start_with(Pop3Config {
+        auth_failure_delay: step,
+        ..Pop3Config::default()
+    })
+    .await;
+    let mut client = Client::connect(server.addr).await;
+    for n_failures in 1..=2u32 {
+        client.command(&format!("USER {ALICE}")).await;
+        let started = Instant::now();
+        assert!(
+            client
+                .command("PASS wrong")
+                .await
+                .starts_with("-ERR [AUTH]")
+        );
+        assert!(
+            started.elapsed() >= step * n_failures,
+            "failure {n_failures} answered too early"
+        );
+    }
+}
