@@ -655,8 +655,11 @@ impl Node {
 
     /// The peer's ring named `owner` as the successor of our id. If that is closer than
     /// our successor, the peer's ring and ours are interleaved (a healed partition):
-    /// adopt it and notify it, and stabilization merges the two rings. A peer of our
-    /// own ring names our successor (or us), which changes nothing.
+    /// adopt it. Either way, notify it: if it belongs to another ring, we lie between
+    /// its predecessor there and it, so it adopts us as predecessor and its ring's
+    /// stabilization reaches ours too. That is what merges a ring whose members
+    /// remember nobody of ours, e.g. a node restarted alone while partitioned. In our
+    /// own ring the owner is our successor and the notify is an ordinary one.
     pub fn apply_probe(&mut self, outcome: Result<LookupResult, LookupError>) -> Vec<Effect> {
         let Ok(found) = outcome else {
             return Vec::new();
@@ -666,19 +669,18 @@ impl Node {
             return Vec::new();
         }
         self.remember(&owner);
-        if !self
+        if self
             .space
             .between_open(self.me.id, owner.id, self.successors[0].id)
         {
-            return Vec::new();
+            let previous = if self.is_alone() {
+                Vec::new()
+            } else {
+                self.successors.clone()
+            };
+            self.successors = self.reconcile(&owner, &previous);
+            self.assert_invariants();
         }
-        let previous = if self.is_alone() {
-            Vec::new()
-        } else {
-            self.successors.clone()
-        };
-        self.successors = self.reconcile(&owner, &previous);
-        self.assert_invariants();
         vec![Effect::Notify { to: owner }]
     }
 

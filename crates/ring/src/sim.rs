@@ -910,11 +910,16 @@ fn true_successor(ids: &[RingKey], key: RingKey) -> RingKey {
 mod tests {
     use super::*;
 
-    /// The seeds of one test: `RING_SIM_SEED` replays a single one.
+    /// The seeds of one test: `RING_SIM_SEED` replays a single one, and
+    /// `RING_SIM_SEEDS` runs that many instead of the default (a longer soak).
     fn seeds(n_seeds: u64, salt: u64) -> Vec<u64> {
         if let Ok(seed) = std::env::var("RING_SIM_SEED") {
             return vec![seed.trim().parse().expect("RING_SIM_SEED is a u64")];
         }
+        let n_seeds = match std::env::var("RING_SIM_SEEDS") {
+            Ok(count) => count.trim().parse().expect("RING_SIM_SEEDS is a count"),
+            Err(_) => n_seeds,
+        };
         let mut rng = SimRng::new(salt);
         (0..n_seeds).map(|_| rng.next_u64()).collect()
     }
