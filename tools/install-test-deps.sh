@@ -9,6 +9,8 @@ command -v fetchmail >/dev/null 2>&1 || packages+=(fetchmail)
 command -v iptables >/dev/null 2>&1 || packages+=(iptables)
 command -v ip >/dev/null 2>&1 || packages+=(iproute2)
 command -v openssl >/dev/null 2>&1 || packages+=(openssl)
+# swaks --tls needs Net::SSLeay, which swaks only recommends.
+perl -MNet::SSLeay -e1 >/dev/null 2>&1 || packages+=(libnet-ssleay-perl)
 if [ ${#packages[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"

@@ -127,7 +127,7 @@ pub fn ring(args: RingArgs) -> anyhow::Result<()> {
     }
     let node_text = |node: &Value| format!("{} ({})", node["id"], node["addr"].as_str().unwrap_or("?"));
     let nodes = cluster["nodes"].as_array().cloned().unwrap_or_default();
-    println!("{:>20}  {:<22}  {}", "ID", "RING ADDRESS", "");
+    println!("{:>20}  {:<22}  ", "ID", "RING ADDRESS");
     for node in &nodes {
         let me = node["id"] == view["id"];
         println!("{:>20}  {:<22}  {}", node["id"], node["addr"].as_str().unwrap_or("?"), if me { "<- this node" } else { "" });

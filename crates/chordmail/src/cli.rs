@@ -14,7 +14,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run one ring node with its SMTP, POP3 and admin HTTP servers.
-    Node(NodeArgs),
+    Node(Box<NodeArgs>),
     /// Run a local ring of N nodes on 127.0.0.1 to try chordmail out.
     Up(UpArgs),
     /// Manage accounts through a node's admin API.
@@ -154,7 +154,7 @@ mod tests {
     fn node_args(line: &str) -> NodeArgs {
         let args = normalize_seed_spelling(line.split_whitespace().map(str::to_owned));
         match Cli::try_parse_from(args).unwrap().command {
-            Command::Node(args) => args,
+            Command::Node(args) => *args,
             other => panic!("expected node, got {other:?}"),
         }
     }

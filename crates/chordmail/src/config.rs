@@ -30,6 +30,7 @@ pub struct NodeConfig {
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
     pub ring_timing: cm_net::Timing,
+    pub anti_entropy_period: std::time::Duration,
 }
 
 /// The `--config` file: the same options as the flags.
@@ -58,6 +59,8 @@ struct ConfigFile {
     check_predecessor_ms: Option<u64>,
     probe_ms: Option<u64>,
     rpc_timeout_ms: Option<u64>,
+    /// Pause between anti-entropy rounds, in milliseconds.
+    anti_entropy_ms: Option<u64>,
 }
 
 /// A configuration mistake: reported with exit status 2 (bad usage).
@@ -86,11 +89,10 @@ impl NodeConfig {
             return Err(usage(format!("--bits must be in 1..=64, got {bits}")));
         }
         let id = args.id.or(file.id);
-        if let Some(id) = id {
-            if bits < 64 && id >= 1u64 << bits {
+        if let Some(id) = id
+            && bits < 64 && id >= 1u64 << bits {
                 return Err(usage(format!("--id {id} is outside [0, 2^{bits}) = [0, {})", 1u64 << bits)));
             }
-        }
         let entry_addr = match args.entry_addr.clone().or(file.entry_addr) {
             Some(text) => Some(parse_socket_addr("--entry-addr", &text)?),
             None => None,
@@ -138,6 +140,7 @@ impl NodeConfig {
             return Err(usage("set both --tls-cert and --tls-key, or neither"));
         }
         let mut ring_timing = cm_net::Timing::default();
+        let mut anti_entropy_period = cm_repl::antientropy::ROUND_PERIOD_DEFAULT;
         for (name, given, target) in [
             ("stabilize_ms", file.stabilize_ms, &mut ring_timing.stabilize),
             ("fix_fingers_ms", file.fix_fingers_ms, &mut ring_timing.fix_fingers),
@@ -145,6 +148,7 @@ impl NodeConfig {
             ("check_predecessor_ms", file.check_predecessor_ms, &mut ring_timing.check_predecessor),
             ("probe_ms", file.probe_ms, &mut ring_timing.probe),
             ("rpc_timeout_ms", file.rpc_timeout_ms, &mut ring_timing.rpc_timeout),
+            ("anti_entropy_ms", file.anti_entropy_ms, &mut anti_entropy_period),
         ] {
             if let Some(ms) = given {
                 if !(10..=60_000).contains(&ms) {
@@ -168,6 +172,7 @@ impl NodeConfig {
             tls_cert,
             tls_key,
             ring_timing,
+            anti_entropy_period,
         })
     }
 }

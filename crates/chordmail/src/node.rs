@@ -7,7 +7,7 @@ use std::sync::Arc;
 use anyhow::{Context, bail};
 use cm_admin::{NodeRef, RingStatus, RingView};
 use cm_net::{RingDriver, RingHandle, RingOptions};
-use cm_repl::{Mail, MailConfig};
+use cm_repl::{LocalReplica, Mail, MailConfig, ReplicaService};
 use cm_store::{Store, Write};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -29,6 +29,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     let tls = cm_tls::server_config(&config.data, config.tls_cert.as_deref(), config.tls_key.as_deref(), &config.hostname)?;
 
     let shutdown = CancellationToken::new();
+    let mut tasks = tokio::task::JoinSet::new();
     let mut ring_tasks = tokio::task::JoinSet::new();
     let me = cm_ring::NodeRef { id, addr: config.addr.to_string() };
     let ring_config = cm_ring::RingConfig::new(config.bits, config.replicas as usize);
@@ -41,16 +42,24 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         timing: config.ring_timing,
         on_peers_changed: Box::new(move |peers| save_remembered_peers(&peers_store, &peers)),
     };
-    let ring = RingDriver::start(options, ring_listener, shutdown.clone(), &mut ring_tasks).await?;
+    let local = Arc::new(LocalReplica::new(store.clone(), config.bits));
+    let replica_routes = tonic::service::Routes::new(ReplicaService::server(local.clone()));
+    let ring = RingDriver::start(options, ring_listener, shutdown.clone(), &mut ring_tasks, replica_routes).await?;
     if identity_is_new {
         // Only now: a join refused (say, for a taken id) must leave --data unclaimed.
         save_identity(&store, id, config.bits)?;
     }
 
-    let mail_config = MailConfig { node_id: id, bits: config.bits, domains: config.domains.clone() };
-    let mail = Mail::new(mail_config, store.clone());
+    let mail_config = MailConfig {
+        node_id: id,
+        bits: config.bits,
+        domains: config.domains.clone(),
+        replicas: config.replicas as usize,
+        successor_list_len: ring_config.successor_list_len,
+    };
+    let mail = Mail::new(mail_config, local, Some(ring.clone()));
+    tasks.spawn(anti_entropy_task(mail.clone(), config.anti_entropy_period, shutdown.clone()));
 
-    let mut tasks = tokio::task::JoinSet::new();
     let smtp_config = cm_smtp::SmtpConfig { hostname: config.hostname.clone(), tls: Some(tls.clone()), ..Default::default() };
     tasks.spawn(cm_smtp_task(smtp_listener, smtp_config, mail.clone(), shutdown.clone()));
     let pop3_config = cm_pop3::Pop3Config { hostname: config.hostname.clone(), tls: Some(tls), ..Default::default() };
@@ -79,6 +88,11 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         joined.context("a ring task panicked")??;
     }
     tracing::info!("stopped");
+    Ok(())
+}
+
+async fn anti_entropy_task(mail: Mail, period: std::time::Duration, shutdown: CancellationToken) -> anyhow::Result<()> {
+    cm_repl::antientropy::run(mail, period, shutdown).await;
     Ok(())
 }
 
@@ -120,15 +134,14 @@ fn node_identity(store: &Store, config: &NodeConfig) -> anyhow::Result<(u64, boo
     };
     let stored_id = read_u64(META_NODE_ID)?;
     let stored_bits = read_u64(META_NODE_BITS)?;
-    if let Some(bits) = stored_bits {
-        if bits != u64::from(config.bits) {
+    if let Some(bits) = stored_bits
+        && bits != u64::from(config.bits) {
             bail!(
                 "{} was created with --bits {bits}, not {}: use the same --bits or another --data",
                 config.data.display(),
                 config.bits
             );
         }
-    }
     let id = match (stored_id, config.id) {
         (Some(stored), Some(given)) if stored != given => bail!(
             "{} belongs to node id {stored}, not --id {given}: use --id {stored} or another --data",

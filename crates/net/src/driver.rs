@@ -254,8 +254,9 @@ impl RingHandle {
     }
 }
 
-/// Starts the ring service on `listener`, joins (or starts) the ring, and spawns the
-/// maintenance tasks; they and the server stop when `shutdown` is cancelled.
+/// Starts the ring service (and `other_services`, such as replication, which share
+/// its port) on `listener`, joins (or starts) the ring, and spawns the maintenance
+/// tasks; they and the server stop when `shutdown` is cancelled.
 pub struct RingDriver;
 
 impl RingDriver {
@@ -264,6 +265,7 @@ impl RingDriver {
         listener: TcpListener,
         shutdown: CancellationToken,
         tasks: &mut JoinSet<Result<(), StartError>>,
+        other_services: tonic::service::Routes,
     ) -> Result<RingHandle, StartError> {
         let RingOptions { me, config, entry, remembered, timing, on_peers_changed } = options;
         let node = Node::new_ring(config, me.clone(), remembered.clone())
@@ -279,7 +281,7 @@ impl RingDriver {
         let server_shutdown = shutdown.clone();
         tasks.spawn(async move {
             tonic::transport::Server::builder()
-                .timeout(timing.rpc_timeout * 4)
+                .add_routes(other_services)
                 .add_service(service)
                 .serve_with_incoming_shutdown(incoming, server_shutdown.cancelled_owned())
                 .await

@@ -1,7 +1,8 @@
 //! Node-to-node traffic of chordmail over gRPC (tonic), and the driver that runs the
 //! sans-IO ring of `cm-ring` on it.
 //!
-//! - [`pb`]: the generated protocol (`proto/ring.proto`).
+//! - [`pb`], [`replica_pb`]: the generated protocols (`proto/ring.proto`,
+//!   `proto/replica.proto`); the replica service itself is implemented in `cm-repl`.
 //! - [`Peers`]: one lazily connected, reused channel per peer address; every call has
 //!   a deadline, and a call that misses it is [`cm_ring::Unreachable`].
 //! - [`RingDriver`] / [`RingHandle`]: joins or starts a ring, serves the ring RPCs,
@@ -15,10 +16,15 @@ pub mod pb {
     tonic::include_proto!("chordmail.ring.v1");
 }
 
+/// The replication protocol (`proto/replica.proto`); served by `cm-repl`.
+pub mod replica_pb {
+    tonic::include_proto!("chordmail.replica.v1");
+}
+
 mod convert;
 mod driver;
 mod peers;
 mod server;
 
 pub use driver::{RingDriver, RingHandle, RingOptions, StartError, Timing};
-pub use peers::Peers;
+pub use peers::{MESSAGE_BYTES_MAX_ON_WIRE, Peers};

@@ -1,44 +1,80 @@
 //! Maildrop locks as leases (RFC 1939 §8: a POP3 session holds an exclusive lock).
 //!
-//! On a one-node ring the lease lives in this process and ends when its guard is
-//! dropped (QUIT, a dropped connection, a timeout) or when the process dies. With
-//! replication it moves to the mailbox's coordinator and gains an expiry that the
-//! session renews, so that a crashed node cannot hold a maildrop for ever.
+//! The lease of a mailbox is held at its coordinator (the first node of its replica
+//! set), in that node's [`LeaseTable`], with an expiry. The session's node renews it
+//! while the session lives ([`MaildropLock`] runs the renewal) and releases it when
+//! the guard drops (QUIT, a dropped connection, a timeout). If the session's node
+//! crashes the lease simply expires; if the coordinator crashes the lease is lost
+//! with it, the renewal fails, and the session can no longer commit deletions.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
+use cm_ring::NodeRef;
 use cm_types::{Address, RingKey};
 
-use crate::MailError;
+/// How long a lease lives without renewal; bounds how long a crashed session's
+/// node keeps a mailbox locked (DESIGN.md §9.3 asks for 10 s at most).
+pub const LEASE_TTL: Duration = Duration::from_secs(8);
+/// Renewal period: three tries before the lease would expire.
+pub const LEASE_RENEW_PERIOD: Duration = Duration::from_millis(2500);
+/// Leases a coordinator holds at most (one per open POP3 session in the cluster).
+const LEASES_MAX: usize = 65_536;
 
-/// The table of held leases: address -> lease id.
-#[derive(Clone, Default)]
-pub(crate) struct LeaseTable {
-    held: Arc<Mutex<HashMap<Address, u64>>>,
-    next_lease_id: Arc<AtomicU64>,
+const _: () = assert!(LEASE_RENEW_PERIOD.as_millis() * 3 <= LEASE_TTL.as_millis());
+
+/// The leases this node grants as coordinator: address -> (lease id, expiry).
+#[derive(Default)]
+pub struct LeaseTable {
+    held: Mutex<HashMap<Address, (u64, Instant)>>,
 }
 
 impl LeaseTable {
-    pub(crate) fn acquire(&self, address: &Address, key: RingKey) -> Result<MaildropLock, MailError> {
+    /// Grants the lease unless another live lease holds the address.
+    pub fn acquire(&self, address: &Address, lease_id: u64, ttl: Duration) -> bool {
+        let now = Instant::now();
         let mut held = self.held.lock().expect("lease mutex poisoned");
-        if held.contains_key(address) {
-            return Err(MailError::InUse);
+        if let Some((holder, expires)) = held.get(address)
+            && *holder != lease_id && *expires > now {
+                return false;
+            }
+        if held.len() >= LEASES_MAX {
+            held.retain(|_, (_, expires)| *expires > now);
+            if held.len() >= LEASES_MAX {
+                return false;
+            }
         }
-        let lease_id = self.next_lease_id.fetch_add(1, Ordering::Relaxed);
-        held.insert(address.clone(), lease_id);
-        Ok(MaildropLock { address: address.clone(), key, lease_id, table: self.clone() })
+        held.insert(address.clone(), (lease_id, now + ttl.min(LEASE_TTL)));
+        true
+    }
+
+    /// Extends a lease; a lease this node does not know (say, it restarted) is granted
+    /// again if the address is free, so a coordinator restart does not end sessions.
+    pub fn renew(&self, address: &Address, lease_id: u64, ttl: Duration) -> bool {
+        self.acquire(address, lease_id, ttl)
+    }
+
+    pub fn release(&self, address: &Address, lease_id: u64) {
+        let mut held = self.held.lock().expect("lease mutex poisoned");
+        if held.get(address).map(|(holder, _)| *holder) == Some(lease_id) {
+            held.remove(address);
+        }
     }
 }
 
-/// Proof that a session holds the maildrop of one address. Dropping it releases
-/// the lock.
+/// Proof that a POP3 session holds the maildrop of one address. Dropping it stops
+/// the renewal and releases the lease at the coordinator.
 pub struct MaildropLock {
-    address: Address,
-    key: RingKey,
-    lease_id: u64,
-    table: LeaseTable,
+    pub(crate) address: Address,
+    pub(crate) key: RingKey,
+    pub(crate) lease_id: u64,
+    pub(crate) coordinator: NodeRef,
+    pub(crate) held: Arc<AtomicBool>,
+    pub(crate) renewal: Option<tokio::task::JoinHandle<()>>,
+    /// Runs once, at drop; in a `Mutex` only so that the guard is `Sync`.
+    pub(crate) on_release: Mutex<Option<Box<dyn FnOnce() + Send>>>,
 }
 
 impl MaildropLock {
@@ -50,24 +86,50 @@ impl MaildropLock {
         self.key
     }
 
-    /// Whether the lease is still ours (always, until leases can expire).
+    /// Whether the lease is still ours: false once a renewal failed.
     pub fn is_held(&self) -> bool {
-        let held = self.table.held.lock().expect("lease mutex poisoned");
-        held.get(&self.address) == Some(&self.lease_id)
+        self.held.load(Ordering::Acquire)
     }
 }
 
 impl Drop for MaildropLock {
     fn drop(&mut self) {
-        let mut held = self.table.held.lock().expect("lease mutex poisoned");
-        if held.get(&self.address) == Some(&self.lease_id) {
-            held.remove(&self.address);
+        if let Some(renewal) = self.renewal.take() {
+            renewal.abort();
+        }
+        if let Some(release) = self.on_release.get_mut().ok().and_then(Option::take) {
+            release();
         }
     }
 }
 
 impl std::fmt::Debug for MaildropLock {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MaildropLock").field("address", &self.address).field("lease_id", &self.lease_id).finish()
+        f.debug_struct("MaildropLock")
+            .field("address", &self.address)
+            .field("lease_id", &self.lease_id)
+            .field("coordinator", &self.coordinator.addr)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_holder_until_release_or_expiry() {
+        let table = LeaseTable::default();
+        let alice = Address::parse("alice@example.org").unwrap();
+        assert!(table.acquire(&alice, 1, LEASE_TTL));
+        assert!(!table.acquire(&alice, 2, LEASE_TTL));
+        assert!(table.renew(&alice, 1, LEASE_TTL));
+        table.release(&alice, 2);
+        assert!(!table.acquire(&alice, 2, LEASE_TTL), "only the holder releases");
+        table.release(&alice, 1);
+        assert!(table.acquire(&alice, 2, Duration::from_millis(1)));
+        std::thread::sleep(Duration::from_millis(5));
+        assert!(table.acquire(&alice, 3, LEASE_TTL), "an expired lease is free");
+        assert!(!table.renew(&alice, 2, LEASE_TTL), "an expired holder cannot renew over a new one");
     }
 }

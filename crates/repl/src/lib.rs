@@ -1,30 +1,57 @@
-//! The mail service: the one interface through which SMTP, POP3 and the admin API
-//! reach accounts and mailboxes ([`Mail`]).
+//! The replicated mail service: the one interface through which SMTP, POP3 and the
+//! admin API reach accounts and mailboxes ([`Mail`]).
 //!
-//! Today every key is stored on this node only (a one-node ring): [`Mail`] applies
-//! writes to the local store through group commit and reads it back. Replication
-//! (placement on the ring, write and read quorums, takeover, anti-entropy) plugs in
-//! behind these same methods, so the protocol servers do not change when it lands.
+//! All data of one address lives under one ring key, `hash(address)`, on the first
+//! `replicas` live nodes clockwise from it (its replica set; the first coordinates).
+//! - Writes (deliveries, tombstones, account changes) go to every member of the set
+//!   and are acknowledged once `W` of them (a majority) have fsynced them.
+//! - Reads merge `R` replicas (a majority), so `R + W > replicas` and a read after an
+//!   acknowledged write sees it. Data are mergeable (see `cm-model`), so merging never
+//!   conflicts.
+//! - [`antientropy`] compares digests with the other members of each set and copies
+//!   what differs, which also covers takeover (a dead node's successor already holds
+//!   its keys and copies them on), re-replication, and hand-off to joining nodes.
+//! - Maildrop locks are leases at the coordinator ([`MaildropLock`]).
 //!
 //! What this crate guarantees to its callers: a method returning `Ok` after a write
-//! means the write is durable (fsynced); [`MailError::Unavailable`] and
-//! [`MailError::Storage`] mean nothing was acknowledged and the client should retry.
-//! It knows nothing of SMTP or POP3 syntax.
+//! means the write is durable on a write quorum; [`MailError::Unavailable`] and
+//! [`MailError::Storage`] mean it was not acknowledged and the client should retry
+//! (the write may still have reached some replicas; retried deliveries can then
+//! duplicate, never lose). It knows nothing of SMTP or POP3 syntax.
 
+pub mod antientropy;
+mod convert;
 mod lease;
+mod local;
+pub mod placement;
+mod server;
 
-pub use lease::MaildropLock;
+pub use lease::{LEASE_TTL, MaildropLock};
+pub use local::{LocalReplica, digest};
+pub use server::ReplicaService;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use cm_model::{Account, HybridClock, Mailbox, MessageId, PasswordError};
-use cm_store::{GroupCommitter, Store, StoreError, Write};
-use cm_types::{Address, RingKey, key_of_address};
+use cm_net::RingHandle;
+use cm_net::replica_pb as pb;
+use cm_ring::{IdSpace, NodeRef};
+use cm_store::{Store, StoreError, Write};
+use cm_types::metrics;
+use cm_types::{Address, RingKey};
 use sha2::{Digest, Sha256};
+
+use crate::convert::{account_from_pb, id_to_pb, mailbox_from_pb, writes_to_pb};
+use crate::lease::LEASE_RENEW_PERIOD;
+
+/// Deadline of one replication call; bodies of up to 25 MiB must fit in it.
+pub const REPLICA_CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum MailError {
@@ -73,9 +100,21 @@ pub struct MailConfig {
     pub bits: u32,
     /// Lower-cased mail domains the ring serves.
     pub domains: Vec<String>,
+    /// Copies of every key (`--replicas`).
+    pub replicas: usize,
+    /// The successor list length of the ring, to tell when it spans the whole ring.
+    pub successor_list_len: usize,
 }
 
-/// The mail service. Cheap to clone; every clone shares one store.
+impl MailConfig {
+    /// `W` and `R`: a majority of the replicas, so that every read quorum meets every
+    /// write quorum.
+    pub fn quorum(&self) -> usize {
+        self.replicas / 2 + 1
+    }
+}
+
+/// The mail service. Cheap to clone; every clone shares one state.
 #[derive(Clone)]
 pub struct Mail {
     inner: Arc<Inner>,
@@ -83,10 +122,10 @@ pub struct Mail {
 
 struct Inner {
     config: MailConfig,
-    store: Arc<Store>,
-    committer: GroupCommitter,
+    local: Arc<LocalReplica>,
+    /// `None` for a node without a ring (tests): every key then lives here only.
+    ring: Option<RingHandle>,
     clock: HybridClock,
-    leases: lease::LeaseTable,
     /// Successful logins, so that a mail client polling every minute does not pay an
     /// argon2 hash each time: address -> (account version, salted digest of the
     /// password). An entry is only trusted for the exact account version it was
@@ -96,16 +135,15 @@ struct Inner {
 }
 
 impl Mail {
-    pub fn new(config: MailConfig, store: Arc<Store>) -> Mail {
-        let committer = GroupCommitter::start(store.clone());
+    pub fn new(config: MailConfig, local: Arc<LocalReplica>, ring: Option<RingHandle>) -> Mail {
+        assert!(config.replicas >= 1, "at least one copy of every key");
         let clock = HybridClock::new(config.node_id);
         Mail {
             inner: Arc::new(Inner {
                 config,
-                store,
-                committer,
+                local,
+                ring,
                 clock,
-                leases: lease::LeaseTable::default(),
                 verified: Mutex::new(HashMap::new()),
                 verified_salt: rand::random(),
             }),
@@ -115,8 +153,14 @@ impl Mail {
     /// A one-node service on `dir`, serving `localhost` and `example.org`, for tests.
     pub fn open_for_tests(dir: &Path) -> Mail {
         let store = Arc::new(Store::open(dir).expect("opening a test store"));
-        let config = MailConfig { node_id: 1, bits: 64, domains: vec!["localhost".into(), "example.org".into()] };
-        Mail::new(config, store)
+        let config = MailConfig {
+            node_id: 1,
+            bits: 64,
+            domains: vec!["localhost".into(), "example.org".into()],
+            replicas: 1,
+            successor_list_len: 1,
+        };
+        Mail::new(config, Arc::new(LocalReplica::new(store, 64)), None)
     }
 
     pub fn config(&self) -> &MailConfig {
@@ -124,22 +168,218 @@ impl Mail {
     }
 
     pub fn store(&self) -> &Arc<Store> {
-        &self.inner.store
+        self.inner.local.store()
+    }
+
+    pub fn local(&self) -> &Arc<LocalReplica> {
+        &self.inner.local
     }
 
     pub fn serves_domain(&self, domain: &str) -> bool {
-        let domain = domain.to_lowercase();
-        self.inner.config.domains.iter().any(|served| *served == domain)
+        self.inner.config.domains.contains(&domain.to_lowercase())
     }
 
     fn key(&self, address: &Address) -> RingKey {
-        key_of_address(address, self.inner.config.bits)
+        self.inner.local.key(address)
     }
 
+    fn me(&self) -> NodeRef {
+        match &self.inner.ring {
+            Some(ring) => ring.me(),
+            None => NodeRef { id: self.inner.config.node_id, addr: "local".to_owned() },
+        }
+    }
+
+    // ----- placement -----
+
+    /// The live replica set of `key`, coordinator first.
+    pub async fn replica_set(&self, key: RingKey) -> Result<Vec<NodeRef>, MailError> {
+        let Some(ring) = &self.inner.ring else {
+            return Ok(vec![self.me()]);
+        };
+        let replicas = self.inner.config.replicas;
+        let mut chain = vec![ring.me()];
+        let successors = ring.successors();
+        let alone = successors.first().is_none_or(|first| first.id == chain[0].id);
+        if !alone {
+            chain.extend(successors.iter().cloned());
+        }
+        let whole_ring = alone || successors.len() < self.inner.config.successor_list_len;
+        let space = IdSpace::new(self.inner.config.bits);
+        let predecessor = ring.predecessor();
+        if let Some(set) = placement::local_replica_set(space, &chain, predecessor.as_ref(), whole_ring, key, replicas) {
+            return Ok(set);
+        }
+        let owner = ring.lookup(key).await.map_err(|error| MailError::Unavailable(error.to_string()))?.owner;
+        let state = ring
+            .peers()
+            .get_state(&owner.addr)
+            .await
+            .map_err(|_| MailError::Unavailable(format!("coordinator {} does not answer", owner.addr)))?;
+        Ok(placement::replica_set_from_owner(&owner, &state.successors, replicas))
+    }
+
+    // ----- one replica -----
+
+    async fn remote<T, F>(
+        &self,
+        member: &NodeRef,
+        op: &'static str,
+        call: impl FnOnce(pb::replica_client::ReplicaClient<tonic::transport::Channel>) -> F,
+    ) -> Result<T, MailError>
+    where
+        F: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let ring = self.inner.ring.as_ref().expect("remote members exist only on a ring");
+        ring.peers()
+            .replica(&member.addr, op, REPLICA_CALL_TIMEOUT, call)
+            .await
+            .map_err(|_| MailError::Unavailable(format!("replica {} did not answer {op}", member.addr)))
+    }
+
+    fn is_me(&self, member: &NodeRef) -> bool {
+        member.id == self.inner.config.node_id
+    }
+
+    async fn apply_on(&self, member: &NodeRef, writes: &[Write]) -> Result<(), MailError> {
+        if self.is_me(member) {
+            return self.inner.local.apply(writes.to_vec()).await;
+        }
+        let batch = writes_to_pb(writes);
+        metrics::REPLICA_WRITES_SENT.add(writes.len() as u64);
+        self.remote(member, "apply", |mut client| async move { client.apply(batch).await }).await.map(|_| ())
+    }
+
+    async fn account_on(&self, member: &NodeRef, address: &Address) -> Result<Option<Account>, MailError> {
+        if self.is_me(member) {
+            return self.inner.local.account(address).await;
+        }
+        let request = pb::AddressRequest { address: address.to_string() };
+        let reply = self.remote(member, "read_account", |mut client| async move { client.read_account(request).await }).await?;
+        reply.account.map(account_from_pb).transpose()
+    }
+
+    async fn mailbox_on(&self, member: &NodeRef, address: &Address) -> Result<Mailbox, MailError> {
+        if self.is_me(member) {
+            return self.inner.local.mailbox(address).await;
+        }
+        let request = pb::AddressRequest { address: address.to_string() };
+        let reply = self.remote(member, "read_mailbox", |mut client| async move { client.read_mailbox(request).await }).await?;
+        mailbox_from_pb(reply)
+    }
+
+    async fn body_on(&self, member: &NodeRef, address: &Address, id: MessageId) -> Result<Option<Vec<u8>>, MailError> {
+        if self.is_me(member) {
+            return self.inner.local.body(address, id).await;
+        }
+        let request = pb::BodyRequest { address: address.to_string(), id: id_to_pb(id) };
+        let reply = self.remote(member, "read_body", |mut client| async move { client.read_body(request).await }).await?;
+        Ok(reply.body)
+    }
+
+    async fn accounts_on(&self, member: &NodeRef) -> Result<Vec<Account>, MailError> {
+        if self.is_me(member) {
+            return self.inner.local.accounts().await;
+        }
+        let reply = self.remote(member, "list_accounts", |mut client| async move { client.list_accounts(pb::Empty {}).await }).await?;
+        reply.accounts.into_iter().map(account_from_pb).collect()
+    }
+
+    // ----- quorums -----
+
+    /// Runs `op` on every member of `set` at once and returns the first `needed`
+    /// successes; the calls still running go on in the background (a write that
+    /// reaches more replicas than needed is welcome).
+    async fn quorum<T, F, Fut>(&self, set: Vec<NodeRef>, what: &str, op: F) -> Result<Vec<T>, MailError>
+    where
+        T: Send + 'static,
+        F: Fn(Mail, NodeRef) -> Fut,
+        Fut: Future<Output = Result<T, MailError>> + Send + 'static,
+    {
+        let needed = if self.inner.ring.is_some() { self.inner.config.quorum() } else { 1 };
+        if set.len() < needed {
+            metrics::QUORUM_FAILURES.increment();
+            let reason = format!("{what}: {} live replica(s) of {} reachable, {needed} needed", set.len(), self.inner.config.replicas);
+            tracing::warn!(%reason, "quorum not reached");
+            return Err(MailError::Unavailable(reason));
+        }
+        let (sender, mut receiver) = tokio::sync::mpsc::channel(set.len());
+        for member in set {
+            let call = op(self.clone(), member.clone());
+            let sender = sender.clone();
+            tokio::spawn(async move {
+                let outcome = call.await;
+                let _ = sender.send((member, outcome)).await;
+            });
+        }
+        drop(sender);
+        let mut successes = Vec::with_capacity(needed);
+        let mut failures = Vec::new();
+        while let Some((member, outcome)) = receiver.recv().await {
+            match outcome {
+                Ok(value) => {
+                    successes.push(value);
+                    if successes.len() == needed {
+                        return Ok(successes);
+                    }
+                }
+                Err(error) => failures.push(format!("{}: {error}", member.addr)),
+            }
+        }
+        metrics::QUORUM_FAILURES.increment();
+        let reason = format!("{what}: {} of {needed} replicas answered ({})", successes.len(), failures.join("; "));
+        tracing::warn!(%reason, "quorum not reached");
+        Err(MailError::Unavailable(reason))
+    }
+
+    async fn write_quorum(&self, key: RingKey, writes: Vec<Write>) -> Result<(), MailError> {
+        let set = self.replica_set(key).await?;
+        let writes = Arc::new(writes);
+        self.quorum(set, "write", move |mail, member| {
+            let writes = writes.clone();
+            async move { mail.apply_on(&member, &writes).await }
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// The merged account record (deleted ones included) from a read quorum.
+    async fn read_account(&self, address: &Address) -> Result<Option<Account>, MailError> {
+        let set = self.replica_set(self.key(address)).await?;
+        let target = address.clone();
+        let answers = self
+            .quorum(set, "read account", move |mail, member| {
+                let address = target.clone();
+                async move { mail.account_on(&member, &address).await }
+            })
+            .await?;
+        let merged = answers.into_iter().flatten().reduce(Account::merge);
+        if let Some(account) = &merged {
+            self.inner.clock.observe(account.version);
+        }
+        Ok(merged)
+    }
+
+    async fn read_mailbox(&self, address: &Address) -> Result<Mailbox, MailError> {
+        let set = self.replica_set(self.key(address)).await?;
+        let target = address.clone();
+        let answers = self
+            .quorum(set, "read mailbox", move |mail, member| {
+                let address = target.clone();
+                async move { mail.mailbox_on(&member, &address).await }
+            })
+            .await?;
+        let mut merged = Mailbox::default();
+        for answer in &answers {
+            merged.merge(answer);
+        }
+        Ok(merged)
+    }
+
+    // ----- accounts -----
+
     async fn account(&self, address: &Address) -> Result<Option<Account>, MailError> {
-        let (store, key, address) = (self.inner.store.clone(), self.key(address), address.clone());
-        let account = blocking(move || store.account(key, &address)).await??;
-        Ok(account.filter(|account| !account.deleted))
+        Ok(self.read_account(address).await?.filter(|account| !account.deleted))
     }
 
     pub async fn account_exists(&self, address: &Address) -> Result<bool, MailError> {
@@ -159,7 +399,7 @@ impl Mail {
         }
         let password = password.to_vec();
         let version = account.version;
-        let matches = blocking(move || account.verify(&password)).await?;
+        let matches = local::blocking(move || account.verify(&password)).await?;
         if matches {
             self.inner.verified.lock().expect("cache mutex poisoned").insert(address.clone(), (version, digest));
         }
@@ -181,14 +421,14 @@ impl Mail {
         if self.account_exists(address).await? {
             return Err(MailError::AccountExists);
         }
-        self.write_account(address, password, false).await
+        self.write_account(address, password).await
     }
 
     pub async fn set_password(&self, address: &Address, password: &str) -> Result<(), MailError> {
         if !self.account_exists(address).await? {
             return Err(MailError::NoSuchAccount);
         }
-        self.write_account(address, password, false).await
+        self.write_account(address, password).await
     }
 
     /// Deletes an account (a last-writer-wins tombstone). Its mailbox is kept.
@@ -198,99 +438,209 @@ impl Mail {
         };
         let version = self.inner.clock.tick(now_ms());
         let tombstone = Account { version, deleted: true, ..account };
-        self.commit(vec![Write::Account { key: self.key(address), account: tombstone }]).await
+        self.write_quorum(self.key(address), vec![Write::Account { key: self.key(address), account: tombstone }]).await
     }
 
-    async fn write_account(&self, address: &Address, password: &str, deleted: bool) -> Result<(), MailError> {
+    async fn write_account(&self, address: &Address, password: &str) -> Result<(), MailError> {
         let version = self.inner.clock.tick(now_ms());
         let (address_owned, password) = (address.clone(), password.to_owned());
-        let mut account = blocking(move || Account::new(address_owned, &password, version)).await??;
-        account.deleted = deleted;
-        self.commit(vec![Write::Account { key: self.key(address), account }]).await
+        let account = local::blocking(move || Account::new(address_owned, &password, version)).await??;
+        self.write_quorum(self.key(address), vec![Write::Account { key: self.key(address), account }]).await
     }
 
-    /// Live accounts, sorted by address.
+    /// Live accounts of the whole ring, sorted by address. Walks the ring and merges
+    /// every node's records; nodes that do not answer are skipped.
     pub async fn list_accounts(&self) -> Result<Vec<Address>, MailError> {
-        let store = self.inner.store.clone();
-        let accounts = blocking(move || store.accounts()).await??;
-        let mut addresses: Vec<Address> =
-            accounts.into_iter().filter(|account| !account.deleted).map(|account| account.address).collect();
-        addresses.sort();
-        Ok(addresses)
+        let nodes = match &self.inner.ring {
+            Some(ring) => ring.cluster().await,
+            None => vec![self.me()],
+        };
+        let mut merged: BTreeMap<Address, Account> = BTreeMap::new();
+        for node in nodes {
+            let accounts = match self.accounts_on(&node).await {
+                Ok(accounts) => accounts,
+                Err(error) => {
+                    tracing::warn!(node = %node.addr, %error, "skipping a node while listing accounts");
+                    continue;
+                }
+            };
+            for account in accounts {
+                let merged_account = match merged.remove(&account.address) {
+                    Some(existing) => existing.merge(account),
+                    None => account,
+                };
+                merged.insert(merged_account.address.clone(), merged_account);
+            }
+        }
+        Ok(merged.into_values().filter(|account| !account.deleted).map(|account| account.address).collect())
     }
+
+    // ----- mail -----
 
     /// Stores one copy of `message` per recipient, each under its own id, and
-    /// returns once all of them are durable.
+    /// returns once every copy is durable on a write quorum of its replica set.
     pub async fn deliver(&self, recipients: &[Address], message: Bytes) -> Result<Vec<MessageId>, MailError> {
         let arrival_ms = now_ms();
         let mut ids = Vec::with_capacity(recipients.len());
-        let mut writes = Vec::with_capacity(recipients.len());
+        let mut by_key: BTreeMap<RingKey, Vec<Write>> = BTreeMap::new();
         for recipient in recipients {
             let id = MessageId::generate(arrival_ms);
             ids.push(id);
-            writes.push(Write::Message {
-                key: self.key(recipient),
+            let key = self.key(recipient);
+            by_key.entry(key).or_default().push(Write::Message {
+                key,
                 address: recipient.clone(),
                 id,
                 body: message.to_vec(),
             });
         }
-        self.commit(writes).await?;
+        let mut writes = tokio::task::JoinSet::new();
+        for (key, batch) in by_key {
+            let mail = self.clone();
+            writes.spawn(async move { mail.write_quorum(key, batch).await });
+        }
+        while let Some(joined) = writes.join_next().await {
+            joined.map_err(|error| MailError::Storage(format!("delivery task failed: {error}")))??;
+        }
         Ok(ids)
     }
 
-    /// Takes the maildrop lock of `address` for one POP3 session.
+    /// Takes the maildrop lease of `address` at its coordinator for one POP3 session.
     pub async fn lock_maildrop(&self, address: &Address) -> Result<MaildropLock, MailError> {
-        self.inner.leases.acquire(address, self.key(address))
+        let key = self.key(address);
+        let coordinator = self.replica_set(key).await?.remove(0);
+        let lease_id: u64 = rand::random();
+        if !self.lease_call(&coordinator, address, lease_id, LeaseCall::Acquire).await? {
+            return Err(MailError::InUse);
+        }
+        let held = Arc::new(AtomicBool::new(true));
+        let renewal = {
+            let (mail, coordinator, address, held) = (self.clone(), coordinator.clone(), address.clone(), held.clone());
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(LEASE_RENEW_PERIOD).await;
+                    let renewed = mail.lease_call(&coordinator, &address, lease_id, LeaseCall::Renew).await;
+                    if !matches!(renewed, Ok(true)) {
+                        tracing::warn!(%address, coordinator = %coordinator.addr, "maildrop lease lost");
+                        held.store(false, Ordering::Release);
+                        return;
+                    }
+                }
+            })
+        };
+        let on_release = {
+            let (mail, coordinator, address) = (self.clone(), coordinator.clone(), address.clone());
+            Box::new(move || {
+                if mail.is_me(&coordinator) {
+                    // Released at once, so that the next session finds the maildrop free.
+                    mail.inner.local.leases.release(&address, lease_id);
+                } else if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                    runtime.spawn(async move {
+                        let _ = mail.lease_call(&coordinator, &address, lease_id, LeaseCall::Release).await;
+                    });
+                }
+            })
+        };
+        Ok(MaildropLock {
+            address: address.clone(),
+            key,
+            lease_id,
+            coordinator,
+            held,
+            renewal: Some(renewal),
+            on_release: Mutex::new(Some(on_release)),
+        })
     }
 
-    /// Visible messages of the locked maildrop, oldest first.
+    async fn lease_call(&self, coordinator: &NodeRef, address: &Address, lease_id: u64, call: LeaseCall) -> Result<bool, MailError> {
+        let leases = &self.inner.local.leases;
+        if self.is_me(coordinator) {
+            return Ok(match call {
+                LeaseCall::Acquire => leases.acquire(address, lease_id, LEASE_TTL),
+                LeaseCall::Renew => leases.renew(address, lease_id, LEASE_TTL),
+                LeaseCall::Release => {
+                    leases.release(address, lease_id);
+                    true
+                }
+            });
+        }
+        let request = pb::LeaseRequest { address: address.to_string(), lease_id, ttl_ms: LEASE_TTL.as_millis() as u64 };
+        match call {
+            LeaseCall::Acquire => {
+                self.remote(coordinator, "acquire_lease", |mut client| async move { client.acquire_lease(request).await })
+                    .await
+                    .map(|reply| reply.granted)
+            }
+            LeaseCall::Renew => {
+                self.remote(coordinator, "renew_lease", |mut client| async move { client.renew_lease(request).await })
+                    .await
+                    .map(|reply| reply.granted)
+            }
+            LeaseCall::Release => {
+                self.remote(coordinator, "release_lease", |mut client| async move { client.release_lease(request).await })
+                    .await
+                    .map(|_| true)
+            }
+        }
+    }
+
+    /// Visible messages of the locked maildrop (merged from a read quorum), oldest first.
     pub async fn list(&self, lock: &MaildropLock) -> Result<Vec<MessageInfo>, MailError> {
-        let mailbox = self.mailbox(lock).await?;
+        let mailbox = self.read_mailbox(lock.address()).await?;
         Ok(mailbox.visible().map(|(id, size)| MessageInfo { id, size }).collect())
     }
 
-    async fn mailbox(&self, lock: &MaildropLock) -> Result<Mailbox, MailError> {
-        let (store, key, address) = (self.inner.store.clone(), lock.key(), lock.address().clone());
-        Ok(blocking(move || store.mailbox(key, &address)).await??)
-    }
-
-    /// The message's octets, or `None` if it is not (or no longer) in the maildrop.
+    /// The message's octets, or `None` if no replica has it (any longer).
     pub async fn retrieve(&self, lock: &MaildropLock, id: MessageId) -> Result<Option<Bytes>, MailError> {
-        let (store, key, address) = (self.inner.store.clone(), lock.key(), lock.address().clone());
-        let body = blocking(move || store.body(key, &address, id)).await??;
-        Ok(body.map(Bytes::from))
+        let address = lock.address();
+        if let Some(body) = self.inner.local.body(address, id).await? {
+            return Ok(Some(Bytes::from(body)));
+        }
+        let mut last_error = None;
+        for member in self.replica_set(lock.key()).await? {
+            if self.is_me(&member) {
+                continue;
+            }
+            match self.body_on(&member, address, id).await {
+                Ok(Some(body)) => return Ok(Some(Bytes::from(body))),
+                Ok(None) => {}
+                Err(error) => last_error = Some(error),
+            }
+        }
+        match last_error {
+            Some(error) => Err(error),
+            None => Ok(None),
+        }
     }
 
-    /// Deletes messages of the locked maildrop as durable tombstones. On `Err`
-    /// nothing was removed.
+    /// Deletes messages of the locked maildrop as tombstones on a write quorum. On
+    /// `Err` the deletion was not acknowledged (it may still take effect later).
     pub async fn delete(&self, lock: &MaildropLock, ids: &[MessageId]) -> Result<(), MailError> {
         if !lock.is_held() {
-            return Err(MailError::Unavailable("the maildrop lock was lost".to_owned()));
+            return Err(MailError::Unavailable("the maildrop lease was lost".to_owned()));
+        }
+        if ids.is_empty() {
+            return Ok(());
         }
         let deleted_ms = now_ms();
         let writes = ids
             .iter()
             .map(|id| Write::Tombstone { key: lock.key(), address: lock.address().clone(), id: *id, deleted_ms })
             .collect();
-        self.commit(writes).await
+        self.write_quorum(lock.key(), writes).await
     }
 
-    async fn commit(&self, writes: Vec<Write>) -> Result<(), MailError> {
-        let (sender, receiver) = tokio::sync::oneshot::channel();
-        self.inner.committer.submit(writes, move |outcome| {
-            let _ = sender.send(outcome);
-        });
-        match receiver.await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(reason)) => Err(MailError::Storage(reason)),
-            Err(_) => Err(MailError::Storage("the commit thread stopped".to_owned())),
-        }
+    /// This node's own replica of one address, for operators (`/api/replicas/...`).
+    pub async fn local_replica(&self, address: &Address) -> Result<(Option<Account>, Mailbox), MailError> {
+        Ok((self.inner.local.account(address).await?, self.inner.local.mailbox(address).await?))
     }
 }
 
-async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Result<T, MailError> {
-    tokio::task::spawn_blocking(work).await.map_err(|error| MailError::Storage(format!("worker failed: {error}")))
+#[derive(Clone, Copy, Debug)]
+enum LeaseCall {
+    Acquire,
+    Renew,
+    Release,
 }
 
 /// Milliseconds since the Unix epoch, the wall-time input of the hybrid clock.

@@ -255,21 +255,38 @@ impl Store {
         Ok(Some(body))
     }
 
-    /// The number of distinct ring keys (addresses) with data here.
+    /// The number of distinct addresses (ring keys) with data here.
     pub fn n_keys(&self) -> Result<u64, StoreError> {
+        Ok(self.addresses()?.len() as u64)
+    }
+
+    /// Every address with data here (account, messages or tombstones), in key order.
+    pub fn addresses(&self) -> Result<Vec<(RingKey, Address)>, StoreError> {
         let txn = self.db.begin_read()?;
-        let accounts = txn.open_table(ACCOUNTS)?;
-        let index = txn.open_table(INDEX)?;
-        let mut keys = std::collections::BTreeSet::new();
-        for row in accounts.iter()? {
+        let mut found = std::collections::BTreeSet::new();
+        for row in txn.open_table(ACCOUNTS)?.iter()? {
             let (row_key, _) = row?;
-            keys.insert(row_key.value().0);
+            let (key, address) = row_key.value();
+            found.insert((key, address.to_owned()));
         }
-        for row in index.iter()? {
+        for row in txn.open_table(INDEX)?.iter()? {
             let (row_key, _) = row?;
-            keys.insert(row_key.value().0);
+            let (key, address, _) = row_key.value();
+            found.insert((key, address.to_owned()));
         }
-        Ok(keys.len() as u64)
+        for row in txn.open_table(TOMBSTONES)?.iter()? {
+            let (row_key, _) = row?;
+            let (key, address, _) = row_key.value();
+            found.insert((key, address.to_owned()));
+        }
+        found
+            .into_iter()
+            .map(|(key, address)| {
+                Address::parse(&address)
+                    .map(|address| (key, address))
+                    .map_err(|error| self.corrupt(format!("stored address {address:?} is invalid: {error}")))
+            })
+            .collect()
     }
 
     fn corrupt(&self, reason: String) -> StoreError {

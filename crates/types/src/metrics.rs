@@ -71,6 +71,21 @@ pub static STORE_COMMITS: Metric =
 pub static STORE_WRITES: Metric =
     Metric::counter("chordmail_store_writes_total", "Writes applied to the store, all batches together");
 
+pub static REPLICA_WRITES_SENT: Metric =
+    Metric::counter("chordmail_replica_writes_sent_total", "Writes sent to other replicas (quorum writes and repairs)");
+pub static REPLICA_WRITES_RECEIVED: Metric =
+    Metric::counter("chordmail_replica_writes_received_total", "Writes received from other replicas");
+pub static QUORUM_FAILURES: Metric =
+    Metric::counter("chordmail_quorum_failures_total", "Reads or writes refused because a quorum was not reached");
+pub static REPAIRS: Metric =
+    Metric::counter("chordmail_repairs_total", "Messages, tombstones and accounts copied to a replica by anti-entropy");
+pub static ANTI_ENTROPY_ROUNDS: Metric =
+    Metric::counter("chordmail_anti_entropy_rounds_total", "Anti-entropy rounds completed");
+pub static ADDRESSES_OUT_OF_SYNC: Metric = Metric::gauge(
+    "chordmail_addresses_out_of_sync",
+    "Addresses whose replicas differed in the last anti-entropy round (0: every copy is in place)",
+);
+
 /// Every metric above, in the order they are rendered.
 pub static ALL: &[&Metric] = &[
     &SMTP_CONNECTIONS,
@@ -82,6 +97,12 @@ pub static ALL: &[&Metric] = &[
     &AUTH_FAILURES,
     &STORE_COMMITS,
     &STORE_WRITES,
+    &REPLICA_WRITES_SENT,
+    &REPLICA_WRITES_RECEIVED,
+    &QUORUM_FAILURES,
+    &REPAIRS,
+    &ANTI_ENTROPY_ROUNDS,
+    &ADDRESSES_OUT_OF_SYNC,
 ];
 
 /// The Prometheus text exposition (version 0.0.4) of `metrics`.

@@ -1,0 +1,118 @@
+//! This node's replica of every key it holds: the store, its group committer and
+//! the maildrop leases of the mailboxes this node coordinates.
+
+use std::sync::Arc;
+
+use cm_model::{Account, Mailbox, MessageId};
+use cm_store::{GroupCommitter, Store, Write};
+use cm_types::{Address, RingKey, hash64, key_of_address};
+
+use crate::MailError;
+use crate::lease::LeaseTable;
+
+pub struct LocalReplica {
+    store: Arc<Store>,
+    committer: GroupCommitter,
+    bits: u32,
+    pub(crate) leases: LeaseTable,
+}
+
+impl LocalReplica {
+    pub fn new(store: Arc<Store>, bits: u32) -> LocalReplica {
+        let committer = GroupCommitter::start(store.clone());
+        LocalReplica { store, committer, bits, leases: LeaseTable::default() }
+    }
+
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    pub fn key(&self, address: &Address) -> RingKey {
+        key_of_address(address, self.bits)
+    }
+
+    /// Applies `writes` in one group-committed transaction; durable when `Ok`.
+    pub async fn apply(&self, writes: Vec<Write>) -> Result<(), MailError> {
+        if writes.is_empty() {
+            return Ok(());
+        }
+        let (sender, receiver) = tokio::sync::oneshot::channel();
+        self.committer.submit(writes, move |outcome| {
+            let _ = sender.send(outcome);
+        });
+        match receiver.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(reason)) => Err(MailError::Storage(reason)),
+            Err(_) => Err(MailError::Storage("the commit thread stopped".to_owned())),
+        }
+    }
+
+    /// The stored account record, deleted ones included.
+    pub async fn account(&self, address: &Address) -> Result<Option<Account>, MailError> {
+        let (store, key, address) = (self.store.clone(), self.key(address), address.clone());
+        Ok(blocking(move || store.account(key, &address)).await??)
+    }
+
+    pub async fn accounts(&self) -> Result<Vec<Account>, MailError> {
+        let store = self.store.clone();
+        Ok(blocking(move || store.accounts()).await??)
+    }
+
+    pub async fn mailbox(&self, address: &Address) -> Result<Mailbox, MailError> {
+        let (store, key, address) = (self.store.clone(), self.key(address), address.clone());
+        Ok(blocking(move || store.mailbox(key, &address)).await??)
+    }
+
+    pub async fn body(&self, address: &Address, id: MessageId) -> Result<Option<Vec<u8>>, MailError> {
+        let (store, key, address) = (self.store.clone(), self.key(address), address.clone());
+        Ok(blocking(move || store.body(key, &address, id)).await??)
+    }
+
+    /// Every address held here with the digest of its state (see [`digest`]).
+    pub async fn digests(&self) -> Result<Vec<(RingKey, Address, u64)>, MailError> {
+        let store = self.store.clone();
+        blocking(move || -> Result<Vec<(RingKey, Address, u64)>, MailError> {
+            let mut result = Vec::new();
+            for (key, address) in store.addresses()? {
+                let account = store.account(key, &address)?;
+                let mailbox = store.mailbox(key, &address)?;
+                result.push((key, address, digest(account.as_ref(), &mailbox)));
+            }
+            Ok(result)
+        })
+        .await?
+    }
+
+    /// The digest of one address as held here.
+    pub async fn digest_of(&self, address: &Address) -> Result<u64, MailError> {
+        let account = self.account(address).await?;
+        let mailbox = self.mailbox(address).await?;
+        Ok(digest(account.as_ref(), &mailbox))
+    }
+}
+
+/// A fingerprint of one address's replicated state: equal on two replicas exactly
+/// when they hold the same account version, received ids and tombstones (deletion
+/// times are left out: they merge by maximum and do not change what is visible).
+pub fn digest(account: Option<&Account>, mailbox: &Mailbox) -> u64 {
+    let mut bytes = Vec::with_capacity(32 + 17 * (mailbox.received.len() + mailbox.tombstones.len()));
+    if let Some(account) = account {
+        bytes.extend_from_slice(&account.version.wall_ms.to_be_bytes());
+        bytes.extend_from_slice(&account.version.counter.to_be_bytes());
+        bytes.extend_from_slice(&account.version.node.to_be_bytes());
+        bytes.push(u8::from(account.deleted));
+    }
+    bytes.push(b'r');
+    for id in mailbox.received.keys() {
+        bytes.extend_from_slice(&id.as_u128().to_be_bytes());
+    }
+    bytes.push(b't');
+    for id in mailbox.tombstones.keys() {
+        bytes.extend_from_slice(&id.as_u128().to_be_bytes());
+    }
+    hash64(&bytes)
+}
+
+pub(crate) async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Result<T, MailError> {
+    tokio::task::spawn_blocking(work).await.map_err(|error| MailError::Storage(format!("worker failed: {error}")))
+}
