@@ -44,6 +44,13 @@ pub struct RingView {
     pub fingers: Vec<Finger>,
     /// Ring keys (addresses) with data in this node's store.
     pub keys: u64,
+    /// Copies of every key the ring keeps (`--replicas`).
+    #[serde(default)]
+    pub replicas: u64,
+    /// (address, replica) pairs that differed in the last anti-entropy round: 0 when
+    /// every key this node holds has its copies in place.
+    #[serde(default)]
+    pub out_of_sync: u64,
 }
 
 /// `GET /api/cluster`: the ring walked along successors from this node.
@@ -78,6 +85,7 @@ pub fn router(mail: Mail, ring: Arc<dyn RingStatus>) -> Router {
         .route("/api/users", get(list_users).post(create_user))
         .route("/api/users/{address}", axum::routing::delete(delete_user))
         .route("/api/users/{address}/password", put(set_password))
+        .route("/api/replicas/{address}", get(local_replica))
         .layer(DefaultBodyLimit::max(ADMIN_BODY_BYTES_MAX))
         .with_state(AppState { mail, ring })
 }
@@ -130,6 +138,8 @@ async fn metrics() -> impl IntoResponse {
 async fn ring_view(State(state): State<AppState>) -> Result<Json<RingView>, ApiError> {
     let mut view = state.ring.view();
     let store = state.mail.store().clone();
+    view.replicas = state.mail.config().replicas as u64;
+    view.out_of_sync = cm_types::metrics::ADDRESSES_OUT_OF_SYNC.get();
     view.keys = tokio::task::spawn_blocking(move || store.n_keys())
         .await
         .map_err(|error| ApiError(StatusCode::INTERNAL_SERVER_ERROR, error.to_string()))?
@@ -191,6 +201,29 @@ async fn set_password(
     state.mail.set_password(&address, &body.password).await?;
     tracing::info!(%address, "password changed");
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// `GET /api/replicas/{address}`: this node's own copy of one address (not a
+/// quorum read), so an operator can see what each replica holds.
+async fn local_replica(State(state): State<AppState>, Path(address): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
+    let address = parse_address(&address)?;
+    let (account, mailbox) = state.mail.local_replica(&address).await?;
+    let messages: Vec<serde_json::Value> = mailbox
+        .received
+        .iter()
+        .map(|(id, size)| serde_json::json!({ "id": id, "size": size, "deleted": mailbox.tombstones.contains_key(id) }))
+        .collect();
+    let tombstones: Vec<String> = mailbox.tombstones.keys().map(ToString::to_string).collect();
+    Ok(Json(serde_json::json!({
+        "address": address,
+        "account": account.map(|account| serde_json::json!({
+            "deleted": account.deleted,
+            "version": { "wall_ms": account.version.wall_ms, "counter": account.version.counter, "node": account.version.node },
+        })),
+        "messages": messages,
+        "visible": mailbox.visible().count(),
+        "tombstones": tombstones,
+    })))
 }
 
 async fn status_page(State(state): State<AppState>) -> Html<String> {

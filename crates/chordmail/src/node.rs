@@ -219,6 +219,8 @@ impl RingStatus for RingAdmin {
                 .map(|finger| cm_admin::Finger { start: finger.start, id: finger.id, addr: finger.addr })
                 .collect(),
             keys: 0,
+            replicas: 0,
+            out_of_sync: 0,
         }
     }
 
