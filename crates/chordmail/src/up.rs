@@ -101,21 +101,30 @@ async fn wait_ready(ring: &mut Ring, port: u16, log_path: &Path) -> anyhow::Resu
     }
 }
 
+/// Creates the demo account, retrying while the ring is still forming (a write needs a
+/// majority of the replicas to be in the ring and known to the node).
 async fn create_demo_account(http_port: u16) -> anyhow::Result<()> {
     let url = format!("http://127.0.0.1:{http_port}/api/users");
-    let status = tokio::task::spawn_blocking(move || -> anyhow::Result<u16> {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(30)))
-            .build()
-            .into();
-        let body = serde_json::json!({ "address": DEMO_ADDRESS, "password": DEMO_PASSWORD });
-        Ok(agent.post(&url).send_json(body)?.status().as_u16())
-    })
-    .await??;
-    match status {
-        201 | 409 => Ok(()),
-        other => bail!("creating the demo account failed with HTTP {other}"),
+    let deadline = Instant::now() + READY_TIMEOUT;
+    loop {
+        let target = url.clone();
+        let (status, reason) = tokio::task::spawn_blocking(move || -> anyhow::Result<(u16, String)> {
+            let agent: ureq::Agent = ureq::Agent::config_builder()
+                .http_status_as_error(false)
+                .timeout_global(Some(Duration::from_secs(30)))
+                .build()
+                .into();
+            let body = serde_json::json!({ "address": DEMO_ADDRESS, "password": DEMO_PASSWORD });
+            let mut response = agent.post(&target).send_json(body)?;
+            let status = response.status().as_u16();
+            Ok((status, response.body_mut().read_to_string().unwrap_or_default()))
+        })
+        .await??;
+        match status {
+            201 | 409 => return Ok(()),
+            503 if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(250)).await,
+            other => bail!("creating the demo account failed with HTTP {other}: {reason}"),
+        }
     }
 }
 
