@@ -22,12 +22,14 @@ use crate::{Credentials, MESSAGE_BYTES_MAX, Reply, RpcError, Server, with_failov
 /// How often a waiting client looks into its mailbox; the latency/load trade-off.
 pub const POLL_INTERVAL_DEFAULT: Duration = Duration::from_millis(100);
 /// Bound on every single network step (connect, one command and its answer).
-pub const IO_TIMEOUT_DEFAULT: Duration = Duration::from_secs(10);
+pub const IO_TIMEOUT_DEFAULT: Duration = Duration::from_secs(30);
 /// Calls one client runs at once; more wait for a slot (within their own timeout).
 pub const CALLS_IN_FLIGHT_MAX: usize = 1024;
 /// Request ids of finished calls remembered so that a late duplicate of their reply
 /// is deleted instead of lingering for ever.
 const FINISHED_IDS_MAX: usize = 4096;
+/// The longest pause between two attempts to send a request.
+const SEND_PAUSE_MAX: Duration = Duration::from_secs(2);
 /// Replies fetched in one poll; the rest wait for the next poll.
 const RETRIEVALS_PER_POLL_MAX: usize = 256;
 
@@ -148,16 +150,7 @@ impl Client {
             message: &mail.bytes,
             eight_bit: mail.eight_bit,
         };
-        let first_idx = self.inner.preferred_server_idx.load(Ordering::Relaxed);
-        let send = with_failover(&config.servers, first_idx, |server| {
-            smtp::submit(server, &config.credentials, &outgoing, config.io_timeout)
-        });
-        let (server_idx, ()) = tokio::time::timeout_at(deadline, send)
-            .await
-            .map_err(|_| timed_out())??;
-        self.inner
-            .preferred_server_idx
-            .store(server_idx, Ordering::Relaxed);
+        self.send_until(&outgoing, deadline).await?;
         tracing::debug!(%request_id, method, to, "request sent");
         loop {
             if let Some(reply) = self.inner.take_reply(&request_id) {
@@ -187,6 +180,45 @@ impl Client {
                 Ok(Err(error @ RpcError::Auth { .. })) => return Err(error),
                 Ok(Err(error)) => tracing::warn!(%error, "polling for replies failed; retrying"),
             }
+        }
+    }
+}
+
+impl Client {
+    /// Submits the request, retrying transient failures until the deadline. A retry
+    /// after a lost 250 only duplicates the request under the same Message-ID, which
+    /// the service answers once.
+    async fn send_until(&self, outgoing: &Outgoing<'_>, deadline: Instant) -> Result<(), RpcError> {
+        let config = &self.inner.config;
+        let mut pause = config.poll_interval;
+        loop {
+            let first_idx = self.inner.preferred_server_idx.load(Ordering::Relaxed);
+            let send = with_failover(&config.servers, first_idx, |server| {
+                smtp::submit(server, &config.credentials, outgoing, config.io_timeout)
+            });
+            let error = match tokio::time::timeout_at(deadline, send).await {
+                Ok(Ok((server_idx, ()))) => {
+                    self.inner
+                        .preferred_server_idx
+                        .store(server_idx, Ordering::Relaxed);
+                    return Ok(());
+                }
+                Ok(Err(error)) if error.is_retryable() => error,
+                Ok(Err(error)) => return Err(error),
+                Err(_) => {
+                    return Err(RpcError::Protocol {
+                        peer: config.servers[0].smtp_addr(),
+                        detail: "the request could not be sent before the call's timeout"
+                            .to_owned(),
+                    });
+                }
+            };
+            if Instant::now() + pause >= deadline {
+                return Err(error);
+            }
+            tracing::warn!(%error, "sending the request failed; retrying");
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(SEND_PAUSE_MAX);
         }
     }
 }

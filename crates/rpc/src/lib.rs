@@ -156,6 +156,15 @@ impl RpcError {
         }
     }
 
+    /// Whether the same step may succeed later (every server failed for now).
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            RpcError::Unreachable { last, .. } => last.is_retryable(),
+            RpcError::InUse { .. } => true,
+            other => other.is_transient(),
+        }
+    }
+
     /// Whether another server may succeed where this one failed.
     pub fn is_transient(&self) -> bool {
         matches!(
