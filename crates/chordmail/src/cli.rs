@@ -21,6 +21,8 @@ pub enum Command {
     User(UserArgs),
     /// Show the ring as a node sees it.
     Ring(RingArgs),
+    /// Request/reply between programs over mail (DESIGN.md §7).
+    Rpc(cm_rpc::cli::RpcArgs),
 }
 
 /// `chordmail node`: every option may also come from `--config FILE`; flags win.

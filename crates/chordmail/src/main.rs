@@ -37,6 +37,12 @@ fn main() -> ExitCode {
         Command::Up(args) => run_async(up::run(args)),
         Command::User(args) => admin_client::user(args),
         Command::Ring(args) => admin_client::ring(args),
+        // `rpc` runs its own runtime and returns the exit status it wants (the
+        // service's status for `call`).
+        Command::Rpc(args) => match cm_rpc::cli::run(args) {
+            Ok(status) => return ExitCode::from(u8::try_from(status).unwrap_or(1)),
+            Err(error) => Err(error),
+        },
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
