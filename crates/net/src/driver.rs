@@ -157,10 +157,14 @@ impl Shared {
     async fn probe(&self) {
         let Some(peer) = self.node().probe_target() else { return };
         let key = self.node().probe_key();
-        let outcome = self.drive(Lookup::via(key, peer)).await;
+        let outcome = self.drive(Lookup::via(key, peer.clone())).await;
+        let successor_before = self.node().successor().clone();
         let effects = self.node().apply_probe(outcome);
-        if !effects.is_empty() {
-            tracing::info!("found a node of another ring; merging");
+        let successor_after = self.node().successor().clone();
+        if successor_after != successor_before {
+            // A probe changes our successor only when it found a closer node outside
+            // our view: another ring after a healed partition, or a node we missed.
+            tracing::info!(peer = %peer.addr, successor = %successor_after.addr, "probe found a closer successor; merging rings");
         }
         self.run_effects(effects).await;
     }
@@ -289,9 +293,18 @@ impl RingDriver {
         });
 
         if let Some(entry) = entry {
-            let joined = join(&shared, &me, config, &entry, remembered.clone()).await?;
-            *shared.node() = joined;
-            tracing::info!(id = me.id, successor = shared.node().successor().id, "joined the ring");
+            match join(&shared, &me, config, &entry, remembered.clone()).await {
+                Ok(joined) => {
+                    *shared.node() = joined;
+                    tracing::info!(id = me.id, successor = shared.node().successor().id, "joined the ring");
+                }
+                // A restarted node that remembers peers need not wait for its entry
+                // node: it starts alone and its probes merge it back into the ring.
+                Err(StartError::EntryUnreachable { addr }) if !remembered.is_empty() => {
+                    tracing::warn!(entry = %addr, n_remembered = remembered.len(), "entry node does not answer; rejoining through remembered peers");
+                }
+                Err(error) => return Err(error),
+            }
         } else {
             tracing::info!(id = me.id, "started a new ring");
         }
@@ -329,8 +342,7 @@ async fn join(
     entry: &str,
     remembered: Vec<NodeRef>,
 ) -> Result<Node, StartError> {
-    let entry_state =
-        shared.peers.get_state(entry).await.map_err(|_| StartError::EntryUnreachable { addr: entry.to_owned() })?;
+    let entry_state = entry_state_with_retries(shared, entry).await?;
     let entry_ref = entry_state.node.clone();
     let failed = |reason: String| StartError::JoinFailed { addr: entry.to_owned(), reason };
     let found = shared.drive(Lookup::via(me.id, entry_ref.clone())).await.map_err(|error| failed(error.to_string()))?;
@@ -349,6 +361,23 @@ async fn join(
     let state = shared.peers.get_state(&successor.addr).await.map_err(|_| failed(format!("successor {} does not answer", successor.addr)))?;
     let node = Node::join(config, me.clone(), state, remembered)?;
     Ok(node)
+}
+
+/// Attempts to reach the entry node before giving up; a node that is starting or
+/// briefly overloaded deserves more than one ring call deadline.
+const ENTRY_ATTEMPTS_MAX: u32 = 5;
+
+async fn entry_state_with_retries(shared: &Shared, entry: &str) -> Result<cm_ring::RemoteState, StartError> {
+    for attempt in 1..=ENTRY_ATTEMPTS_MAX {
+        match shared.peers.get_state(entry).await {
+            Ok(state) => return Ok(state),
+            Err(_) if attempt < ENTRY_ATTEMPTS_MAX => {
+                tokio::time::sleep(shared.peers.rpc_timeout() / 2).await;
+            }
+            Err(_) => {}
+        }
+    }
+    Err(StartError::EntryUnreachable { addr: entry.to_owned() })
 }
 
 fn spawn_periodic<F, Fut>(
