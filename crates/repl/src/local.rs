@@ -92,8 +92,11 @@ impl LocalReplica {
 }
 
 /// A fingerprint of one address's replicated state: equal on two replicas exactly
-/// when they hold the same account version, received ids and tombstones (deletion
-/// times are left out: they merge by maximum and do not change what is visible).
+/// when they hold the same account version, visible message ids and tombstones.
+/// Received ids that have a tombstone are left out (the tombstone wins for ever, and
+/// a replica that learns of a message only through its tombstone never gets its
+/// index entry), and so are deletion times (they merge by maximum and change nothing
+/// visible).
 pub fn digest(account: Option<&Account>, mailbox: &Mailbox) -> u64 {
     let mut bytes = Vec::with_capacity(32 + 17 * (mailbox.received.len() + mailbox.tombstones.len()));
     if let Some(account) = account {
@@ -103,7 +106,7 @@ pub fn digest(account: Option<&Account>, mailbox: &Mailbox) -> u64 {
         bytes.push(u8::from(account.deleted));
     }
     bytes.push(b'r');
-    for id in mailbox.received.keys() {
+    for (id, _) in mailbox.visible() {
         bytes.extend_from_slice(&id.as_u128().to_be_bytes());
     }
     bytes.push(b't');
