@@ -39,13 +39,25 @@ pub const ROUND_PERIOD_DEFAULT: Duration = Duration::from_secs(2);
 
 /// Runs rounds until `shutdown`.
 pub async fn run(mail: Mail, period: Duration, shutdown: CancellationToken) {
+    // When the first round that found differences started; cleared by a clean round.
+    let mut out_of_sync_since: Option<std::time::Instant> = None;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(period) => {}
         }
+        let round_started = std::time::Instant::now();
         match round(&mail).await {
             Ok(outcome) => {
+                match (outcome.n_differing, out_of_sync_since) {
+                    (0, Some(since)) => {
+                        metrics::REPLICAS_RESTORE_MS_LAST.set(since.elapsed().as_millis() as u64);
+                        out_of_sync_since = None;
+                    }
+                    (0, None) => {}
+                    (_, None) => out_of_sync_since = Some(round_started),
+                    (_, Some(_)) => {}
+                }
                 metrics::ANTI_ENTROPY_ROUNDS.increment();
                 metrics::ADDRESSES_OUT_OF_SYNC.set(outcome.n_differing as u64);
                 if outcome.n_repaired > 0 {

@@ -85,6 +85,10 @@ pub static ADDRESSES_OUT_OF_SYNC: Metric = Metric::gauge(
     "chordmail_addresses_out_of_sync",
     "Addresses whose replicas differed in the last anti-entropy round (0: every copy is in place)",
 );
+pub static REPLICAS_RESTORE_MS_LAST: Metric = Metric::gauge(
+    "chordmail_replicas_restore_ms_last",
+    "Milliseconds from the first anti-entropy round that found missing copies to the first that found none, last time",
+);
 
 /// Every metric above, in the order they are rendered.
 pub static ALL: &[&Metric] = &[
@@ -103,6 +107,7 @@ pub static ALL: &[&Metric] = &[
     &REPAIRS,
     &ANTI_ENTROPY_ROUNDS,
     &ADDRESSES_OUT_OF_SYNC,
+    &REPLICAS_RESTORE_MS_LAST,
 ];
 
 /// The Prometheus text exposition (version 0.0.4) of `metrics`.
