@@ -116,12 +116,20 @@ impl From<MailError> for ApiError {
 }
 
 fn parse_address(text: &str) -> Result<Address, ApiError> {
-    Address::parse(text).map_err(|error| ApiError(StatusCode::BAD_REQUEST, format!("invalid address {text:?}: {error}")))
+    Address::parse(text).map_err(|error| {
+        ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("invalid address {text:?}: {error}"),
+        )
+    })
 }
 
 /// Axum's own JSON rejections are plain text; wrap them in our error shape.
-fn json_body<T>(body: Result<Json<T>, axum::extract::rejection::JsonRejection>) -> Result<T, ApiError> {
-    body.map(|Json(value)| value).map_err(|rejection| ApiError(rejection.status(), rejection.body_text()))
+fn json_body<T>(
+    body: Result<Json<T>, axum::extract::rejection::JsonRejection>,
+) -> Result<T, ApiError> {
+    body.map(|Json(value)| value)
+        .map_err(|rejection| ApiError(rejection.status(), rejection.body_text()))
 }
 
 async fn healthz() -> &'static str {
@@ -148,7 +156,9 @@ async fn ring_view(State(state): State<AppState>) -> Result<Json<RingView>, ApiE
 }
 
 async fn cluster_view(State(state): State<AppState>) -> Json<ClusterView> {
-    Json(ClusterView { nodes: state.ring.cluster().await })
+    Json(ClusterView {
+        nodes: state.ring.cluster().await,
+    })
 }
 
 #[derive(Serialize)]
@@ -157,7 +167,9 @@ struct UserList {
 }
 
 async fn list_users(State(state): State<AppState>) -> Result<Json<UserList>, ApiError> {
-    Ok(Json(UserList { users: state.mail.list_accounts().await? }))
+    Ok(Json(UserList {
+        users: state.mail.list_accounts().await?,
+    }))
 }
 
 #[derive(Deserialize)]
@@ -175,10 +187,16 @@ async fn create_user(
     let address = parse_address(&user.address)?;
     state.mail.create_account(&address, &user.password).await?;
     tracing::info!(%address, "account created");
-    Ok((StatusCode::CREATED, Json(serde_json::json!({ "address": address }))))
+    Ok((
+        StatusCode::CREATED,
+        Json(serde_json::json!({ "address": address })),
+    ))
 }
 
-async fn delete_user(State(state): State<AppState>, Path(address): Path<String>) -> Result<StatusCode, ApiError> {
+async fn delete_user(
+    State(state): State<AppState>,
+    Path(address): Path<String>,
+) -> Result<StatusCode, ApiError> {
     let address = parse_address(&address)?;
     state.mail.delete_account(&address).await?;
     tracing::info!(%address, "account deleted");
@@ -205,7 +223,10 @@ async fn set_password(
 
 /// `GET /api/replicas/{address}`: this node's own copy of one address (not a
 /// quorum read), so an operator can see what each replica holds.
-async fn local_replica(State(state): State<AppState>, Path(address): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
+async fn local_replica(
+    State(state): State<AppState>,
+    Path(address): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
     let address = parse_address(&address)?;
     let (account, mailbox) = state.mail.local_replica(&address).await?;
     let messages: Vec<serde_json::Value> = mailbox
@@ -229,10 +250,20 @@ async fn local_replica(State(state): State<AppState>, Path(address): Path<String
 async fn status_page(State(state): State<AppState>) -> Html<String> {
     let view = state.ring.view();
     let cluster = state.ring.cluster().await;
-    let row = |node: &NodeRef| format!("<tr><td>{}</td><td>{}</td></tr>", node.id, escape(&node.addr));
+    let row = |node: &NodeRef| {
+        format!(
+            "<tr><td>{}</td><td>{}</td></tr>",
+            node.id,
+            escape(&node.addr)
+        )
+    };
     let nodes: String = cluster.iter().map(row).collect();
     let successors: String = view.successors.iter().map(row).collect();
-    let predecessor = view.predecessor.as_ref().map(row).unwrap_or_else(|| "<tr><td colspan=2>none</td></tr>".into());
+    let predecessor = view
+        .predecessor
+        .as_ref()
+        .map(row)
+        .unwrap_or_else(|| "<tr><td colspan=2>none</td></tr>".into());
     Html(format!(
         "<!doctype html><meta charset=utf-8><title>chordmail node {id}</title>\
          <style>body{{font-family:sans-serif;margin:2em}}td,th{{padding:0 1em;text-align:left}}</style>\
@@ -248,5 +279,7 @@ async fn status_page(State(state): State<AppState>) -> Html<String> {
 }
 
 fn escape(text: &str) -> String {
-    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }

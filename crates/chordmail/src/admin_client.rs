@@ -11,11 +11,19 @@ use crate::cli::{RingArgs, UserAction, UserArgs, UserWithPassword};
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder().http_status_as_error(false).timeout_global(Some(REQUEST_TIMEOUT)).build().into()
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(REQUEST_TIMEOUT))
+        .build()
+        .into()
 }
 
 fn url(node: &str, path: &str) -> String {
-    let base = if node.contains("://") { node.to_owned() } else { format!("http://{node}") };
+    let base = if node.contains("://") {
+        node.to_owned()
+    } else {
+        format!("http://{node}")
+    };
     format!("{}{path}", base.trim_end_matches('/'))
 }
 
@@ -30,7 +38,8 @@ fn call(node: &str, method: &str, path: &str, body: Option<Value>) -> anyhow::Re
         ("PUT", Some(body)) => agent.put(&target).send_json(body),
         _ => unreachable!("every admin call pairs its method with a body as written above"),
     };
-    let mut response = response.with_context(|| format!("cannot reach the admin API at {target}: is the node running?"))?;
+    let mut response = response
+        .with_context(|| format!("cannot reach the admin API at {target}: is the node running?"))?;
     let status = response.status().as_u16();
     let text = response.body_mut().read_to_string().unwrap_or_default();
     let value = serde_json::from_str(&text).unwrap_or(Value::Null);
@@ -47,13 +56,19 @@ fn error_text(status: u16, value: &Value) -> String {
 fn read_password(source: &str) -> anyhow::Result<String> {
     let mut text = String::new();
     if source == "-" {
-        std::io::stdin().read_to_string(&mut text).context("cannot read the password from stdin")?;
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .context("cannot read the password from stdin")?;
     } else {
-        text = std::fs::read_to_string(source).with_context(|| format!("cannot read --password-file {source}"))?;
+        text = std::fs::read_to_string(source)
+            .with_context(|| format!("cannot read --password-file {source}"))?;
     }
     let password = text.lines().next().unwrap_or("").to_owned();
     if password.is_empty() {
-        bail!("the password in {} is empty", if source == "-" { "stdin" } else { source });
+        bail!(
+            "the password in {} is empty",
+            if source == "-" { "stdin" } else { source }
+        );
     }
     Ok(password)
 }
@@ -75,25 +90,44 @@ pub fn user(args: UserArgs) -> anyhow::Result<()> {
         bail!("--node URL is required, e.g. --node http://127.0.0.1:35000");
     };
     match args.action {
-        UserAction::Add(UserWithPassword { address, password_file }) => {
+        UserAction::Add(UserWithPassword {
+            address,
+            password_file,
+        }) => {
             let password = read_password(&password_file)?;
-            let (status, value) = call(node, "POST", "/api/users", Some(json!({ "address": address, "password": password })))?;
+            let (status, value) = call(
+                node,
+                "POST",
+                "/api/users",
+                Some(json!({ "address": address, "password": password })),
+            )?;
             match status {
                 201 => println!("created {address}"),
                 _ => bail!("cannot create {address}: {}", error_text(status, &value)),
             }
         }
-        UserAction::Passwd(UserWithPassword { address, password_file }) => {
+        UserAction::Passwd(UserWithPassword {
+            address,
+            password_file,
+        }) => {
             let password = read_password(&password_file)?;
             let path = format!("/api/users/{}/password", encode_path_segment(&address));
             let (status, value) = call(node, "PUT", &path, Some(json!({ "password": password })))?;
             match status {
                 204 => println!("password of {address} changed"),
-                _ => bail!("cannot change the password of {address}: {}", error_text(status, &value)),
+                _ => bail!(
+                    "cannot change the password of {address}: {}",
+                    error_text(status, &value)
+                ),
             }
         }
         UserAction::Del { address } => {
-            let (status, value) = call(node, "DELETE", &format!("/api/users/{}", encode_path_segment(&address)), None)?;
+            let (status, value) = call(
+                node,
+                "DELETE",
+                &format!("/api/users/{}", encode_path_segment(&address)),
+                None,
+            )?;
             match status {
                 204 => println!("deleted {address}"),
                 _ => bail!("cannot delete {address}: {}", error_text(status, &value)),
@@ -115,7 +149,10 @@ pub fn user(args: UserArgs) -> anyhow::Result<()> {
 pub fn ring(args: RingArgs) -> anyhow::Result<()> {
     let (status, cluster) = call(&args.node, "GET", "/api/cluster", None)?;
     if status != 200 {
-        bail!("cannot read the cluster view: {}", error_text(status, &cluster));
+        bail!(
+            "cannot read the cluster view: {}",
+            error_text(status, &cluster)
+        );
     }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&cluster)?);
@@ -125,20 +162,36 @@ pub fn ring(args: RingArgs) -> anyhow::Result<()> {
     if status != 200 {
         bail!("cannot read the ring view: {}", error_text(status, &view));
     }
-    let node_text = |node: &Value| format!("{} ({})", node["id"], node["addr"].as_str().unwrap_or("?"));
+    let node_text =
+        |node: &Value| format!("{} ({})", node["id"], node["addr"].as_str().unwrap_or("?"));
     let nodes = cluster["nodes"].as_array().cloned().unwrap_or_default();
     println!("{:>20}  {:<22}  ", "ID", "RING ADDRESS");
     for node in &nodes {
         let me = node["id"] == view["id"];
-        println!("{:>20}  {:<22}  {}", node["id"], node["addr"].as_str().unwrap_or("?"), if me { "<- this node" } else { "" });
+        println!(
+            "{:>20}  {:<22}  {}",
+            node["id"],
+            node["addr"].as_str().unwrap_or("?"),
+            if me { "<- this node" } else { "" }
+        );
     }
     println!();
-    println!("{} nodes; this node {} holds {} keys", nodes.len(), node_text(&view), view["keys"]);
+    println!(
+        "{} nodes; this node {} holds {} keys",
+        nodes.len(),
+        node_text(&view),
+        view["keys"]
+    );
     match view.get("predecessor").filter(|value| !value.is_null()) {
         Some(predecessor) => println!("predecessor: {}", node_text(predecessor)),
         None => println!("predecessor: none"),
     }
-    let successors: Vec<String> = view["successors"].as_array().into_iter().flatten().map(node_text).collect();
+    let successors: Vec<String> = view["successors"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(node_text)
+        .collect();
     println!("successors:  {}", successors.join(", "));
     Ok(())
 }

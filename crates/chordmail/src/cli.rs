@@ -5,7 +5,11 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "chordmail", version, about = "A distributed mail system on a Chord ring")]
+#[command(
+    name = "chordmail",
+    version,
+    about = "A distributed mail system on a Chord ring"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -140,7 +144,10 @@ pub fn normalize_seed_spelling(args: impl IntoIterator<Item = String>) -> Vec<St
                 if arg == seed {
                     return flag.to_owned();
                 }
-                if let Some(value) = arg.strip_prefix(seed).and_then(|rest| rest.strip_prefix('=')) {
+                if let Some(value) = arg
+                    .strip_prefix(seed)
+                    .and_then(|rest| rest.strip_prefix('='))
+                {
                     return format!("{flag}={value}");
                 }
             }
@@ -167,22 +174,35 @@ mod tests {
             node_args("chordmail node -id 2 -addr 127.0.0.1:5000 -bits 3"),
             node_args("chordmail node --id 2 --addr 127.0.0.1:5000 --bits 3"),
         );
-        let joined = node_args("chordmail node -id 2 -addr 127.0.0.1:5002 -bits 3 -entry_addr 127.0.0.1:5000");
-        assert_eq!(joined, node_args("chordmail node --id=2 --addr=127.0.0.1:5002 --bits=3 --entry-addr=127.0.0.1:5000"));
+        let joined = node_args(
+            "chordmail node -id 2 -addr 127.0.0.1:5002 -bits 3 -entry_addr 127.0.0.1:5000",
+        );
+        assert_eq!(
+            joined,
+            node_args(
+                "chordmail node --id=2 --addr=127.0.0.1:5002 --bits=3 --entry-addr=127.0.0.1:5000"
+            )
+        );
         assert_eq!(joined.entry_addr.as_deref(), Some("127.0.0.1:5000"));
         assert_eq!((joined.id, joined.bits), (Some(2), Some(3)));
     }
 
     #[test]
     fn values_that_look_like_seed_flags_are_left_alone() {
-        let args = normalize_seed_spelling(["--domain".to_owned(), "-idle".to_owned(), "-id=4".to_owned()]);
+        let args = normalize_seed_spelling([
+            "--domain".to_owned(),
+            "-idle".to_owned(),
+            "-id=4".to_owned(),
+        ]);
         assert_eq!(args, ["--domain", "-idle", "--id=4"]);
     }
 
     #[test]
     fn bad_bits_are_a_usage_error_naming_the_flag() {
         for bits in ["0", "65"] {
-            let error = Cli::try_parse_from(["chordmail", "node", "--addr", "127.0.0.1:1", "--bits", bits]).unwrap_err();
+            let error =
+                Cli::try_parse_from(["chordmail", "node", "--addr", "127.0.0.1:1", "--bits", bits])
+                    .unwrap_err();
             assert_eq!(error.exit_code(), 2);
             assert!(error.to_string().contains("--bits"), "{error}");
         }

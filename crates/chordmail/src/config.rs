@@ -31,6 +31,7 @@ pub struct NodeConfig {
     pub tls_key: Option<PathBuf>,
     pub ring_timing: cm_net::Timing,
     pub anti_entropy_period: std::time::Duration,
+    pub tombstone_grace: std::time::Duration,
 }
 
 /// The `--config` file: the same options as the flags.
@@ -61,6 +62,8 @@ struct ConfigFile {
     rpc_timeout_ms: Option<u64>,
     /// Pause between anti-entropy rounds, in milliseconds.
     anti_entropy_ms: Option<u64>,
+    /// Age in seconds after which tombstones of deleted mail are collected.
+    tombstone_grace_s: Option<u64>,
 }
 
 /// A configuration mistake: reported with exit status 2 (bad usage).
@@ -90,14 +93,22 @@ impl NodeConfig {
         }
         let id = args.id.or(file.id);
         if let Some(id) = id
-            && bits < 64 && id >= 1u64 << bits {
-                return Err(usage(format!("--id {id} is outside [0, 2^{bits}) = [0, {})", 1u64 << bits)));
-            }
+            && bits < 64
+            && id >= 1u64 << bits
+        {
+            return Err(usage(format!(
+                "--id {id} is outside [0, 2^{bits}) = [0, {})",
+                1u64 << bits
+            )));
+        }
         let entry_addr = match args.entry_addr.clone().or(file.entry_addr) {
             Some(text) => Some(parse_socket_addr("--entry-addr", &text)?),
             None => None,
         };
-        let service = |flag: &str, given: Option<String>, offset: u16| -> Result<SocketAddr, UsageError> {
+        let service = |flag: &str,
+                       given: Option<String>,
+                       offset: u16|
+         -> Result<SocketAddr, UsageError> {
             match given {
                 Some(text) => parse_socket_addr(flag, &text),
                 None => {
@@ -119,21 +130,31 @@ impl NodeConfig {
         });
         let replicas = args.replicas.or(file.replicas).unwrap_or(3);
         if !(1..=16).contains(&replicas) {
-            return Err(usage(format!("--replicas must be in 1..=16, got {replicas}")));
+            return Err(usage(format!(
+                "--replicas must be in 1..=16, got {replicas}"
+            )));
         }
         let domains = if !args.domains.is_empty() {
             args.domains.clone()
         } else {
             file.domain.unwrap_or_else(|| vec!["localhost".to_owned()])
         };
-        let mut domains: Vec<String> = domains.iter().map(|domain| domain.trim().to_lowercase()).collect();
+        let mut domains: Vec<String> = domains
+            .iter()
+            .map(|domain| domain.trim().to_lowercase())
+            .collect();
         for domain in &domains {
             let probe = format!("postmaster@{domain}");
-            cm_types::Address::parse(&probe).map_err(|error| usage(format!("--domain {domain:?}: {error}")))?;
+            cm_types::Address::parse(&probe)
+                .map_err(|error| usage(format!("--domain {domain:?}: {error}")))?;
         }
         domains.sort();
         domains.dedup();
-        let hostname = args.hostname.clone().or(file.hostname).unwrap_or_else(|| "localhost".to_owned());
+        let hostname = args
+            .hostname
+            .clone()
+            .or(file.hostname)
+            .unwrap_or_else(|| "localhost".to_owned());
         let tls_cert = args.tls_cert.clone().or(file.tls_cert);
         let tls_key = args.tls_key.clone().or(file.tls_key);
         if tls_cert.is_some() != tls_key.is_some() {
@@ -142,21 +163,56 @@ impl NodeConfig {
         let mut ring_timing = cm_net::Timing::default();
         let mut anti_entropy_period = cm_repl::antientropy::ROUND_PERIOD_DEFAULT;
         for (name, given, target) in [
-            ("stabilize_ms", file.stabilize_ms, &mut ring_timing.stabilize),
-            ("fix_fingers_ms", file.fix_fingers_ms, &mut ring_timing.fix_fingers),
-            ("fix_successors_ms", file.fix_successors_ms, &mut ring_timing.fix_successors),
-            ("check_predecessor_ms", file.check_predecessor_ms, &mut ring_timing.check_predecessor),
+            (
+                "stabilize_ms",
+                file.stabilize_ms,
+                &mut ring_timing.stabilize,
+            ),
+            (
+                "fix_fingers_ms",
+                file.fix_fingers_ms,
+                &mut ring_timing.fix_fingers,
+            ),
+            (
+                "fix_successors_ms",
+                file.fix_successors_ms,
+                &mut ring_timing.fix_successors,
+            ),
+            (
+                "check_predecessor_ms",
+                file.check_predecessor_ms,
+                &mut ring_timing.check_predecessor,
+            ),
             ("probe_ms", file.probe_ms, &mut ring_timing.probe),
-            ("rpc_timeout_ms", file.rpc_timeout_ms, &mut ring_timing.rpc_timeout),
-            ("anti_entropy_ms", file.anti_entropy_ms, &mut anti_entropy_period),
+            (
+                "rpc_timeout_ms",
+                file.rpc_timeout_ms,
+                &mut ring_timing.rpc_timeout,
+            ),
+            (
+                "anti_entropy_ms",
+                file.anti_entropy_ms,
+                &mut anti_entropy_period,
+            ),
         ] {
             if let Some(ms) = given {
                 if !(10..=60_000).contains(&ms) {
-                    return Err(usage(format!("{name} must be in 10..=60000 milliseconds, got {ms}")));
+                    return Err(usage(format!(
+                        "{name} must be in 10..=60000 milliseconds, got {ms}"
+                    )));
                 }
                 *target = std::time::Duration::from_millis(ms);
             }
         }
+        let tombstone_grace = match file.tombstone_grace_s {
+            Some(seconds) if seconds < 3600 => {
+                return Err(usage(format!(
+                    "tombstone_grace_s must be at least 3600 seconds, got {seconds}"
+                )));
+            }
+            Some(seconds) => std::time::Duration::from_secs(seconds),
+            None => cm_repl::antientropy::TOMBSTONE_GRACE_DEFAULT,
+        };
         Ok(NodeConfig {
             id,
             addr,
@@ -173,6 +229,7 @@ impl NodeConfig {
             tls_key,
             ring_timing,
             anti_entropy_period,
+            tombstone_grace,
         })
     }
 }
@@ -184,7 +241,11 @@ fn read_config_file(path: &Path) -> Result<ConfigFile, UsageError> {
 }
 
 fn parse_socket_addr(flag: &str, text: &str) -> Result<SocketAddr, UsageError> {
-    text.parse().map_err(|_| usage(format!("{flag} {text:?} is not HOST:PORT with a numeric IP address")))
+    text.parse().map_err(|_| {
+        usage(format!(
+            "{flag} {text:?} is not HOST:PORT with a numeric IP address"
+        ))
+    })
 }
 
 #[cfg(test)]
@@ -192,7 +253,10 @@ mod tests {
     use super::*;
 
     fn args(addr: &str) -> NodeArgs {
-        NodeArgs { addr: Some(addr.to_owned()), ..NodeArgs::default() }
+        NodeArgs {
+            addr: Some(addr.to_owned()),
+            ..NodeArgs::default()
+        }
     }
 
     #[test]
@@ -208,13 +272,41 @@ mod tests {
 
     #[test]
     fn ids_outside_the_space_and_high_ports_are_usage_errors() {
-        let outside = NodeArgs { id: Some(8), bits: Some(3), ..args("127.0.0.1:5000") };
-        assert!(NodeConfig::resolve(&outside).unwrap_err().0.contains("--id 8"));
-        let inside = NodeArgs { id: Some(7), bits: Some(3), ..args("127.0.0.1:5000") };
+        let outside = NodeArgs {
+            id: Some(8),
+            bits: Some(3),
+            ..args("127.0.0.1:5000")
+        };
+        assert!(
+            NodeConfig::resolve(&outside)
+                .unwrap_err()
+                .0
+                .contains("--id 8")
+        );
+        let inside = NodeArgs {
+            id: Some(7),
+            bits: Some(3),
+            ..args("127.0.0.1:5000")
+        };
         assert_eq!(NodeConfig::resolve(&inside).unwrap().id, Some(7));
-        assert!(NodeConfig::resolve(&args("127.0.0.1:60000")).unwrap_err().0.contains("--smtp"));
-        assert!(NodeConfig::resolve(&args("localhost:5000")).unwrap_err().0.contains("--addr"));
-        assert!(NodeConfig::resolve(&NodeArgs::default()).unwrap_err().0.contains("--addr"));
+        assert!(
+            NodeConfig::resolve(&args("127.0.0.1:60000"))
+                .unwrap_err()
+                .0
+                .contains("--smtp")
+        );
+        assert!(
+            NodeConfig::resolve(&args("localhost:5000"))
+                .unwrap_err()
+                .0
+                .contains("--addr")
+        );
+        assert!(
+            NodeConfig::resolve(&NodeArgs::default())
+                .unwrap_err()
+                .0
+                .contains("--addr")
+        );
     }
 
     #[test]
@@ -226,14 +318,25 @@ mod tests {
             "addr = \"127.0.0.1:6000\"\nbits = 8\nreplicas = 2\ndomain = [\"Example.org\"]\nhttp = \"127.0.0.1:9999\"\n",
         )
         .unwrap();
-        let from_file = NodeConfig::resolve(&NodeArgs { config: Some(path.clone()), ..NodeArgs::default() }).unwrap();
+        let from_file = NodeConfig::resolve(&NodeArgs {
+            config: Some(path.clone()),
+            ..NodeArgs::default()
+        })
+        .unwrap();
         assert_eq!(from_file.addr.to_string(), "127.0.0.1:6000");
         assert_eq!((from_file.bits, from_file.replicas), (8, 2));
         assert_eq!(from_file.domains, ["example.org"]);
         assert_eq!(from_file.http.to_string(), "127.0.0.1:9999");
-        let overridden = NodeArgs { config: Some(path), bits: Some(16), ..args("127.0.0.1:7000") };
+        let overridden = NodeArgs {
+            config: Some(path),
+            bits: Some(16),
+            ..args("127.0.0.1:7000")
+        };
         let merged = NodeConfig::resolve(&overridden).unwrap();
-        assert_eq!((merged.addr.port(), merged.bits, merged.replicas), (7000, 16, 2));
+        assert_eq!(
+            (merged.addr.port(), merged.bits, merged.replicas),
+            (7000, 16, 2)
+        );
         assert_eq!(merged.smtp.to_string(), "127.0.0.1:17000");
     }
 
@@ -242,7 +345,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("node.toml");
         std::fs::write(&path, "adr = \"127.0.0.1:6000\"\n").unwrap();
-        let error = NodeConfig::resolve(&NodeArgs { config: Some(path), ..NodeArgs::default() }).unwrap_err();
+        let error = NodeConfig::resolve(&NodeArgs {
+            config: Some(path),
+            ..NodeArgs::default()
+        })
+        .unwrap_err();
         assert!(error.0.contains("adr"), "{error}");
     }
 }

@@ -26,12 +26,20 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     let smtp_listener = bind("smtp", config.smtp).await?;
     let pop3_listener = bind("pop3", config.pop3).await?;
     let http = bind("admin http", config.http).await?;
-    let tls = cm_tls::server_config(&config.data, config.tls_cert.as_deref(), config.tls_key.as_deref(), &config.hostname)?;
+    let tls = cm_tls::server_config(
+        &config.data,
+        config.tls_cert.as_deref(),
+        config.tls_key.as_deref(),
+        &config.hostname,
+    )?;
 
     let shutdown = CancellationToken::new();
     let mut tasks = tokio::task::JoinSet::new();
     let mut ring_tasks = tokio::task::JoinSet::new();
-    let me = cm_ring::NodeRef { id, addr: config.addr.to_string() };
+    let me = cm_ring::NodeRef {
+        id,
+        addr: config.addr.to_string(),
+    };
     let ring_config = cm_ring::RingConfig::new(config.bits, config.replicas as usize);
     let peers_store = store.clone();
     let options = RingOptions {
@@ -44,7 +52,14 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     };
     let local = Arc::new(LocalReplica::new(store.clone(), config.bits));
     let replica_routes = tonic::service::Routes::new(ReplicaService::server(local.clone()));
-    let ring = RingDriver::start(options, ring_listener, shutdown.clone(), &mut ring_tasks, replica_routes).await?;
+    let ring = RingDriver::start(
+        options,
+        ring_listener,
+        shutdown.clone(),
+        &mut ring_tasks,
+        replica_routes,
+    )
+    .await?;
     if identity_is_new {
         // Only now: a join refused (say, for a taken id) must leave --data unclaimed.
         save_identity(&store, id, config.bits)?;
@@ -58,16 +73,42 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         successor_list_len: ring_config.successor_list_len,
     };
     let mail = Mail::new(mail_config, local, Some(ring.clone()));
-    tasks.spawn(anti_entropy_task(mail.clone(), config.anti_entropy_period, shutdown.clone()));
+    tasks.spawn(anti_entropy_task(
+        mail.clone(),
+        config.anti_entropy_period,
+        config.tombstone_grace,
+        shutdown.clone(),
+    ));
 
-    let smtp_config = cm_smtp::SmtpConfig { hostname: config.hostname.clone(), tls: Some(tls.clone()), ..Default::default() };
-    tasks.spawn(cm_smtp_task(smtp_listener, smtp_config, mail.clone(), shutdown.clone()));
-    let pop3_config = cm_pop3::Pop3Config { hostname: config.hostname.clone(), tls: Some(tls), ..Default::default() };
-    tasks.spawn(cm_pop3_task(pop3_listener, pop3_config, mail.clone(), shutdown.clone()));
+    let smtp_config = cm_smtp::SmtpConfig {
+        hostname: config.hostname.clone(),
+        tls: Some(tls.clone()),
+        ..Default::default()
+    };
+    tasks.spawn(cm_smtp_task(
+        smtp_listener,
+        smtp_config,
+        mail.clone(),
+        shutdown.clone(),
+    ));
+    let pop3_config = cm_pop3::Pop3Config {
+        hostname: config.hostname.clone(),
+        tls: Some(tls),
+        ..Default::default()
+    };
+    tasks.spawn(cm_pop3_task(
+        pop3_listener,
+        pop3_config,
+        mail.clone(),
+        shutdown.clone(),
+    ));
     let admin = cm_admin::router(mail.clone(), Arc::new(RingAdmin(ring.clone())));
     let admin_shutdown = shutdown.clone();
     tasks.spawn(async move {
-        axum::serve(http, admin).with_graceful_shutdown(admin_shutdown.cancelled_owned()).await.context("admin http")
+        axum::serve(http, admin)
+            .with_graceful_shutdown(admin_shutdown.cancelled_owned())
+            .await
+            .context("admin http")
     });
 
     tokio::select! {
@@ -91,8 +132,13 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn anti_entropy_task(mail: Mail, period: std::time::Duration, shutdown: CancellationToken) -> anyhow::Result<()> {
-    cm_repl::antientropy::run(mail, period, shutdown).await;
+async fn anti_entropy_task(
+    mail: Mail,
+    period: std::time::Duration,
+    tombstone_grace: std::time::Duration,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    cm_repl::antientropy::run(mail, period, tombstone_grace, shutdown).await;
     Ok(())
 }
 
@@ -118,7 +164,9 @@ async fn cm_pop3_task(
 
 /// Binds a listener and logs its address, or fails naming the address and the role.
 async fn bind(role: &str, addr: SocketAddr) -> anyhow::Result<TcpListener> {
-    let listener = TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr} ({role})"))?;
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} ({role})"))?;
     tracing::info!(listener = role, addr = %listener.local_addr()?, "listening");
     Ok(listener)
 }
@@ -128,20 +176,25 @@ async fn bind(role: &str, addr: SocketAddr) -> anyhow::Result<TcpListener> {
 /// `--id`/`--bits` so that a data directory is never silently taken over by another node.
 fn node_identity(store: &Store, config: &NodeConfig) -> anyhow::Result<(u64, bool)> {
     let read_u64 = |name: &str| -> anyhow::Result<Option<u64>> {
-        let Some(bytes) = store.meta(name)? else { return Ok(None) };
-        let bytes: [u8; 8] = bytes.try_into().map_err(|_| anyhow::anyhow!("store meta {name} is not 8 bytes"))?;
+        let Some(bytes) = store.meta(name)? else {
+            return Ok(None);
+        };
+        let bytes: [u8; 8] = bytes
+            .try_into()
+            .map_err(|_| anyhow::anyhow!("store meta {name} is not 8 bytes"))?;
         Ok(Some(u64::from_be_bytes(bytes)))
     };
     let stored_id = read_u64(META_NODE_ID)?;
     let stored_bits = read_u64(META_NODE_BITS)?;
     if let Some(bits) = stored_bits
-        && bits != u64::from(config.bits) {
-            bail!(
-                "{} was created with --bits {bits}, not {}: use the same --bits or another --data",
-                config.data.display(),
-                config.bits
-            );
-        }
+        && bits != u64::from(config.bits)
+    {
+        bail!(
+            "{} was created with --bits {bits}, not {}: use the same --bits or another --data",
+            config.data.display(),
+            config.bits
+        );
+    }
     let id = match (stored_id, config.id) {
         (Some(stored), Some(given)) if stored != given => bail!(
             "{} belongs to node id {stored}, not --id {given}: use --id {stored} or another --data",
@@ -156,8 +209,14 @@ fn node_identity(store: &Store, config: &NodeConfig) -> anyhow::Result<(u64, boo
 
 fn save_identity(store: &Store, id: u64, bits: u32) -> anyhow::Result<()> {
     store.apply(&[
-        Write::Meta { name: META_NODE_ID.to_owned(), value: id.to_be_bytes().to_vec() },
-        Write::Meta { name: META_NODE_BITS.to_owned(), value: u64::from(bits).to_be_bytes().to_vec() },
+        Write::Meta {
+            name: META_NODE_ID.to_owned(),
+            value: id.to_be_bytes().to_vec(),
+        },
+        Write::Meta {
+            name: META_NODE_BITS.to_owned(),
+            value: u64::from(bits).to_be_bytes().to_vec(),
+        },
     ])?;
     Ok(())
 }
@@ -190,7 +249,10 @@ fn remembered_peers(store: &Store) -> Vec<cm_ring::NodeRef> {
 
 fn save_remembered_peers(store: &Store, peers: &[cm_ring::NodeRef]) {
     let value = serde_json::to_vec(peers).expect("node refs serialise");
-    if let Err(error) = store.apply(&[Write::Meta { name: META_RING_PEERS.to_owned(), value }]) {
+    if let Err(error) = store.apply(&[Write::Meta {
+        name: META_RING_PEERS.to_owned(),
+        value,
+    }]) {
         tracing::warn!(%error, "cannot save remembered peers");
     }
 }
@@ -199,15 +261,25 @@ fn save_remembered_peers(store: &Store, peers: &[cm_ring::NodeRef]) {
 struct RingAdmin(RingHandle);
 
 fn node_ref(node: &cm_ring::NodeRef) -> NodeRef {
-    NodeRef { id: node.id, addr: node.addr.clone() }
+    NodeRef {
+        id: node.id,
+        addr: node.addr.clone(),
+    }
 }
 
 impl RingStatus for RingAdmin {
     fn view(&self) -> RingView {
         let view = self.0.view();
-        let me = NodeRef { id: view.id, addr: view.addr.clone() };
+        let me = NodeRef {
+            id: view.id,
+            addr: view.addr.clone(),
+        };
         // A lone node is its own successor; the ring crate leaves the list empty then.
-        let successors = if view.successors.is_empty() { vec![me] } else { view.successors.iter().map(node_ref).collect() };
+        let successors = if view.successors.is_empty() {
+            vec![me]
+        } else {
+            view.successors.iter().map(node_ref).collect()
+        };
         RingView {
             id: view.id,
             addr: view.addr,
@@ -216,7 +288,11 @@ impl RingStatus for RingAdmin {
             fingers: view
                 .fingers
                 .into_iter()
-                .map(|finger| cm_admin::Finger { start: finger.start, id: finger.id, addr: finger.addr })
+                .map(|finger| cm_admin::Finger {
+                    start: finger.start,
+                    id: finger.id,
+                    addr: finger.addr,
+                })
                 .collect(),
             keys: 0,
             replicas: 0,
@@ -224,7 +300,9 @@ impl RingStatus for RingAdmin {
         }
     }
 
-    fn cluster(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = Vec<NodeRef>> + Send + '_>> {
+    fn cluster(
+        &self,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Vec<NodeRef>> + Send + '_>> {
         Box::pin(async move { self.0.cluster().await.iter().map(node_ref).collect() })
     }
 }

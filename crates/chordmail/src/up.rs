@@ -34,17 +34,27 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let n_nodes = args.nodes;
     let replicas = n_nodes.min(3);
     let exe = std::env::current_exe().context("cannot find the chordmail executable")?;
-    std::fs::create_dir_all(&args.data).with_context(|| format!("cannot create {}", args.data.display()))?;
-    let mut ring = Ring { children: Vec::new() };
+    std::fs::create_dir_all(&args.data)
+        .with_context(|| format!("cannot create {}", args.data.display()))?;
+    let mut ring = Ring {
+        children: Vec::new(),
+    };
     let first_port = args.base_port;
     for node_idx in 0..n_nodes {
         let port = first_port + node_idx;
         let data = args.data.join(format!("node-{node_idx}"));
         let log_path = args.data.join(format!("node-{node_idx}.log"));
-        let log = std::fs::File::create(&log_path).with_context(|| format!("cannot create {}", log_path.display()))?;
+        let log = std::fs::File::create(&log_path)
+            .with_context(|| format!("cannot create {}", log_path.display()))?;
         let mut command = Command::new(&exe);
         command
-            .args(["node", "--addr", &format!("127.0.0.1:{port}"), "--replicas", &replicas.to_string()])
+            .args([
+                "node",
+                "--addr",
+                &format!("127.0.0.1:{port}"),
+                "--replicas",
+                &replicas.to_string(),
+            ])
             .arg("--data")
             .arg(&data)
             .stdin(Stdio::null())
@@ -64,7 +74,10 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         let child = command.spawn().context("cannot start a node")?;
         ring.children.push((port, child));
         wait_ready(&mut ring, port, &log_path).await?;
-        println!("node {node_idx}: ring 127.0.0.1:{port}  log {}", log_path.display());
+        println!(
+            "node {node_idx}: ring 127.0.0.1:{port}  log {}",
+            log_path.display()
+        );
     }
     create_demo_account(first_port + HTTP_PORT_OFFSET).await?;
     print_directions(n_nodes, first_port, replicas);
@@ -81,13 +94,25 @@ async fn wait_ready(ring: &mut Ring, port: u16, log_path: &Path) -> anyhow::Resu
         let (_, child) = ring.children.last_mut().expect("a node was just started");
         if let Some(status) = child.try_wait()? {
             let log = std::fs::read_to_string(log_path).unwrap_or_default();
-            let last_lines: Vec<&str> = log.lines().rev().take(5).collect::<Vec<_>>().into_iter().rev().collect();
-            bail!("the node on port {port} exited ({status}):\n{}", last_lines.join("\n"));
+            let last_lines: Vec<&str> = log
+                .lines()
+                .rev()
+                .take(5)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect();
+            bail!(
+                "the node on port {port} exited ({status}):\n{}",
+                last_lines.join("\n")
+            );
         }
         let probe_url = url.clone();
         let healthy = tokio::task::spawn_blocking(move || {
-            let agent: ureq::Agent =
-                ureq::Agent::config_builder().timeout_global(Some(Duration::from_secs(1))).build().into();
+            let agent: ureq::Agent = ureq::Agent::config_builder()
+                .timeout_global(Some(Duration::from_secs(1)))
+                .build()
+                .into();
             agent.get(&probe_url).call().is_ok()
         })
         .await?;
@@ -95,7 +120,10 @@ async fn wait_ready(ring: &mut Ring, port: u16, log_path: &Path) -> anyhow::Resu
             return Ok(());
         }
         if Instant::now() > deadline {
-            bail!("the node on port {port} is not ready after {READY_TIMEOUT:?}; see {}", log_path.display());
+            bail!(
+                "the node on port {port} is not ready after {READY_TIMEOUT:?}; see {}",
+                log_path.display()
+            );
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -108,21 +136,28 @@ async fn create_demo_account(http_port: u16) -> anyhow::Result<()> {
     let deadline = Instant::now() + READY_TIMEOUT;
     loop {
         let target = url.clone();
-        let (status, reason) = tokio::task::spawn_blocking(move || -> anyhow::Result<(u16, String)> {
-            let agent: ureq::Agent = ureq::Agent::config_builder()
-                .http_status_as_error(false)
-                .timeout_global(Some(Duration::from_secs(30)))
-                .build()
-                .into();
-            let body = serde_json::json!({ "address": DEMO_ADDRESS, "password": DEMO_PASSWORD });
-            let mut response = agent.post(&target).send_json(body)?;
-            let status = response.status().as_u16();
-            Ok((status, response.body_mut().read_to_string().unwrap_or_default()))
-        })
-        .await??;
+        let (status, reason) =
+            tokio::task::spawn_blocking(move || -> anyhow::Result<(u16, String)> {
+                let agent: ureq::Agent = ureq::Agent::config_builder()
+                    .http_status_as_error(false)
+                    .timeout_global(Some(Duration::from_secs(30)))
+                    .build()
+                    .into();
+                let body =
+                    serde_json::json!({ "address": DEMO_ADDRESS, "password": DEMO_PASSWORD });
+                let mut response = agent.post(&target).send_json(body)?;
+                let status = response.status().as_u16();
+                Ok((
+                    status,
+                    response.body_mut().read_to_string().unwrap_or_default(),
+                ))
+            })
+            .await??;
         match status {
             201 | 409 => return Ok(()),
-            503 if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(250)).await,
+            503 if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(250)).await
+            }
             other => bail!("creating the demo account failed with HTTP {other}: {reason}"),
         }
     }
@@ -133,13 +168,27 @@ fn print_directions(n_nodes: u16, first_port: u16, replicas: u16) {
     let pop3 = first_port + POP3_PORT_OFFSET;
     let http = first_port + HTTP_PORT_OFFSET;
     println!();
-    println!("chordmail: a ring of {n_nodes} nodes on 127.0.0.1 is up ({replicas} copies of every key).");
+    println!(
+        "chordmail: a ring of {n_nodes} nodes on 127.0.0.1 is up ({replicas} copies of every key)."
+    );
     println!("  account   {DEMO_ADDRESS}, password \"{DEMO_PASSWORD}\"");
-    println!("  SMTP      127.0.0.1:{smtp}..{}   (STARTTLS, AUTH PLAIN/LOGIN)", smtp + n_nodes - 1);
-    println!("  POP3      127.0.0.1:{pop3}..{}   (STLS, USER/PASS, AUTH PLAIN)", pop3 + n_nodes - 1);
-    println!("  admin     http://127.0.0.1:{http}/  (chordmail ring --node http://127.0.0.1:{http})");
-    println!("  try       swaks --server 127.0.0.1:{smtp} --to {DEMO_ADDRESS} --from you@localhost");
-    println!("            python3 -c \"import poplib; p=poplib.POP3('127.0.0.1',{pop3}); p.user('{DEMO_ADDRESS}'); p.pass_('{DEMO_PASSWORD}'); print(p.stat())\"");
+    println!(
+        "  SMTP      127.0.0.1:{smtp}..{}   (STARTTLS, AUTH PLAIN/LOGIN)",
+        smtp + n_nodes - 1
+    );
+    println!(
+        "  POP3      127.0.0.1:{pop3}..{}   (STLS, USER/PASS, AUTH PLAIN)",
+        pop3 + n_nodes - 1
+    );
+    println!(
+        "  admin     http://127.0.0.1:{http}/  (chordmail ring --node http://127.0.0.1:{http})"
+    );
+    println!(
+        "  try       swaks --server 127.0.0.1:{smtp} --to {DEMO_ADDRESS} --from you@localhost"
+    );
+    println!(
+        "            python3 -c \"import poplib; p=poplib.POP3('127.0.0.1',{pop3}); p.user('{DEMO_ADDRESS}'); p.pass_('{DEMO_PASSWORD}'); print(p.stat())\""
+    );
     println!("Press Ctrl-C to stop the ring.");
 }
 

@@ -1,7 +1,7 @@
 //! Accounts: a last-writer-wins register holding an argon2id password hash.
 
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use cm_types::Address;
 use cm_types::limits::PASSWORD_BYTES_MAX;
 
@@ -31,8 +31,17 @@ pub enum PasswordError {
 }
 
 impl Account {
-    pub fn new(address: Address, password: &str, version: Version) -> Result<Account, PasswordError> {
-        Ok(Account { address, password_hash: hash_password(password)?, version, deleted: false })
+    pub fn new(
+        address: Address,
+        password: &str,
+        version: Version,
+    ) -> Result<Account, PasswordError> {
+        Ok(Account {
+            address,
+            password_hash: hash_password(password)?,
+            version,
+            deleted: false,
+        })
     }
 
     /// Whether `password` matches. A deleted account matches nothing.
@@ -50,8 +59,18 @@ impl Account {
     /// writer's node id, so two different writes never tie; the content comparison
     /// only keeps the merge commutative should a tie ever be forged.
     pub fn merge(self, other: Account) -> Account {
-        let key = |account: &Account| (account.version, account.deleted, account.password_hash.clone());
-        if key(&other) > key(&self) { other } else { self }
+        let key = |account: &Account| {
+            (
+                account.version,
+                account.deleted,
+                account.password_hash.clone(),
+            )
+        };
+        if key(&other) > key(&self) {
+            other
+        } else {
+            self
+        }
     }
 }
 
@@ -65,7 +84,8 @@ pub fn hash_password(password: &str) -> Result<String, PasswordError> {
         return Err(PasswordError::TooLong);
     }
     let salt_bytes: [u8; 16] = rand::random();
-    let salt = SaltString::encode_b64(&salt_bytes).map_err(|error| PasswordError::Hashing(error.to_string()))?;
+    let salt = SaltString::encode_b64(&salt_bytes)
+        .map_err(|error| PasswordError::Hashing(error.to_string()))?;
     Argon2::default()
         .hash_password(password.as_bytes(), &salt)
         .map(|hash| hash.to_string())
@@ -78,7 +98,11 @@ mod tests {
     use proptest::prelude::*;
 
     fn version(wall_ms: u64, node: u64) -> Version {
-        Version { wall_ms, counter: 0, node }
+        Version {
+            wall_ms,
+            counter: 0,
+            node,
+        }
     }
 
     #[test]
@@ -90,25 +114,33 @@ mod tests {
         assert!(account.verify(b"correct horse"));
         assert!(!account.verify(b"correct horse "));
         assert!(!account.verify(b""));
-        let deleted = Account { deleted: true, ..account };
+        let deleted = Account {
+            deleted: true,
+            ..account
+        };
         assert!(!deleted.verify(b"correct horse"));
     }
 
     #[test]
     fn refuses_empty_and_huge_passwords() {
         assert_eq!(hash_password(""), Err(PasswordError::Empty));
-        assert_eq!(hash_password(&"x".repeat(PASSWORD_BYTES_MAX + 1)), Err(PasswordError::TooLong));
+        assert_eq!(
+            hash_password(&"x".repeat(PASSWORD_BYTES_MAX + 1)),
+            Err(PasswordError::TooLong)
+        );
     }
 
     fn account() -> impl Strategy<Value = Account> {
         // Hashing is slow, so the generated "hashes" are short fake strings: merge
         // never looks inside them.
-        (0u64..4, 0u64..3, any::<bool>(), "[a-c]{1,2}").prop_map(|(wall_ms, node, deleted, hash)| Account {
-            address: Address::parse("a@example.org").unwrap(),
-            password_hash: hash,
-            version: version(wall_ms, node),
-            deleted,
-        })
+        (0u64..4, 0u64..3, any::<bool>(), "[a-c]{1,2}").prop_map(
+            |(wall_ms, node, deleted, hash)| Account {
+                address: Address::parse("a@example.org").unwrap(),
+                password_hash: hash,
+                version: version(wall_ms, node),
+                deleted,
+            },
+        )
     }
 
     proptest! {

@@ -7,8 +7,19 @@ use std::sync::Mutex;
 ///
 /// Field order is significant: the derived `Ord` compares wall time, then the
 /// logical counter, then the node id.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
-#[derive(serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    serde::Serialize,
+    serde::Deserialize,
+)]
 pub struct Version {
     pub wall_ms: u64,
     pub counter: u32,
@@ -27,16 +38,27 @@ pub struct HybridClock {
 
 impl HybridClock {
     pub fn new(node: u64) -> HybridClock {
-        HybridClock { node, last: Mutex::new((0, 0)) }
+        HybridClock {
+            node,
+            last: Mutex::new((0, 0)),
+        }
     }
 
     /// A version greater than every version this clock issued or observed.
     pub fn tick(&self, wall_ms: u64) -> Version {
         let mut last = self.last.lock().expect("clock mutex poisoned");
         let (last_ms, last_counter) = *last;
-        let next = if wall_ms > last_ms { (wall_ms, 0) } else { (last_ms, last_counter + 1) };
+        let next = if wall_ms > last_ms {
+            (wall_ms, 0)
+        } else {
+            (last_ms, last_counter + 1)
+        };
         *last = next;
-        Version { wall_ms: next.0, counter: next.1, node: self.node }
+        Version {
+            wall_ms: next.0,
+            counter: next.1,
+            node: self.node,
+        }
     }
 
     /// Moves the clock past a version seen from another node.
@@ -59,7 +81,11 @@ mod tests {
         let second = clock.tick(1000);
         let third = clock.tick(900);
         assert!(first < second && second < third);
-        clock.observe(Version { wall_ms: 5000, counter: 3, node: 1 });
+        clock.observe(Version {
+            wall_ms: 5000,
+            counter: 3,
+            node: 1,
+        });
         let fourth = clock.tick(1000);
         assert_eq!((fourth.wall_ms, fourth.counter, fourth.node), (5000, 4, 7));
     }

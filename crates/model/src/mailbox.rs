@@ -58,7 +58,10 @@ mod tests {
             proptest::collection::btree_map(id.clone(), 0u64..4, 0..8),
             proptest::collection::btree_map(id, 0u64..4, 0..8),
         )
-            .prop_map(|(received, tombstones)| Mailbox { received, tombstones })
+            .prop_map(|(received, tombstones)| Mailbox {
+                received,
+                tombstones,
+            })
     }
 
     fn merged(a: &Mailbox, b: &Mailbox) -> Mailbox {

@@ -54,11 +54,14 @@ impl fmt::Debug for MessageId {
 impl FromStr for MessageId {
     type Err = MessageIdError;
     fn from_str(text: &str) -> Result<MessageId, MessageIdError> {
-        let well_formed = text.len() == 32 && text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+        let well_formed =
+            text.len() == 32 && text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
         if !well_formed {
             return Err(MessageIdError);
         }
-        u128::from_str_radix(text, 16).map(MessageId).map_err(|_| MessageIdError)
+        u128::from_str_radix(text, 16)
+            .map(MessageId)
+            .map_err(|_| MessageIdError)
     }
 }
 
@@ -102,7 +105,14 @@ mod tests {
 
     #[test]
     fn refuses_malformed_ids() {
-        for text in ["", "abc", &"G".repeat(32), &"A".repeat(32), &"0".repeat(33), "+0000000000000000000000000000000"] {
+        for text in [
+            "",
+            "abc",
+            &"G".repeat(32),
+            &"A".repeat(32),
+            &"0".repeat(33),
+            "+0000000000000000000000000000000",
+        ] {
             assert_eq!(text.parse::<MessageId>(), Err(MessageIdError), "{text:?}");
         }
     }

@@ -6,13 +6,19 @@ use crate::pb;
 
 impl From<&NodeRef> for pb::NodeRef {
     fn from(node: &NodeRef) -> pb::NodeRef {
-        pb::NodeRef { id: node.id, addr: node.addr.clone() }
+        pb::NodeRef {
+            id: node.id,
+            addr: node.addr.clone(),
+        }
     }
 }
 
 impl From<pb::NodeRef> for NodeRef {
     fn from(node: pb::NodeRef) -> NodeRef {
-        NodeRef { id: node.id, addr: node.addr }
+        NodeRef {
+            id: node.id,
+            addr: node.addr,
+        }
     }
 }
 
@@ -43,25 +49,35 @@ pub fn state_from_pb(state: pb::State) -> Result<RemoteState, Malformed> {
     if successors.is_empty() {
         return Err(Malformed);
     }
-    Ok(RemoteState { node, predecessor: state.predecessor.map(Into::into), successors })
+    Ok(RemoteState {
+        node,
+        predecessor: state.predecessor.map(Into::into),
+        successors,
+    })
 }
 
 pub fn step_to_pb(step: LookupStep) -> pb::NextHopReply {
     let step = match step {
-        LookupStep::Done { owner, fallbacks } => {
-            pb::next_hop_reply::Step::Done(pb::Owner { owner: Some((&owner).into()), fallbacks: nodes(&fallbacks) })
-        }
-        LookupStep::Ask { candidates } => pb::next_hop_reply::Step::Ask(pb::Candidates { nodes: nodes(&candidates) }),
+        LookupStep::Done { owner, fallbacks } => pb::next_hop_reply::Step::Done(pb::Owner {
+            owner: Some((&owner).into()),
+            fallbacks: nodes(&fallbacks),
+        }),
+        LookupStep::Ask { candidates } => pb::next_hop_reply::Step::Ask(pb::Candidates {
+            nodes: nodes(&candidates),
+        }),
     };
     pb::NextHopReply { step: Some(step) }
 }
 
 pub fn step_from_pb(reply: pb::NextHopReply) -> Result<LookupStep, Malformed> {
     match reply.step.ok_or(Malformed)? {
-        pb::next_hop_reply::Step::Done(done) => {
-            Ok(LookupStep::Done { owner: done.owner.ok_or(Malformed)?.into(), fallbacks: refs(done.fallbacks) })
-        }
-        pb::next_hop_reply::Step::Ask(ask) => Ok(LookupStep::Ask { candidates: refs(ask.nodes) }),
+        pb::next_hop_reply::Step::Done(done) => Ok(LookupStep::Done {
+            owner: done.owner.ok_or(Malformed)?.into(),
+            fallbacks: refs(done.fallbacks),
+        }),
+        pb::next_hop_reply::Step::Ask(ask) => Ok(LookupStep::Ask {
+            candidates: refs(ask.nodes),
+        }),
     }
 }
 

@@ -13,8 +13,8 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::peers::Peers;
 use crate::pb::ring_server::RingServer;
+use crate::peers::Peers;
 use crate::server::RingService;
 
 /// Periods of the maintenance tasks and the deadline of every ring call. The
@@ -63,7 +63,9 @@ pub struct RingOptions {
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("entry node {addr} does not answer on its ring port; check --entry-addr and that it runs")]
+    #[error(
+        "entry node {addr} does not answer on its ring port; check --entry-addr and that it runs"
+    )]
     EntryUnreachable { addr: String },
     #[error(transparent)]
     Join(#[from] JoinError),
@@ -120,7 +122,9 @@ impl Shared {
     }
 
     async fn stabilize_once(&self) -> Vec<Effect> {
-        let Some(target) = self.node().stabilize_target() else { return Vec::new() };
+        let Some(target) = self.node().stabilize_target() else {
+            return Vec::new();
+        };
         let reply = self.peers.get_state(&target.addr).await;
         self.node().apply_stabilize(&target, reply)
     }
@@ -131,23 +135,34 @@ impl Shared {
     }
 
     async fn check_predecessor(&self) {
-        let Some(target) = self.node().check_predecessor_target() else { return };
+        let Some(target) = self.node().check_predecessor_target() else {
+            return;
+        };
         let reply = self.peers.get_state(&target.addr).await.and_then(|state| {
-            if state.node == target { Ok(()) } else { Err(cm_ring::Unreachable) }
+            if state.node == target {
+                Ok(())
+            } else {
+                Err(cm_ring::Unreachable)
+            }
         });
-        self.predecessor_alive.store(reply.is_ok(), Ordering::Relaxed);
+        self.predecessor_alive
+            .store(reply.is_ok(), Ordering::Relaxed);
         self.node().apply_check_predecessor(&target, reply);
     }
 
     async fn fix_successors(&self) {
-        let Some(target) = self.node().fix_successors_target() else { return };
+        let Some(target) = self.node().fix_successors_target() else {
+            return;
+        };
         let reply = self.peers.get_state(&target.addr).await;
         self.node().apply_fix_successors(&target, reply);
     }
 
     async fn fix_fingers(&self) {
         for _ in 0..FINGERS_PER_ROUND {
-            let Some(request) = self.node().fix_fingers_target() else { return };
+            let Some(request) = self.node().fix_fingers_target() else {
+                return;
+            };
             let lookup = self.node().start_lookup(request.start);
             let outcome = self.drive(lookup).await;
             self.node().apply_fix_finger(request, outcome);
@@ -155,7 +170,9 @@ impl Shared {
     }
 
     async fn probe(&self) {
-        let Some(peer) = self.node().probe_target() else { return };
+        let Some(peer) = self.node().probe_target() else {
+            return;
+        };
         let key = self.node().probe_key();
         let outcome = self.drive(Lookup::via(key, peer.clone())).await;
         let successor_before = self.node().successor().clone();
@@ -229,7 +246,9 @@ impl RingHandle {
         let mut walked = vec![me.clone()];
         let mut pending: Vec<NodeRef> = self.successors();
         while walked.len() < CLUSTER_WALK_NODES_MAX {
-            let Some(next) = pending.first().cloned() else { break };
+            let Some(next) = pending.first().cloned() else {
+                break;
+            };
             if next.id == me.id || walked.iter().any(|node| node.id == next.id) {
                 break;
             }
@@ -271,16 +290,29 @@ impl RingDriver {
         tasks: &mut JoinSet<Result<(), StartError>>,
         other_services: tonic::service::Routes,
     ) -> Result<RingHandle, StartError> {
-        let RingOptions { me, config, entry, remembered, timing, on_peers_changed } = options;
-        let node = Node::new_ring(config, me.clone(), remembered.clone())
-            .map_err(|error| StartError::JoinFailed { addr: me.addr.clone(), reason: error.to_string() })?;
+        let RingOptions {
+            me,
+            config,
+            entry,
+            remembered,
+            timing,
+            on_peers_changed,
+        } = options;
+        let node = Node::new_ring(config, me.clone(), remembered.clone()).map_err(|error| {
+            StartError::JoinFailed {
+                addr: me.addr.clone(),
+                reason: error.to_string(),
+            }
+        })?;
         let shared = Arc::new(Shared {
             node: Mutex::new(node),
             peers: Peers::new(timing.rpc_timeout),
             predecessor_alive: AtomicBool::new(true),
         });
 
-        let service = RingServer::new(RingService { shared: shared.clone() });
+        let service = RingServer::new(RingService {
+            shared: shared.clone(),
+        });
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
         let server_shutdown = shutdown.clone();
         tasks.spawn(async move {
@@ -296,7 +328,11 @@ impl RingDriver {
             match join(&shared, &me, config, &entry, remembered.clone()).await {
                 Ok(joined) => {
                     *shared.node() = joined;
-                    tracing::info!(id = me.id, successor = shared.node().successor().id, "joined the ring");
+                    tracing::info!(
+                        id = me.id,
+                        successor = shared.node().successor().id,
+                        "joined the ring"
+                    );
                 }
                 // A restarted node that remembers peers need not wait for its entry
                 // node: it starts alone and its probes merge it back into the ring.
@@ -309,28 +345,54 @@ impl RingDriver {
             tracing::info!(id = me.id, "started a new ring");
         }
 
-        spawn_periodic(tasks, &shutdown, timing.stabilize, shared.clone(), |shared| async move { shared.stabilize().await });
-        spawn_periodic(tasks, &shutdown, timing.check_predecessor, shared.clone(), |shared| async move {
-            shared.check_predecessor().await
-        });
-        spawn_periodic(tasks, &shutdown, timing.fix_successors, shared.clone(), |shared| async move {
-            shared.fix_successors().await
-        });
-        spawn_periodic(tasks, &shutdown, timing.fix_fingers, shared.clone(), |shared| async move { shared.fix_fingers().await });
+        spawn_periodic(
+            tasks,
+            &shutdown,
+            timing.stabilize,
+            shared.clone(),
+            |shared| async move { shared.stabilize().await },
+        );
+        spawn_periodic(
+            tasks,
+            &shutdown,
+            timing.check_predecessor,
+            shared.clone(),
+            |shared| async move { shared.check_predecessor().await },
+        );
+        spawn_periodic(
+            tasks,
+            &shutdown,
+            timing.fix_successors,
+            shared.clone(),
+            |shared| async move { shared.fix_successors().await },
+        );
+        spawn_periodic(
+            tasks,
+            &shutdown,
+            timing.fix_fingers,
+            shared.clone(),
+            |shared| async move { shared.fix_fingers().await },
+        );
         let on_peers_changed = Arc::new(on_peers_changed);
         let last_saved = Arc::new(Mutex::new(remembered));
-        spawn_periodic(tasks, &shutdown, timing.probe, shared.clone(), move |shared| {
-            let (on_peers_changed, last_saved) = (on_peers_changed.clone(), last_saved.clone());
-            async move {
-                shared.probe().await;
-                let current = shared.node().remembered_peers().to_vec();
-                let mut saved = last_saved.lock().expect("peer list mutex poisoned");
-                if *saved != current {
-                    on_peers_changed(current.clone());
-                    *saved = current;
+        spawn_periodic(
+            tasks,
+            &shutdown,
+            timing.probe,
+            shared.clone(),
+            move |shared| {
+                let (on_peers_changed, last_saved) = (on_peers_changed.clone(), last_saved.clone());
+                async move {
+                    shared.probe().await;
+                    let current = shared.node().remembered_peers().to_vec();
+                    let mut saved = last_saved.lock().expect("peer list mutex poisoned");
+                    if *saved != current {
+                        on_peers_changed(current.clone());
+                        *saved = current;
+                    }
                 }
-            }
-        });
+            },
+        );
         Ok(RingHandle { shared })
     }
 }
@@ -344,21 +406,35 @@ async fn join(
 ) -> Result<Node, StartError> {
     let entry_state = entry_state_with_retries(shared, entry).await?;
     let entry_ref = entry_state.node.clone();
-    let failed = |reason: String| StartError::JoinFailed { addr: entry.to_owned(), reason };
-    let found = shared.drive(Lookup::via(me.id, entry_ref.clone())).await.map_err(|error| failed(error.to_string()))?;
+    let failed = |reason: String| StartError::JoinFailed {
+        addr: entry.to_owned(),
+        reason,
+    };
+    let found = shared
+        .drive(Lookup::via(me.id, entry_ref.clone()))
+        .await
+        .map_err(|error| failed(error.to_string()))?;
     let successor = match choose_join_successor(me, &found)? {
         Some(successor) => successor,
         None => {
             let next_key = me.id.wrapping_add(1) & shared.node().space().id_max();
-            let found = shared.drive(Lookup::via(next_key, entry_ref)).await.map_err(|error| failed(error.to_string()))?;
+            let found = shared
+                .drive(Lookup::via(next_key, entry_ref))
+                .await
+                .map_err(|error| failed(error.to_string()))?;
             if found.owner.id == me.id {
                 // Our previous incarnation is the only node the ring names: we are alone.
-                return Node::new_ring(config, me.clone(), remembered).map_err(|error| failed(error.to_string()));
+                return Node::new_ring(config, me.clone(), remembered)
+                    .map_err(|error| failed(error.to_string()));
             }
             found.owner
         }
     };
-    let state = shared.peers.get_state(&successor.addr).await.map_err(|_| failed(format!("successor {} does not answer", successor.addr)))?;
+    let state = shared
+        .peers
+        .get_state(&successor.addr)
+        .await
+        .map_err(|_| failed(format!("successor {} does not answer", successor.addr)))?;
     let node = Node::join(config, me.clone(), state, remembered)?;
     Ok(node)
 }
@@ -367,7 +443,10 @@ async fn join(
 /// briefly overloaded deserves more than one ring call deadline.
 const ENTRY_ATTEMPTS_MAX: u32 = 5;
 
-async fn entry_state_with_retries(shared: &Shared, entry: &str) -> Result<cm_ring::RemoteState, StartError> {
+async fn entry_state_with_retries(
+    shared: &Shared,
+    entry: &str,
+) -> Result<cm_ring::RemoteState, StartError> {
     for attempt in 1..=ENTRY_ATTEMPTS_MAX {
         match shared.peers.get_state(entry).await {
             Ok(state) => return Ok(state),
@@ -377,7 +456,9 @@ async fn entry_state_with_retries(shared: &Shared, entry: &str) -> Result<cm_rin
             Err(_) => {}
         }
     }
-    Err(StartError::EntryUnreachable { addr: entry.to_owned() })
+    Err(StartError::EntryUnreachable {
+        addr: entry.to_owned(),
+    })
 }
 
 fn spawn_periodic<F, Fut>(

@@ -28,7 +28,10 @@ pub struct Peers {
 
 impl Peers {
     pub fn new(rpc_timeout: Duration) -> Peers {
-        Peers { rpc_timeout, channels: Mutex::new(HashMap::new()) }
+        Peers {
+            rpc_timeout,
+            channels: Mutex::new(HashMap::new()),
+        }
     }
 
     pub fn rpc_timeout(&self) -> Duration {
@@ -85,7 +88,12 @@ impl Peers {
     }
 
     /// Runs one call with the deadline; errors and timeouts are both `Unreachable`.
-    async fn call<T, F>(&self, addr: &str, op: &'static str, call: impl FnOnce(RingClient<Channel>) -> F) -> Result<T, Unreachable>
+    async fn call<T, F>(
+        &self,
+        addr: &str,
+        op: &'static str,
+        call: impl FnOnce(RingClient<Channel>) -> F,
+    ) -> Result<T, Unreachable>
     where
         F: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
@@ -104,23 +112,41 @@ impl Peers {
     }
 
     pub async fn get_state(&self, addr: &str) -> Result<RemoteState, Unreachable> {
-        let state = self.call(addr, "get_state", |mut client| async move { client.get_state(pb::Empty {}).await }).await?;
+        let state = self
+            .call(addr, "get_state", |mut client| async move {
+                client.get_state(pb::Empty {}).await
+            })
+            .await?;
         state_from_pb(state).map_err(|_| Unreachable)
     }
 
     pub async fn notify(&self, to: &NodeRef, candidate: &NodeRef) -> Result<(), Unreachable> {
-        let request = pb::NotifyRequest { candidate: Some(candidate.into()) };
-        self.call(&to.addr, "notify", |mut client| async move { client.notify(request).await }).await.map(|_| ())
+        let request = pb::NotifyRequest {
+            candidate: Some(candidate.into()),
+        };
+        self.call(&to.addr, "notify", |mut client| async move {
+            client.notify(request).await
+        })
+        .await
+        .map(|_| ())
     }
 
     pub async fn next_hop(&self, to: &NodeRef, key: u64) -> Result<LookupStep, Unreachable> {
         let request = pb::NextHopRequest { key };
-        let reply = self.call(&to.addr, "next_hop", |mut client| async move { client.next_hop(request).await }).await?;
+        let reply = self
+            .call(&to.addr, "next_hop", |mut client| async move {
+                client.next_hop(request).await
+            })
+            .await?;
         step_from_pb(reply).map_err(|_| Unreachable)
     }
 
     pub async fn leave(&self, to: &NodeRef, notice: &LeaveNotice) -> Result<(), Unreachable> {
         let request = leave_to_pb(notice);
-        self.call(&to.addr, "leave", |mut client| async move { client.leave(request).await }).await.map(|_| ())
+        self.call(&to.addr, "leave", |mut client| async move {
+            client.leave(request).await
+        })
+        .await
+        .map(|_| ())
     }
 }

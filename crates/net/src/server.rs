@@ -19,28 +19,45 @@ impl pb::ring_server::Ring for RingService {
         Ok(Response::new(state_to_pb(&state)))
     }
 
-    async fn notify(&self, request: Request<pb::NotifyRequest>) -> Result<Response<pb::Empty>, Status> {
-        let candidate = request.into_inner().candidate.ok_or_else(|| Status::invalid_argument("notify without a candidate"))?;
+    async fn notify(
+        &self,
+        request: Request<pb::NotifyRequest>,
+    ) -> Result<Response<pb::Empty>, Status> {
+        let candidate = request
+            .into_inner()
+            .candidate
+            .ok_or_else(|| Status::invalid_argument("notify without a candidate"))?;
         let candidate = cm_ring::NodeRef::from(candidate);
         if !self.shared.node().space().contains(candidate.id) {
-            return Err(Status::invalid_argument("candidate id outside this ring's identifier space"));
+            return Err(Status::invalid_argument(
+                "candidate id outside this ring's identifier space",
+            ));
         }
         let predecessor_alive = self.shared.predecessor_alive();
         self.shared.node().on_notify(candidate, predecessor_alive);
         Ok(Response::new(pb::Empty {}))
     }
 
-    async fn next_hop(&self, request: Request<pb::NextHopRequest>) -> Result<Response<pb::NextHopReply>, Status> {
+    async fn next_hop(
+        &self,
+        request: Request<pb::NextHopRequest>,
+    ) -> Result<Response<pb::NextHopReply>, Status> {
         let key = request.into_inner().key;
         let node = self.shared.node();
         if !node.space().contains(key) {
-            return Err(Status::invalid_argument("key outside this ring's identifier space"));
+            return Err(Status::invalid_argument(
+                "key outside this ring's identifier space",
+            ));
         }
         Ok(Response::new(step_to_pb(node.next_hop(key))))
     }
 
-    async fn leave(&self, request: Request<pb::LeaveRequest>) -> Result<Response<pb::Empty>, Status> {
-        let notice = leave_from_pb(request.into_inner()).map_err(|_| Status::invalid_argument("leave without a node"))?;
+    async fn leave(
+        &self,
+        request: Request<pb::LeaveRequest>,
+    ) -> Result<Response<pb::Empty>, Status> {
+        let notice = leave_from_pb(request.into_inner())
+            .map_err(|_| Status::invalid_argument("leave without a node"))?;
         tracing::info!(leaving = notice.leaving.id, addr = %notice.leaving.addr, "neighbour leaves the ring");
         let effects = self.shared.node().on_leave_notice(notice);
         let shared = self.shared.clone();

@@ -12,8 +12,11 @@
 //! member of its set, so a difference is repaired by whichever side holds the data.
 //! Work per round is bounded ([`DIGESTS_PER_CALL_MAX`], [`REPAIR_BYTES_PER_ROUND_MAX`]).
 //!
-//! Not done yet: nodes keep keys they no longer replicate (no drop after hand-off),
-//! and tombstones are never garbage-collected (grace period: for ever).
+//! Tombstones are garbage-collected once older than a grace period (default 30
+//! days, `tombstone_grace_s`): a replica that comes back after a longer absence could
+//! bring deleted mail back, exactly as in other eventually consistent stores.
+//!
+//! Not done yet: nodes keep keys they no longer replicate (no drop after hand-off).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -37,14 +40,32 @@ const REPAIR_BATCH_BYTES_MAX: usize = 4 * 1024 * 1024;
 /// Default pause between rounds.
 pub const ROUND_PERIOD_DEFAULT: Duration = Duration::from_secs(2);
 
-/// Runs rounds until `shutdown`.
-pub async fn run(mail: Mail, period: Duration, shutdown: CancellationToken) {
+/// Default age after which a tombstone may be collected.
+pub const TOMBSTONE_GRACE_DEFAULT: Duration = Duration::from_secs(30 * 24 * 3600);
+/// Rounds between two tombstone collections (10 minutes at the default period).
+const ROUNDS_PER_TOMBSTONE_COLLECTION: u64 = 300;
+/// Tombstones collected per collection at most.
+const TOMBSTONES_PER_COLLECTION_MAX: usize = 10_000;
+
+/// Runs rounds until `shutdown`, collecting tombstones older than `tombstone_grace`
+/// every few hundred rounds.
+pub async fn run(
+    mail: Mail,
+    period: Duration,
+    tombstone_grace: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut n_rounds: u64 = 0;
     // When the first round that found differences started; cleared by a clean round.
     let mut out_of_sync_since: Option<std::time::Instant> = None;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(period) => {}
+        }
+        n_rounds += 1;
+        if n_rounds % ROUNDS_PER_TOMBSTONE_COLLECTION == 1 {
+            collect_tombstones(&mail, tombstone_grace).await;
         }
         let round_started = std::time::Instant::now();
         match round(&mail).await {
@@ -61,11 +82,32 @@ pub async fn run(mail: Mail, period: Duration, shutdown: CancellationToken) {
                 metrics::ANTI_ENTROPY_ROUNDS.increment();
                 metrics::ADDRESSES_OUT_OF_SYNC.set(outcome.n_differing as u64);
                 if outcome.n_repaired > 0 {
-                    tracing::info!(differing = outcome.n_differing, repaired = outcome.n_repaired, "anti-entropy round repaired replicas");
+                    tracing::info!(
+                        differing = outcome.n_differing,
+                        repaired = outcome.n_repaired,
+                        "anti-entropy round repaired replicas"
+                    );
                 }
             }
             Err(error) => tracing::warn!(%error, "anti-entropy round failed"),
         }
+    }
+}
+
+async fn collect_tombstones(mail: &Mail, grace: Duration) {
+    let cutoff_ms = crate::now_ms().saturating_sub(grace.as_millis() as u64);
+    let store = mail.store().clone();
+    let collected = tokio::task::spawn_blocking(move || {
+        store.collect_tombstones(cutoff_ms, TOMBSTONES_PER_COLLECTION_MAX)
+    })
+    .await;
+    match collected {
+        Ok(Ok(0)) => {}
+        Ok(Ok(n_collected)) => {
+            tracing::info!(n_collected, "collected tombstones past their grace period")
+        }
+        Ok(Err(error)) => tracing::warn!(%error, "collecting tombstones failed"),
+        Err(error) => tracing::warn!(%error, "the tombstone collector failed"),
     }
 }
 
@@ -82,12 +124,17 @@ pub async fn round(mail: &Mail) -> Result<RoundOutcome, MailError> {
     let digests = mail.local().digests().await?;
     let mut by_peer: BTreeMap<(u64, String), Vec<pb::AddressDigest>> = BTreeMap::new();
     for (key, address, digest) in digests {
-        let Ok(set) = mail.replica_set(key).await else { continue };
+        let Ok(set) = mail.replica_set(key).await else {
+            continue;
+        };
         for member in set.into_iter().filter(|member| !mail.is_me(member)) {
             by_peer
                 .entry((member.id, member.addr))
                 .or_default()
-                .push(pb::AddressDigest { address: address.to_string(), digest });
+                .push(pb::AddressDigest {
+                    address: address.to_string(),
+                    digest,
+                });
         }
     }
     let mut outcome = RoundOutcome::default();
@@ -95,9 +142,14 @@ pub async fn round(mail: &Mail) -> Result<RoundOutcome, MailError> {
     for ((id, addr), entries) in by_peer {
         let peer = NodeRef { id, addr };
         for chunk in entries.chunks(DIGESTS_PER_CALL_MAX) {
-            let request = pb::DigestRequest { entries: chunk.to_vec() };
-            let Ok(reply) =
-                mail.remote(&peer, "compare_digests", |mut client| async move { client.compare_digests(request).await }).await
+            let request = pb::DigestRequest {
+                entries: chunk.to_vec(),
+            };
+            let Ok(reply) = mail
+                .remote(&peer, "compare_digests", |mut client| async move {
+                    client.compare_digests(request).await
+                })
+                .await
             else {
                 break;
             };
@@ -122,7 +174,12 @@ pub async fn round(mail: &Mail) -> Result<RoundOutcome, MailError> {
 
 /// Copies to `peer` what it lacks of `address`: a newer account version, messages
 /// and tombstones. Returns the number of writes sent.
-async fn push_address(mail: &Mail, peer: &NodeRef, address: &Address, budget_bytes: &mut usize) -> Result<usize, MailError> {
+async fn push_address(
+    mail: &Mail,
+    peer: &NodeRef,
+    address: &Address,
+    budget_bytes: &mut usize,
+) -> Result<usize, MailError> {
     let key = mail.key(address);
     let (ours_account, ours) = mail.local_replica(address).await?;
     let theirs = mail.mailbox_on(peer, address).await?;
@@ -131,32 +188,56 @@ async fn push_address(mail: &Mail, peer: &NodeRef, address: &Address, budget_byt
     let mut batches: Vec<Vec<Write>> = vec![Vec::new()];
     let mut batch_bytes = 0usize;
     let mut n_writes = 0usize;
-    let newer = |ours: &Account| theirs_account.as_ref().is_none_or(|theirs| ours.version > theirs.version);
+    let newer = |ours: &Account| {
+        theirs_account
+            .as_ref()
+            .is_none_or(|theirs| ours.version > theirs.version)
+    };
     if let Some(account) = ours_account.filter(newer) {
         batches[0].push(Write::Account { key, account });
         n_writes += 1;
     }
     for (id, deleted_ms) in &ours.tombstones {
         if !theirs.tombstones.contains_key(id) {
-            batches[0].push(Write::Tombstone { key, address: address.clone(), id: *id, deleted_ms: *deleted_ms });
+            batches[0].push(Write::Tombstone {
+                key,
+                address: address.clone(),
+                id: *id,
+                deleted_ms: *deleted_ms,
+            });
             n_writes += 1;
         }
     }
     for id in ours.received.keys() {
-        if theirs.received.contains_key(id) || ours.tombstones.contains_key(id) || theirs.tombstones.contains_key(id) {
+        if theirs.received.contains_key(id)
+            || ours.tombstones.contains_key(id)
+            || theirs.tombstones.contains_key(id)
+        {
             continue;
         }
-        let Some(body) = mail.local().body(address, *id).await? else { continue };
+        let Some(body) = mail.local().body(address, *id).await? else {
+            continue;
+        };
         if body.len() > *budget_bytes {
             break;
         }
         *budget_bytes -= body.len();
-        if batch_bytes + body.len() > REPAIR_BATCH_BYTES_MAX && !batches.last().is_some_and(Vec::is_empty) {
+        if batch_bytes + body.len() > REPAIR_BATCH_BYTES_MAX
+            && !batches.last().is_some_and(Vec::is_empty)
+        {
             batches.push(Vec::new());
             batch_bytes = 0;
         }
         batch_bytes += body.len();
-        batches.last_mut().expect("never empty").push(Write::Message { key, address: address.clone(), id: *id, body });
+        batches
+            .last_mut()
+            .expect("never empty")
+            .push(Write::Message {
+                key,
+                address: address.clone(),
+                id: *id,
+                body,
+            });
         n_writes += 1;
     }
     for batch in batches.into_iter().filter(|batch| !batch.is_empty()) {

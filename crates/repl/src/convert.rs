@@ -12,12 +12,15 @@ pub fn id_to_pb(id: MessageId) -> Vec<u8> {
 }
 
 pub fn id_from_pb(bytes: &[u8]) -> Result<MessageId, MailError> {
-    let raw: [u8; 16] = bytes.try_into().map_err(|_| MailError::Invalid("a message id is 16 bytes".to_owned()))?;
+    let raw: [u8; 16] = bytes
+        .try_into()
+        .map_err(|_| MailError::Invalid("a message id is 16 bytes".to_owned()))?;
     Ok(MessageId::from_u128(u128::from_be_bytes(raw)))
 }
 
 pub fn address_from_pb(text: &str) -> Result<Address, MailError> {
-    Address::parse(text).map_err(|error| MailError::Invalid(format!("invalid address {text:?}: {error}")))
+    Address::parse(text)
+        .map_err(|error| MailError::Invalid(format!("invalid address {text:?}: {error}")))
 }
 
 pub fn account_to_pb(account: &Account) -> pb::AccountRecord {
@@ -35,18 +38,32 @@ pub fn account_from_pb(record: pb::AccountRecord) -> Result<Account, MailError> 
     Ok(Account {
         address: address_from_pb(&record.address)?,
         password_hash: record.password_hash,
-        version: Version { wall_ms: record.wall_ms, counter: record.counter, node: record.node },
+        version: Version {
+            wall_ms: record.wall_ms,
+            counter: record.counter,
+            node: record.node,
+        },
         deleted: record.deleted,
     })
 }
 
 pub fn mailbox_to_pb(mailbox: &Mailbox) -> pb::MailboxReply {
     pb::MailboxReply {
-        received: mailbox.received.iter().map(|(id, size)| pb::MessageEntry { id: id_to_pb(*id), size: *size }).collect(),
+        received: mailbox
+            .received
+            .iter()
+            .map(|(id, size)| pb::MessageEntry {
+                id: id_to_pb(*id),
+                size: *size,
+            })
+            .collect(),
         tombstones: mailbox
             .tombstones
             .iter()
-            .map(|(id, deleted_ms)| pb::TombstoneEntry { id: id_to_pb(*id), deleted_ms: *deleted_ms })
+            .map(|(id, deleted_ms)| pb::TombstoneEntry {
+                id: id_to_pb(*id),
+                deleted_ms: *deleted_ms,
+            })
             .collect(),
     }
 }
@@ -57,7 +74,9 @@ pub fn mailbox_from_pb(reply: pb::MailboxReply) -> Result<Mailbox, MailError> {
         mailbox.received.insert(id_from_pb(&entry.id)?, entry.size);
     }
     for entry in reply.tombstones {
-        mailbox.tombstones.insert(id_from_pb(&entry.id)?, entry.deleted_ms);
+        mailbox
+            .tombstones
+            .insert(id_from_pb(&entry.id)?, entry.deleted_ms);
     }
     Ok(mailbox)
 }
@@ -68,34 +87,57 @@ pub fn writes_to_pb(writes: &[Write]) -> pb::WriteBatch {
     for write in writes {
         match write {
             Write::Account { account, .. } => batch.accounts.push(account_to_pb(account)),
-            Write::Message { address, id, body, .. } => batch.messages.push(pb::MessageRecord {
+            Write::Message {
+                address, id, body, ..
+            } => batch.messages.push(pb::MessageRecord {
                 address: address.to_string(),
                 id: id_to_pb(*id),
                 body: body.clone(),
             }),
-            Write::Tombstone { address, id, deleted_ms, .. } => batch.tombstones.push(pb::TombstoneRecord {
+            Write::Tombstone {
+                address,
+                id,
+                deleted_ms,
+                ..
+            } => batch.tombstones.push(pb::TombstoneRecord {
                 address: address.to_string(),
                 id: id_to_pb(*id),
                 deleted_ms: *deleted_ms,
             }),
-            Write::Meta { .. } => unreachable!("node settings are never replicated; callers only pass mail writes"),
+            Write::Meta { .. } => {
+                unreachable!("node settings are never replicated; callers only pass mail writes")
+            }
         }
     }
     batch
 }
 
-pub fn writes_from_pb(batch: pb::WriteBatch, key_of: impl Fn(&Address) -> u64) -> Result<Vec<Write>, MailError> {
-    let mut writes = Vec::with_capacity(batch.accounts.len() + batch.messages.len() + batch.tombstones.len());
+pub fn writes_from_pb(
+    batch: pb::WriteBatch,
+    key_of: impl Fn(&Address) -> u64,
+) -> Result<Vec<Write>, MailError> {
+    let mut writes =
+        Vec::with_capacity(batch.accounts.len() + batch.messages.len() + batch.tombstones.len());
     for record in batch.accounts {
         let account = account_from_pb(record)?;
-        writes.push(Write::Account { key: key_of(&account.address), account });
+        writes.push(Write::Account {
+            key: key_of(&account.address),
+            account,
+        });
     }
     for record in batch.messages {
         let address = address_from_pb(&record.address)?;
         if record.body.len() > cm_types::limits::MESSAGE_BYTES_MAX + 64 * 1024 {
-            return Err(MailError::Invalid("message body over the size limit".to_owned()));
+            return Err(MailError::Invalid(
+                "message body over the size limit".to_owned(),
+            ));
         }
-        writes.push(Write::Message { key: key_of(&address), id: id_from_pb(&record.id)?, address, body: record.body });
+        writes.push(Write::Message {
+            key: key_of(&address),
+            id: id_from_pb(&record.id)?,
+            address,
+            body: record.body,
+        });
     }
     for record in batch.tombstones {
         let address = address_from_pb(&record.address)?;

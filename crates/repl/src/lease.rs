@@ -37,9 +37,11 @@ impl LeaseTable {
         let now = Instant::now();
         let mut held = self.held.lock().expect("lease mutex poisoned");
         if let Some((holder, expires)) = held.get(address)
-            && *holder != lease_id && *expires > now {
-                return false;
-            }
+            && *holder != lease_id
+            && *expires > now
+        {
+            return false;
+        }
         if held.len() >= LEASES_MAX {
             held.retain(|_, (_, expires)| *expires > now);
             if held.len() >= LEASES_MAX {
@@ -125,11 +127,20 @@ mod tests {
         assert!(!table.acquire(&alice, 2, LEASE_TTL));
         assert!(table.renew(&alice, 1, LEASE_TTL));
         table.release(&alice, 2);
-        assert!(!table.acquire(&alice, 2, LEASE_TTL), "only the holder releases");
+        assert!(
+            !table.acquire(&alice, 2, LEASE_TTL),
+            "only the holder releases"
+        );
         table.release(&alice, 1);
         assert!(table.acquire(&alice, 2, Duration::from_millis(1)));
         std::thread::sleep(Duration::from_millis(5));
-        assert!(table.acquire(&alice, 3, LEASE_TTL), "an expired lease is free");
-        assert!(!table.renew(&alice, 2, LEASE_TTL), "an expired holder cannot renew over a new one");
+        assert!(
+            table.acquire(&alice, 3, LEASE_TTL),
+            "an expired lease is free"
+        );
+        assert!(
+            !table.renew(&alice, 2, LEASE_TTL),
+            "an expired holder cannot renew over a new one"
+        );
     }
 }

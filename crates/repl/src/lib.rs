@@ -186,7 +186,10 @@ impl Mail {
     fn me(&self) -> NodeRef {
         match &self.inner.ring {
             Some(ring) => ring.me(),
-            None => NodeRef { id: self.inner.config.node_id, addr: "local".to_owned() },
+            None => NodeRef {
+                id: self.inner.config.node_id,
+                addr: "local".to_owned(),
+            },
         }
     }
 
@@ -200,23 +203,38 @@ impl Mail {
         let replicas = self.inner.config.replicas;
         let mut chain = vec![ring.me()];
         let successors = ring.successors();
-        let alone = successors.first().is_none_or(|first| first.id == chain[0].id);
+        let alone = successors
+            .first()
+            .is_none_or(|first| first.id == chain[0].id);
         if !alone {
             chain.extend(successors.iter().cloned());
         }
         let whole_ring = alone || successors.len() < self.inner.config.successor_list_len;
         let space = IdSpace::new(self.inner.config.bits);
         let predecessor = ring.predecessor();
-        if let Some(set) = placement::local_replica_set(space, &chain, predecessor.as_ref(), whole_ring, key, replicas) {
+        if let Some(set) = placement::local_replica_set(
+            space,
+            &chain,
+            predecessor.as_ref(),
+            whole_ring,
+            key,
+            replicas,
+        ) {
             return Ok(set);
         }
-        let owner = ring.lookup(key).await.map_err(|error| MailError::Unavailable(error.to_string()))?.owner;
-        let state = ring
-            .peers()
-            .get_state(&owner.addr)
+        let owner = ring
+            .lookup(key)
             .await
-            .map_err(|_| MailError::Unavailable(format!("coordinator {} does not answer", owner.addr)))?;
-        Ok(placement::replica_set_from_owner(&owner, &state.successors, replicas))
+            .map_err(|error| MailError::Unavailable(error.to_string()))?
+            .owner;
+        let state = ring.peers().get_state(&owner.addr).await.map_err(|_| {
+            MailError::Unavailable(format!("coordinator {} does not answer", owner.addr))
+        })?;
+        Ok(placement::replica_set_from_owner(
+            &owner,
+            &state.successors,
+            replicas,
+        ))
     }
 
     // ----- one replica -----
@@ -230,11 +248,17 @@ impl Mail {
     where
         F: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
-        let ring = self.inner.ring.as_ref().expect("remote members exist only on a ring");
+        let ring = self
+            .inner
+            .ring
+            .as_ref()
+            .expect("remote members exist only on a ring");
         ring.peers()
             .replica(&member.addr, op, REPLICA_CALL_TIMEOUT, call)
             .await
-            .map_err(|_| MailError::Unavailable(format!("replica {} did not answer {op}", member.addr)))
+            .map_err(|_| {
+                MailError::Unavailable(format!("replica {} did not answer {op}", member.addr))
+            })
     }
 
     fn is_me(&self, member: &NodeRef) -> bool {
@@ -247,15 +271,29 @@ impl Mail {
         }
         let batch = writes_to_pb(writes);
         metrics::REPLICA_WRITES_SENT.add(writes.len() as u64);
-        self.remote(member, "apply", |mut client| async move { client.apply(batch).await }).await.map(|_| ())
+        self.remote(member, "apply", |mut client| async move {
+            client.apply(batch).await
+        })
+        .await
+        .map(|_| ())
     }
 
-    async fn account_on(&self, member: &NodeRef, address: &Address) -> Result<Option<Account>, MailError> {
+    async fn account_on(
+        &self,
+        member: &NodeRef,
+        address: &Address,
+    ) -> Result<Option<Account>, MailError> {
         if self.is_me(member) {
             return self.inner.local.account(address).await;
         }
-        let request = pb::AddressRequest { address: address.to_string() };
-        let reply = self.remote(member, "read_account", |mut client| async move { client.read_account(request).await }).await?;
+        let request = pb::AddressRequest {
+            address: address.to_string(),
+        };
+        let reply = self
+            .remote(member, "read_account", |mut client| async move {
+                client.read_account(request).await
+            })
+            .await?;
         reply.account.map(account_from_pb).transpose()
     }
 
@@ -263,17 +301,35 @@ impl Mail {
         if self.is_me(member) {
             return self.inner.local.mailbox(address).await;
         }
-        let request = pb::AddressRequest { address: address.to_string() };
-        let reply = self.remote(member, "read_mailbox", |mut client| async move { client.read_mailbox(request).await }).await?;
+        let request = pb::AddressRequest {
+            address: address.to_string(),
+        };
+        let reply = self
+            .remote(member, "read_mailbox", |mut client| async move {
+                client.read_mailbox(request).await
+            })
+            .await?;
         mailbox_from_pb(reply)
     }
 
-    async fn body_on(&self, member: &NodeRef, address: &Address, id: MessageId) -> Result<Option<Vec<u8>>, MailError> {
+    async fn body_on(
+        &self,
+        member: &NodeRef,
+        address: &Address,
+        id: MessageId,
+    ) -> Result<Option<Vec<u8>>, MailError> {
         if self.is_me(member) {
             return self.inner.local.body(address, id).await;
         }
-        let request = pb::BodyRequest { address: address.to_string(), id: id_to_pb(id) };
-        let reply = self.remote(member, "read_body", |mut client| async move { client.read_body(request).await }).await?;
+        let request = pb::BodyRequest {
+            address: address.to_string(),
+            id: id_to_pb(id),
+        };
+        let reply = self
+            .remote(member, "read_body", |mut client| async move {
+                client.read_body(request).await
+            })
+            .await?;
         Ok(reply.body)
     }
 
@@ -281,7 +337,11 @@ impl Mail {
         if self.is_me(member) {
             return self.inner.local.accounts().await;
         }
-        let reply = self.remote(member, "list_accounts", |mut client| async move { client.list_accounts(pb::Empty {}).await }).await?;
+        let reply = self
+            .remote(member, "list_accounts", |mut client| async move {
+                client.list_accounts(pb::Empty {}).await
+            })
+            .await?;
         reply.accounts.into_iter().map(account_from_pb).collect()
     }
 
@@ -290,16 +350,29 @@ impl Mail {
     /// Runs `op` on every member of `set` at once and returns the first `needed`
     /// successes; the calls still running go on in the background (a write that
     /// reaches more replicas than needed is welcome).
-    async fn quorum<T, F, Fut>(&self, set: Vec<NodeRef>, what: &str, op: F) -> Result<Vec<T>, MailError>
+    async fn quorum<T, F, Fut>(
+        &self,
+        set: Vec<NodeRef>,
+        what: &str,
+        op: F,
+    ) -> Result<Vec<T>, MailError>
     where
         T: Send + 'static,
         F: Fn(Mail, NodeRef) -> Fut,
         Fut: Future<Output = Result<T, MailError>> + Send + 'static,
     {
-        let needed = if self.inner.ring.is_some() { self.inner.config.quorum() } else { 1 };
+        let needed = if self.inner.ring.is_some() {
+            self.inner.config.quorum()
+        } else {
+            1
+        };
         if set.len() < needed {
             metrics::QUORUM_FAILURES.increment();
-            let reason = format!("{what}: {} live replica(s) of {} reachable, {needed} needed", set.len(), self.inner.config.replicas);
+            let reason = format!(
+                "{what}: {} live replica(s) of {} reachable, {needed} needed",
+                set.len(),
+                self.inner.config.replicas
+            );
             tracing::warn!(%reason, "quorum not reached");
             return Err(MailError::Unavailable(reason));
         }
@@ -327,7 +400,11 @@ impl Mail {
             }
         }
         metrics::QUORUM_FAILURES.increment();
-        let reason = format!("{what}: {} of {needed} replicas answered ({})", successes.len(), failures.join("; "));
+        let reason = format!(
+            "{what}: {} of {needed} replicas answered ({})",
+            successes.len(),
+            failures.join("; ")
+        );
         tracing::warn!(%reason, "quorum not reached");
         Err(MailError::Unavailable(reason))
     }
@@ -379,7 +456,10 @@ impl Mail {
     // ----- accounts -----
 
     async fn account(&self, address: &Address) -> Result<Option<Account>, MailError> {
-        Ok(self.read_account(address).await?.filter(|account| !account.deleted))
+        Ok(self
+            .read_account(address)
+            .await?
+            .filter(|account| !account.deleted))
     }
 
     pub async fn account_exists(&self, address: &Address) -> Result<bool, MailError> {
@@ -388,12 +468,22 @@ impl Mail {
 
     /// Whether `password` opens `address`. Unknown accounts and wrong passwords are
     /// both `Ok(false)`: callers must not tell them apart to the peer.
-    pub async fn authenticate(&self, address: &Address, password: &[u8]) -> Result<bool, MailError> {
+    pub async fn authenticate(
+        &self,
+        address: &Address,
+        password: &[u8],
+    ) -> Result<bool, MailError> {
         let Some(account) = self.account(address).await? else {
             return Ok(false);
         };
         let digest = self.password_digest(password);
-        let cached = self.inner.verified.lock().expect("cache mutex poisoned").get(address).copied();
+        let cached = self
+            .inner
+            .verified
+            .lock()
+            .expect("cache mutex poisoned")
+            .get(address)
+            .copied();
         if cached == Some((account.version, digest)) {
             return Ok(true);
         }
@@ -401,7 +491,11 @@ impl Mail {
         let version = account.version;
         let matches = local::blocking(move || account.verify(&password)).await?;
         if matches {
-            self.inner.verified.lock().expect("cache mutex poisoned").insert(address.clone(), (version, digest));
+            self.inner
+                .verified
+                .lock()
+                .expect("cache mutex poisoned")
+                .insert(address.clone(), (version, digest));
         }
         Ok(matches)
     }
@@ -416,7 +510,10 @@ impl Mail {
     /// Creates an account; [`MailError::AccountExists`] if a live one has the address.
     pub async fn create_account(&self, address: &Address, password: &str) -> Result<(), MailError> {
         if !self.serves_domain(address.domain()) {
-            return Err(MailError::Invalid(format!("domain {} is not served by this ring", address.domain())));
+            return Err(MailError::Invalid(format!(
+                "domain {} is not served by this ring",
+                address.domain()
+            )));
         }
         if self.account_exists(address).await? {
             return Err(MailError::AccountExists);
@@ -437,15 +534,34 @@ impl Mail {
             return Err(MailError::NoSuchAccount);
         };
         let version = self.inner.clock.tick(now_ms());
-        let tombstone = Account { version, deleted: true, ..account };
-        self.write_quorum(self.key(address), vec![Write::Account { key: self.key(address), account: tombstone }]).await
+        let tombstone = Account {
+            version,
+            deleted: true,
+            ..account
+        };
+        self.write_quorum(
+            self.key(address),
+            vec![Write::Account {
+                key: self.key(address),
+                account: tombstone,
+            }],
+        )
+        .await
     }
 
     async fn write_account(&self, address: &Address, password: &str) -> Result<(), MailError> {
         let version = self.inner.clock.tick(now_ms());
         let (address_owned, password) = (address.clone(), password.to_owned());
-        let account = local::blocking(move || Account::new(address_owned, &password, version)).await??;
-        self.write_quorum(self.key(address), vec![Write::Account { key: self.key(address), account }]).await
+        let account =
+            local::blocking(move || Account::new(address_owned, &password, version)).await??;
+        self.write_quorum(
+            self.key(address),
+            vec![Write::Account {
+                key: self.key(address),
+                account,
+            }],
+        )
+        .await
     }
 
     /// Live accounts of the whole ring, sorted by address. Walks the ring and merges
@@ -472,14 +588,22 @@ impl Mail {
                 merged.insert(merged_account.address.clone(), merged_account);
             }
         }
-        Ok(merged.into_values().filter(|account| !account.deleted).map(|account| account.address).collect())
+        Ok(merged
+            .into_values()
+            .filter(|account| !account.deleted)
+            .map(|account| account.address)
+            .collect())
     }
 
     // ----- mail -----
 
     /// Stores one copy of `message` per recipient, each under its own id, and
     /// returns once every copy is durable on a write quorum of its replica set.
-    pub async fn deliver(&self, recipients: &[Address], message: Bytes) -> Result<Vec<MessageId>, MailError> {
+    pub async fn deliver(
+        &self,
+        recipients: &[Address],
+        message: Bytes,
+    ) -> Result<Vec<MessageId>, MailError> {
         let arrival_ms = now_ms();
         let mut ids = Vec::with_capacity(recipients.len());
         let mut by_key: BTreeMap<RingKey, Vec<Write>> = BTreeMap::new();
@@ -500,7 +624,8 @@ impl Mail {
             writes.spawn(async move { mail.write_quorum(key, batch).await });
         }
         while let Some(joined) = writes.join_next().await {
-            joined.map_err(|error| MailError::Storage(format!("delivery task failed: {error}")))??;
+            joined
+                .map_err(|error| MailError::Storage(format!("delivery task failed: {error}")))??;
         }
         Ok(ids)
     }
@@ -510,16 +635,26 @@ impl Mail {
         let key = self.key(address);
         let coordinator = self.replica_set(key).await?.remove(0);
         let lease_id: u64 = rand::random();
-        if !self.lease_call(&coordinator, address, lease_id, LeaseCall::Acquire).await? {
+        if !self
+            .lease_call(&coordinator, address, lease_id, LeaseCall::Acquire)
+            .await?
+        {
             return Err(MailError::InUse);
         }
         let held = Arc::new(AtomicBool::new(true));
         let renewal = {
-            let (mail, coordinator, address, held) = (self.clone(), coordinator.clone(), address.clone(), held.clone());
+            let (mail, coordinator, address, held) = (
+                self.clone(),
+                coordinator.clone(),
+                address.clone(),
+                held.clone(),
+            );
             tokio::spawn(async move {
                 loop {
                     tokio::time::sleep(LEASE_RENEW_PERIOD).await;
-                    let renewed = mail.lease_call(&coordinator, &address, lease_id, LeaseCall::Renew).await;
+                    let renewed = mail
+                        .lease_call(&coordinator, &address, lease_id, LeaseCall::Renew)
+                        .await;
                     if !matches!(renewed, Ok(true)) {
                         tracing::warn!(%address, coordinator = %coordinator.addr, "maildrop lease lost");
                         held.store(false, Ordering::Release);
@@ -536,7 +671,9 @@ impl Mail {
                     mail.inner.local.leases.release(&address, lease_id);
                 } else if let Ok(runtime) = tokio::runtime::Handle::try_current() {
                     runtime.spawn(async move {
-                        let _ = mail.lease_call(&coordinator, &address, lease_id, LeaseCall::Release).await;
+                        let _ = mail
+                            .lease_call(&coordinator, &address, lease_id, LeaseCall::Release)
+                            .await;
                     });
                 }
             })
@@ -552,7 +689,13 @@ impl Mail {
         })
     }
 
-    async fn lease_call(&self, coordinator: &NodeRef, address: &Address, lease_id: u64, call: LeaseCall) -> Result<bool, MailError> {
+    async fn lease_call(
+        &self,
+        coordinator: &NodeRef,
+        address: &Address,
+        lease_id: u64,
+        call: LeaseCall,
+    ) -> Result<bool, MailError> {
         let leases = &self.inner.local.leases;
         if self.is_me(coordinator) {
             return Ok(match call {
@@ -564,34 +707,48 @@ impl Mail {
                 }
             });
         }
-        let request = pb::LeaseRequest { address: address.to_string(), lease_id, ttl_ms: LEASE_TTL.as_millis() as u64 };
+        let request = pb::LeaseRequest {
+            address: address.to_string(),
+            lease_id,
+            ttl_ms: LEASE_TTL.as_millis() as u64,
+        };
         match call {
-            LeaseCall::Acquire => {
-                self.remote(coordinator, "acquire_lease", |mut client| async move { client.acquire_lease(request).await })
-                    .await
-                    .map(|reply| reply.granted)
-            }
-            LeaseCall::Renew => {
-                self.remote(coordinator, "renew_lease", |mut client| async move { client.renew_lease(request).await })
-                    .await
-                    .map(|reply| reply.granted)
-            }
-            LeaseCall::Release => {
-                self.remote(coordinator, "release_lease", |mut client| async move { client.release_lease(request).await })
-                    .await
-                    .map(|_| true)
-            }
+            LeaseCall::Acquire => self
+                .remote(coordinator, "acquire_lease", |mut client| async move {
+                    client.acquire_lease(request).await
+                })
+                .await
+                .map(|reply| reply.granted),
+            LeaseCall::Renew => self
+                .remote(coordinator, "renew_lease", |mut client| async move {
+                    client.renew_lease(request).await
+                })
+                .await
+                .map(|reply| reply.granted),
+            LeaseCall::Release => self
+                .remote(coordinator, "release_lease", |mut client| async move {
+                    client.release_lease(request).await
+                })
+                .await
+                .map(|_| true),
         }
     }
 
     /// Visible messages of the locked maildrop (merged from a read quorum), oldest first.
     pub async fn list(&self, lock: &MaildropLock) -> Result<Vec<MessageInfo>, MailError> {
         let mailbox = self.read_mailbox(lock.address()).await?;
-        Ok(mailbox.visible().map(|(id, size)| MessageInfo { id, size }).collect())
+        Ok(mailbox
+            .visible()
+            .map(|(id, size)| MessageInfo { id, size })
+            .collect())
     }
 
     /// The message's octets, or `None` if no replica has it (any longer).
-    pub async fn retrieve(&self, lock: &MaildropLock, id: MessageId) -> Result<Option<Bytes>, MailError> {
+    pub async fn retrieve(
+        &self,
+        lock: &MaildropLock,
+        id: MessageId,
+    ) -> Result<Option<Bytes>, MailError> {
         let address = lock.address();
         if let Some(body) = self.inner.local.body(address, id).await? {
             return Ok(Some(Bytes::from(body)));
@@ -617,7 +774,9 @@ impl Mail {
     /// `Err` the deletion was not acknowledged (it may still take effect later).
     pub async fn delete(&self, lock: &MaildropLock, ids: &[MessageId]) -> Result<(), MailError> {
         if !lock.is_held() {
-            return Err(MailError::Unavailable("the maildrop lease was lost".to_owned()));
+            return Err(MailError::Unavailable(
+                "the maildrop lease was lost".to_owned(),
+            ));
         }
         if ids.is_empty() {
             return Ok(());
@@ -625,14 +784,25 @@ impl Mail {
         let deleted_ms = now_ms();
         let writes = ids
             .iter()
-            .map(|id| Write::Tombstone { key: lock.key(), address: lock.address().clone(), id: *id, deleted_ms })
+            .map(|id| Write::Tombstone {
+                key: lock.key(),
+                address: lock.address().clone(),
+                id: *id,
+                deleted_ms,
+            })
             .collect();
         self.write_quorum(lock.key(), writes).await
     }
 
     /// This node's own replica of one address, for operators (`/api/replicas/...`).
-    pub async fn local_replica(&self, address: &Address) -> Result<(Option<Account>, Mailbox), MailError> {
-        Ok((self.inner.local.account(address).await?, self.inner.local.mailbox(address).await?))
+    pub async fn local_replica(
+        &self,
+        address: &Address,
+    ) -> Result<(Option<Account>, Mailbox), MailError> {
+        Ok((
+            self.inner.local.account(address).await?,
+            self.inner.local.mailbox(address).await?,
+        ))
     }
 }
 
@@ -645,7 +815,10 @@ enum LeaseCall {
 
 /// Milliseconds since the Unix epoch, the wall-time input of the hybrid clock.
 pub fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|elapsed| elapsed.as_millis() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -20,7 +20,12 @@ pub struct LocalReplica {
 impl LocalReplica {
     pub fn new(store: Arc<Store>, bits: u32) -> LocalReplica {
         let committer = GroupCommitter::start(store.clone());
-        LocalReplica { store, committer, bits, leases: LeaseTable::default() }
+        LocalReplica {
+            store,
+            committer,
+            bits,
+            leases: LeaseTable::default(),
+        }
     }
 
     pub fn store(&self) -> &Arc<Store> {
@@ -63,7 +68,11 @@ impl LocalReplica {
         Ok(blocking(move || store.mailbox(key, &address)).await??)
     }
 
-    pub async fn body(&self, address: &Address, id: MessageId) -> Result<Option<Vec<u8>>, MailError> {
+    pub async fn body(
+        &self,
+        address: &Address,
+        id: MessageId,
+    ) -> Result<Option<Vec<u8>>, MailError> {
         let (store, key, address) = (self.store.clone(), self.key(address), address.clone());
         Ok(blocking(move || store.body(key, &address, id)).await??)
     }
@@ -98,7 +107,8 @@ impl LocalReplica {
 /// index entry), and so are deletion times (they merge by maximum and change nothing
 /// visible).
 pub fn digest(account: Option<&Account>, mailbox: &Mailbox) -> u64 {
-    let mut bytes = Vec::with_capacity(32 + 17 * (mailbox.received.len() + mailbox.tombstones.len()));
+    let mut bytes =
+        Vec::with_capacity(32 + 17 * (mailbox.received.len() + mailbox.tombstones.len()));
     if let Some(account) = account {
         bytes.extend_from_slice(&account.version.wall_ms.to_be_bytes());
         bytes.extend_from_slice(&account.version.counter.to_be_bytes());
@@ -116,6 +126,10 @@ pub fn digest(account: Option<&Account>, mailbox: &Mailbox) -> u64 {
     hash64(&bytes)
 }
 
-pub(crate) async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Result<T, MailError> {
-    tokio::task::spawn_blocking(work).await.map_err(|error| MailError::Storage(format!("worker failed: {error}")))
+pub(crate) async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, MailError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|error| MailError::Storage(format!("worker failed: {error}")))
 }

@@ -7,9 +7,7 @@ use cm_net::replica_pb as pb;
 use tonic::{Request, Response, Status};
 
 use crate::MailError;
-use crate::convert::{
-    account_to_pb, address_from_pb, id_from_pb, mailbox_to_pb, writes_from_pb,
-};
+use crate::convert::{account_to_pb, address_from_pb, id_from_pb, mailbox_to_pb, writes_from_pb};
 use crate::local::LocalReplica;
 
 /// Answers the `Replica` gRPC service from the local replica.
@@ -36,25 +34,37 @@ fn status(error: MailError) -> Status {
 #[tonic::async_trait]
 impl pb::replica_server::Replica for ReplicaService {
     async fn apply(&self, request: Request<pb::WriteBatch>) -> Result<Response<pb::Ack>, Status> {
-        let writes = writes_from_pb(request.into_inner(), |address| self.local.key(address)).map_err(status)?;
+        let writes = writes_from_pb(request.into_inner(), |address| self.local.key(address))
+            .map_err(status)?;
         cm_types::metrics::REPLICA_WRITES_RECEIVED.add(writes.len() as u64);
         self.local.apply(writes).await.map_err(status)?;
         Ok(Response::new(pb::Ack {}))
     }
 
-    async fn read_account(&self, request: Request<pb::AddressRequest>) -> Result<Response<pb::AccountReply>, Status> {
+    async fn read_account(
+        &self,
+        request: Request<pb::AddressRequest>,
+    ) -> Result<Response<pb::AccountReply>, Status> {
         let address = address_from_pb(&request.into_inner().address).map_err(status)?;
         let account = self.local.account(&address).await.map_err(status)?;
-        Ok(Response::new(pb::AccountReply { account: account.as_ref().map(account_to_pb) }))
+        Ok(Response::new(pb::AccountReply {
+            account: account.as_ref().map(account_to_pb),
+        }))
     }
 
-    async fn read_mailbox(&self, request: Request<pb::AddressRequest>) -> Result<Response<pb::MailboxReply>, Status> {
+    async fn read_mailbox(
+        &self,
+        request: Request<pb::AddressRequest>,
+    ) -> Result<Response<pb::MailboxReply>, Status> {
         let address = address_from_pb(&request.into_inner().address).map_err(status)?;
         let mailbox = self.local.mailbox(&address).await.map_err(status)?;
         Ok(Response::new(mailbox_to_pb(&mailbox)))
     }
 
-    async fn read_body(&self, request: Request<pb::BodyRequest>) -> Result<Response<pb::BodyReply>, Status> {
+    async fn read_body(
+        &self,
+        request: Request<pb::BodyRequest>,
+    ) -> Result<Response<pb::BodyReply>, Status> {
         let request = request.into_inner();
         let address = address_from_pb(&request.address).map_err(status)?;
         let id = id_from_pb(&request.id).map_err(status)?;
@@ -62,28 +72,48 @@ impl pb::replica_server::Replica for ReplicaService {
         Ok(Response::new(pb::BodyReply { body }))
     }
 
-    async fn acquire_lease(&self, request: Request<pb::LeaseRequest>) -> Result<Response<pb::LeaseReply>, Status> {
+    async fn acquire_lease(
+        &self,
+        request: Request<pb::LeaseRequest>,
+    ) -> Result<Response<pb::LeaseReply>, Status> {
         let request = request.into_inner();
         let address = address_from_pb(&request.address).map_err(status)?;
-        let granted = self.local.leases.acquire(&address, request.lease_id, Duration::from_millis(request.ttl_ms));
+        let granted = self.local.leases.acquire(
+            &address,
+            request.lease_id,
+            Duration::from_millis(request.ttl_ms),
+        );
         Ok(Response::new(pb::LeaseReply { granted }))
     }
 
-    async fn renew_lease(&self, request: Request<pb::LeaseRequest>) -> Result<Response<pb::LeaseReply>, Status> {
+    async fn renew_lease(
+        &self,
+        request: Request<pb::LeaseRequest>,
+    ) -> Result<Response<pb::LeaseReply>, Status> {
         let request = request.into_inner();
         let address = address_from_pb(&request.address).map_err(status)?;
-        let granted = self.local.leases.renew(&address, request.lease_id, Duration::from_millis(request.ttl_ms));
+        let granted = self.local.leases.renew(
+            &address,
+            request.lease_id,
+            Duration::from_millis(request.ttl_ms),
+        );
         Ok(Response::new(pb::LeaseReply { granted }))
     }
 
-    async fn release_lease(&self, request: Request<pb::LeaseRequest>) -> Result<Response<pb::Ack>, Status> {
+    async fn release_lease(
+        &self,
+        request: Request<pb::LeaseRequest>,
+    ) -> Result<Response<pb::Ack>, Status> {
         let request = request.into_inner();
         let address = address_from_pb(&request.address).map_err(status)?;
         self.local.leases.release(&address, request.lease_id);
         Ok(Response::new(pb::Ack {}))
     }
 
-    async fn compare_digests(&self, request: Request<pb::DigestRequest>) -> Result<Response<pb::DigestReply>, Status> {
+    async fn compare_digests(
+        &self,
+        request: Request<pb::DigestRequest>,
+    ) -> Result<Response<pb::DigestReply>, Status> {
         let entries = request.into_inner().entries;
         if entries.len() > crate::antientropy::DIGESTS_PER_CALL_MAX {
             return Err(Status::invalid_argument("too many digests in one call"));
@@ -98,8 +128,13 @@ impl pb::replica_server::Replica for ReplicaService {
         Ok(Response::new(pb::DigestReply { differing }))
     }
 
-    async fn list_accounts(&self, _request: Request<pb::Empty>) -> Result<Response<pb::AccountList>, Status> {
+    async fn list_accounts(
+        &self,
+        _request: Request<pb::Empty>,
+    ) -> Result<Response<pb::AccountList>, Status> {
         let accounts = self.local.accounts().await.map_err(status)?;
-        Ok(Response::new(pb::AccountList { accounts: accounts.iter().map(account_to_pb).collect() }))
+        Ok(Response::new(pb::AccountList {
+            accounts: accounts.iter().map(account_to_pb).collect(),
+        }))
     }
 }

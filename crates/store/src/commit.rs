@@ -38,8 +38,15 @@ impl GroupCommitter {
 
     /// Queues `writes`; `done` is called with the outcome once it is durable (or
     /// failed). Blocks while the queue is full.
-    pub fn submit(&self, writes: Vec<Write>, done: impl FnOnce(Result<(), String>) + Send + 'static) {
-        let request = Request { writes, done: Box::new(done) };
+    pub fn submit(
+        &self,
+        writes: Vec<Write>,
+        done: impl FnOnce(Result<(), String>) + Send + 'static,
+    ) {
+        let request = Request {
+            writes,
+            done: Box::new(done),
+        };
         match self.sender.try_send(request) {
             Ok(()) => {}
             Err(TrySendError::Full(request)) => {
@@ -47,7 +54,9 @@ impl GroupCommitter {
                     (error.0.done)(Err("store is shut down".to_owned()));
                 }
             }
-            Err(TrySendError::Disconnected(request)) => (request.done)(Err("store is shut down".to_owned())),
+            Err(TrySendError::Disconnected(request)) => {
+                (request.done)(Err("store is shut down".to_owned()))
+            }
         }
     }
 }
@@ -61,8 +70,13 @@ fn run(store: &Store, receiver: &Receiver<Request>) {
             n_writes += next.writes.len();
             batch.push(next);
         }
-        let writes: Vec<Write> = batch.iter_mut().flat_map(|request| std::mem::take(&mut request.writes)).collect();
-        let outcome = store.apply(&writes).map_err(|error: StoreError| error.to_string());
+        let writes: Vec<Write> = batch
+            .iter_mut()
+            .flat_map(|request| std::mem::take(&mut request.writes))
+            .collect();
+        let outcome = store
+            .apply(&writes)
+            .map_err(|error: StoreError| error.to_string());
         cm_types::metrics::STORE_COMMITS.increment();
         cm_types::metrics::STORE_WRITES.add(writes.len() as u64);
         if let Err(error) = &outcome {

@@ -44,7 +44,10 @@ const SCHEMA_VERSION_KEY: &str = "schema_version";
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("cannot create data directory {path}: {source}")]
-    DataDir { path: PathBuf, source: std::io::Error },
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot open store {path}: {reason}")]
     Open { path: PathBuf, reason: String },
     #[error(
@@ -72,7 +75,12 @@ macro_rules! from_redb {
         }
     )*};
 }
-from_redb!(redb::TransactionError, redb::TableError, redb::StorageError, redb::CommitError);
+from_redb!(
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);
 
 /// One change to the store. Writes are idempotent and merge with what is there, so
 /// replaying one (a retry, a replica catching up) never does harm.
@@ -80,8 +88,18 @@ from_redb!(redb::TransactionError, redb::TableError, redb::StorageError, redb::C
 pub enum Write {
     /// Last-writer-wins: kept only if newer than the stored version.
     Account { key: RingKey, account: Account },
-    Message { key: RingKey, address: Address, id: MessageId, body: Vec<u8> },
-    Tombstone { key: RingKey, address: Address, id: MessageId, deleted_ms: u64 },
+    Message {
+        key: RingKey,
+        address: Address,
+        id: MessageId,
+        body: Vec<u8>,
+    },
+    Tombstone {
+        key: RingKey,
+        address: Address,
+        id: MessageId,
+        deleted_ms: u64,
+    },
     /// A small named value of the node itself (its identity, remembered peers).
     Meta { name: String, value: Vec<u8> },
 }
@@ -96,14 +114,22 @@ impl Store {
     /// Opens (creating if needed) the store in `data_dir`. Refuses a store written by
     /// a newer schema and a file that is not a valid store, naming the path.
     pub fn open(data_dir: &Path) -> Result<Store, StoreError> {
-        std::fs::create_dir_all(data_dir)
-            .map_err(|source| StoreError::DataDir { path: data_dir.to_path_buf(), source })?;
+        std::fs::create_dir_all(data_dir).map_err(|source| StoreError::DataDir {
+            path: data_dir.to_path_buf(),
+            source,
+        })?;
         let path = data_dir.join(DATABASE_FILE);
         let db = Database::create(&path).map_err(|error| match error {
             redb::DatabaseError::Storage(redb::StorageError::Corrupted(reason)) => {
-                StoreError::Corrupt { path: path.clone(), reason }
+                StoreError::Corrupt {
+                    path: path.clone(),
+                    reason,
+                }
             }
-            other => StoreError::Open { path: path.clone(), reason: other.to_string() },
+            other => StoreError::Open {
+                path: path.clone(),
+                reason: other.to_string(),
+            },
         })?;
         let store = Store { db, path };
         store.initialise_schema()?;
@@ -118,13 +144,18 @@ impl Store {
         let txn = self.db.begin_write()?;
         {
             let mut meta = txn.open_table(META)?;
-            let found = meta.get(SCHEMA_VERSION_KEY)?.map(|value| decode_u64(value.value()));
+            let found = meta
+                .get(SCHEMA_VERSION_KEY)?
+                .map(|value| decode_u64(value.value()));
             match found {
                 None => {
                     meta.insert(SCHEMA_VERSION_KEY, SCHEMA_VERSION.to_be_bytes().as_slice())?;
                 }
                 Some(Some(version)) if version > SCHEMA_VERSION => {
-                    return Err(StoreError::NewerSchema { path: self.path.clone(), found: version });
+                    return Err(StoreError::NewerSchema {
+                        path: self.path.clone(),
+                        found: version,
+                    });
                 }
                 Some(Some(_)) => {}
                 Some(None) => {
@@ -156,7 +187,10 @@ impl Store {
                 match write {
                     Write::Account { key, account } => {
                         let row = (*key, account.address.as_str());
-                        let stored = accounts.get(row)?.map(|value| decode_account(value.value())).transpose();
+                        let stored = accounts
+                            .get(row)?
+                            .map(|value| decode_account(value.value()))
+                            .transpose();
                         let merged = match stored.map_err(|reason| self.corrupt(reason))? {
                             Some(existing) => existing.merge(account.clone()),
                             None => account.clone(),
@@ -164,7 +198,12 @@ impl Store {
                         let encoded = serde_json::to_vec(&merged).expect("accounts serialise");
                         accounts.insert(row, encoded.as_slice())?;
                     }
-                    Write::Message { key, address, id, body } => {
+                    Write::Message {
+                        key,
+                        address,
+                        id,
+                        body,
+                    } => {
                         let row = (*key, address.as_str(), id.as_u128());
                         if index.get(row)?.is_some() {
                             continue;
@@ -174,14 +213,22 @@ impl Store {
                             bodies.insert(row, body.as_slice())?;
                         }
                     }
-                    Write::Tombstone { key, address, id, deleted_ms } => {
+                    Write::Tombstone {
+                        key,
+                        address,
+                        id,
+                        deleted_ms,
+                    } => {
                         let row = (*key, address.as_str(), id.as_u128());
                         let previous = tombstones.get(row)?.map(|value| value.value()).unwrap_or(0);
                         tombstones.insert(row, previous.max(*deleted_ms))?;
                         bodies.remove(row)?;
                     }
                     Write::Meta { name, value } => {
-                        assert_ne!(name, SCHEMA_VERSION_KEY, "the schema version is not a node setting");
+                        assert_ne!(
+                            name, SCHEMA_VERSION_KEY,
+                            "the schema version is not a node setting"
+                        );
                         meta.insert(name.as_str(), value.as_slice())?;
                     }
                 }
@@ -203,7 +250,9 @@ impl Store {
         let Some(value) = accounts.get((key, address.as_str()))? else {
             return Ok(None);
         };
-        decode_account(value.value()).map(Some).map_err(|reason| self.corrupt(reason))
+        decode_account(value.value())
+            .map(Some)
+            .map_err(|reason| self.corrupt(reason))
     }
 
     /// Every account record held here, deleted ones included, in key order.
@@ -227,21 +276,34 @@ impl Store {
         let mut mailbox = Mailbox::default();
         for row in index.range(range.clone())? {
             let (row_key, value) = row?;
-            mailbox.received.insert(MessageId::from_u128(row_key.value().2), value.value().0);
+            mailbox
+                .received
+                .insert(MessageId::from_u128(row_key.value().2), value.value().0);
         }
         for row in tombstones.range(range)? {
             let (row_key, value) = row?;
-            mailbox.tombstones.insert(MessageId::from_u128(row_key.value().2), value.value());
+            mailbox
+                .tombstones
+                .insert(MessageId::from_u128(row_key.value().2), value.value());
         }
         Ok(mailbox)
     }
 
     /// The body of a message, checked against the checksum recorded when it was
     /// written. `None` if it was never received here or has been deleted.
-    pub fn body(&self, key: RingKey, address: &Address, id: MessageId) -> Result<Option<Vec<u8>>, StoreError> {
+    pub fn body(
+        &self,
+        key: RingKey,
+        address: &Address,
+        id: MessageId,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
         let txn = self.db.begin_read()?;
         let row = (key, address.as_str(), id.as_u128());
-        let Some(body) = txn.open_table(BODIES)?.get(row)?.map(|value| value.value().to_vec()) else {
+        let Some(body) = txn
+            .open_table(BODIES)?
+            .get(row)?
+            .map(|value| value.value().to_vec())
+        else {
             return Ok(None);
         };
         let index = txn.open_table(INDEX)?;
@@ -253,6 +315,41 @@ impl Store {
             return Err(self.corrupt(format!("message {id} of {address} fails its checksum")));
         }
         Ok(Some(body))
+    }
+
+    /// Removes tombstones deleted before `cutoff_ms`, with the index entries and
+    /// bodies they cover, at most `n_max` per call (one transaction, fsynced).
+    /// Returns how many were removed. A replica that stayed away longer than the
+    /// caller's grace period could bring such a message back: the grace period must
+    /// exceed any outage a replica is expected to come back from.
+    pub fn collect_tombstones(&self, cutoff_ms: u64, n_max: usize) -> Result<usize, StoreError> {
+        let txn = self.db.begin_write()?;
+        let n_removed;
+        {
+            let mut tombstones = txn.open_table(TOMBSTONES)?;
+            let mut index = txn.open_table(INDEX)?;
+            let mut bodies = txn.open_table(BODIES)?;
+            let mut expired: Vec<(u64, String, u128)> = Vec::new();
+            for row in tombstones.iter()? {
+                let (row_key, deleted_ms) = row?;
+                if deleted_ms.value() < cutoff_ms {
+                    let (key, address, id) = row_key.value();
+                    expired.push((key, address.to_owned(), id));
+                    if expired.len() == n_max {
+                        break;
+                    }
+                }
+            }
+            for (key, address, id) in &expired {
+                let row = (*key, address.as_str(), *id);
+                tombstones.remove(row)?;
+                index.remove(row)?;
+                bodies.remove(row)?;
+            }
+            n_removed = expired.len();
+        }
+        txn.commit()?;
+        Ok(n_removed)
     }
 
     /// The number of distinct addresses (ring keys) with data here.
@@ -284,13 +381,18 @@ impl Store {
             .map(|(key, address)| {
                 Address::parse(&address)
                     .map(|address| (key, address))
-                    .map_err(|error| self.corrupt(format!("stored address {address:?} is invalid: {error}")))
+                    .map_err(|error| {
+                        self.corrupt(format!("stored address {address:?} is invalid: {error}"))
+                    })
             })
             .collect()
     }
 
     fn corrupt(&self, reason: String) -> StoreError {
-        StoreError::Corrupt { path: self.path.clone(), reason }
+        StoreError::Corrupt {
+            path: self.path.clone(),
+            reason,
+        }
     }
 }
 

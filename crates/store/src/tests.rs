@@ -25,15 +25,37 @@ fn messages_and_tombstones_survive_reopening() {
     let key = key_of_address(&alice, 64);
     {
         let store = Store::open(dir.path()).unwrap();
-        store.apply(&[message(&alice, 1, b"one\r\n"), message(&alice, 2, b"two\r\n")]).unwrap();
-        let tombstone = Write::Tombstone { key, address: alice.clone(), id: MessageId::from_u128(1), deleted_ms: 5 };
+        store
+            .apply(&[
+                message(&alice, 1, b"one\r\n"),
+                message(&alice, 2, b"two\r\n"),
+            ])
+            .unwrap();
+        let tombstone = Write::Tombstone {
+            key,
+            address: alice.clone(),
+            id: MessageId::from_u128(1),
+            deleted_ms: 5,
+        };
         store.apply(&[tombstone]).unwrap();
     }
     let store = Store::open(dir.path()).unwrap();
     let mailbox = store.mailbox(key, &alice).unwrap();
-    assert_eq!(mailbox.visible().collect::<Vec<_>>(), vec![(MessageId::from_u128(2), 5)]);
-    assert_eq!(store.body(key, &alice, MessageId::from_u128(2)).unwrap().unwrap(), b"two\r\n");
-    assert_eq!(store.body(key, &alice, MessageId::from_u128(1)).unwrap(), None);
+    assert_eq!(
+        mailbox.visible().collect::<Vec<_>>(),
+        vec![(MessageId::from_u128(2), 5)]
+    );
+    assert_eq!(
+        store
+            .body(key, &alice, MessageId::from_u128(2))
+            .unwrap()
+            .unwrap(),
+        b"two\r\n"
+    );
+    assert_eq!(
+        store.body(key, &alice, MessageId::from_u128(1)).unwrap(),
+        None
+    );
     assert_eq!(store.n_keys().unwrap(), 1);
 }
 
@@ -43,10 +65,25 @@ fn a_message_arriving_after_its_tombstone_stays_deleted() {
     let store = Store::open(dir.path()).unwrap();
     let bob = address("bob@example.org");
     let key = key_of_address(&bob, 64);
-    let tombstone = Write::Tombstone { key, address: bob.clone(), id: MessageId::from_u128(9), deleted_ms: 1 };
-    store.apply(&[tombstone, message(&bob, 9, b"late replica copy\r\n")]).unwrap();
-    assert!(!store.mailbox(key, &bob).unwrap().is_visible(MessageId::from_u128(9)));
-    assert_eq!(store.body(key, &bob, MessageId::from_u128(9)).unwrap(), None);
+    let tombstone = Write::Tombstone {
+        key,
+        address: bob.clone(),
+        id: MessageId::from_u128(9),
+        deleted_ms: 1,
+    };
+    store
+        .apply(&[tombstone, message(&bob, 9, b"late replica copy\r\n")])
+        .unwrap();
+    assert!(
+        !store
+            .mailbox(key, &bob)
+            .unwrap()
+            .is_visible(MessageId::from_u128(9))
+    );
+    assert_eq!(
+        store.body(key, &bob, MessageId::from_u128(9)).unwrap(),
+        None
+    );
 }
 
 #[test]
@@ -58,12 +95,33 @@ fn accounts_merge_last_writer_wins() {
     let newer = Account {
         address: carol.clone(),
         password_hash: "new".to_owned(),
-        version: Version { wall_ms: 2, counter: 0, node: 1 },
+        version: Version {
+            wall_ms: 2,
+            counter: 0,
+            node: 1,
+        },
         deleted: false,
     };
-    let older = Account { password_hash: "old".to_owned(), version: Version { wall_ms: 1, ..newer.version }, ..newer.clone() };
-    store.apply(&[Write::Account { key, account: newer.clone() }]).unwrap();
-    store.apply(&[Write::Account { key, account: older }]).unwrap();
+    let older = Account {
+        password_hash: "old".to_owned(),
+        version: Version {
+            wall_ms: 1,
+            ..newer.version
+        },
+        ..newer.clone()
+    };
+    store
+        .apply(&[Write::Account {
+            key,
+            account: newer.clone(),
+        }])
+        .unwrap();
+    store
+        .apply(&[Write::Account {
+            key,
+            account: older,
+        }])
+        .unwrap();
     assert_eq!(store.account(key, &carol).unwrap(), Some(newer));
     assert_eq!(store.accounts().unwrap().len(), 1);
 }
@@ -74,10 +132,18 @@ fn refuses_a_newer_schema_naming_the_path() {
     {
         let store = Store::open(dir.path()).unwrap();
         let txn = store.db.begin_write().unwrap();
-        txn.open_table(META).unwrap().insert(SCHEMA_VERSION_KEY, (SCHEMA_VERSION + 1).to_be_bytes().as_slice()).unwrap();
+        txn.open_table(META)
+            .unwrap()
+            .insert(
+                SCHEMA_VERSION_KEY,
+                (SCHEMA_VERSION + 1).to_be_bytes().as_slice(),
+            )
+            .unwrap();
         txn.commit().unwrap();
     }
-    let error = Store::open(dir.path()).err().expect("a newer schema must be refused");
+    let error = Store::open(dir.path())
+        .err()
+        .expect("a newer schema must be refused");
     assert!(matches!(error, StoreError::NewerSchema { found, .. } if found == SCHEMA_VERSION + 1));
     assert!(error.to_string().contains(DATABASE_FILE), "{error}");
 }
@@ -86,7 +152,9 @@ fn refuses_a_newer_schema_naming_the_path() {
 fn refuses_a_file_that_is_not_a_store() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join(DATABASE_FILE), vec![0x5a; 64 * 1024]).unwrap();
-    let error = Store::open(dir.path()).err().expect("garbage must be refused");
+    let error = Store::open(dir.path())
+        .err()
+        .expect("garbage must be refused");
     assert!(error.to_string().contains(DATABASE_FILE), "{error}");
 }
 
@@ -98,9 +166,15 @@ fn a_corrupted_body_is_reported_not_served() {
     let key = key_of_address(&dave, 64);
     store.apply(&[message(&dave, 3, b"original\r\n")]).unwrap();
     let txn = store.db.begin_write().unwrap();
-    txn.open_table(BODIES).unwrap().insert((key, dave.as_str(), 3u128), b"tampered\r\n".as_slice()).unwrap();
+    txn.open_table(BODIES)
+        .unwrap()
+        .insert((key, dave.as_str(), 3u128), b"tampered\r\n".as_slice())
+        .unwrap();
     txn.commit().unwrap();
-    assert!(matches!(store.body(key, &dave, MessageId::from_u128(3)), Err(StoreError::Corrupt { .. })));
+    assert!(matches!(
+        store.body(key, &dave, MessageId::from_u128(3)),
+        Err(StoreError::Corrupt { .. })
+    ));
 }
 
 #[test]
@@ -113,14 +187,58 @@ fn group_commit_acknowledges_every_request_once() {
     let n_requests = 200u128;
     for id in 0..n_requests {
         let sender = sender.clone();
-        committer.submit(vec![message(&erin, id, b"x\r\n")], move |outcome| sender.send((id, outcome)).unwrap());
+        committer.submit(vec![message(&erin, id, b"x\r\n")], move |outcome| {
+            sender.send((id, outcome)).unwrap()
+        });
     }
-    let mut acknowledged: Vec<u128> = (0..n_requests).map(|_| receiver.recv().unwrap()).map(|(id, outcome)| {
-        outcome.unwrap();
-        id
-    }).collect();
+    let mut acknowledged: Vec<u128> = (0..n_requests)
+        .map(|_| receiver.recv().unwrap())
+        .map(|(id, outcome)| {
+            outcome.unwrap();
+            id
+        })
+        .collect();
     acknowledged.sort();
     assert_eq!(acknowledged, (0..n_requests).collect::<Vec<_>>());
     let mailbox = store.mailbox(key_of_address(&erin, 64), &erin).unwrap();
     assert_eq!(mailbox.received.len() as u128, n_requests);
+}
+
+#[test]
+fn tombstones_are_collected_only_after_their_grace_period() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let fay = address("fay@example.org");
+    let key = key_of_address(&fay, 64);
+    let tombstone = |id: u128, deleted_ms| Write::Tombstone {
+        key,
+        address: fay.clone(),
+        id: MessageId::from_u128(id),
+        deleted_ms,
+    };
+    store
+        .apply(&[
+            message(&fay, 1, b"old\r\n"),
+            message(&fay, 2, b"recent\r\n"),
+            message(&fay, 3, b"kept\r\n"),
+        ])
+        .unwrap();
+    store
+        .apply(&[tombstone(1, 100), tombstone(2, 5_000)])
+        .unwrap();
+    assert_eq!(store.collect_tombstones(1_000, 16).unwrap(), 1);
+    let mailbox = store.mailbox(key, &fay).unwrap();
+    assert!(
+        !mailbox.received.contains_key(&MessageId::from_u128(1))
+            && !mailbox.tombstones.contains_key(&MessageId::from_u128(1))
+    );
+    assert!(
+        mailbox.tombstones.contains_key(&MessageId::from_u128(2)),
+        "inside the grace period"
+    );
+    assert_eq!(
+        mailbox.visible().map(|(id, _)| id).collect::<Vec<_>>(),
+        vec![MessageId::from_u128(3)]
+    );
+    assert_eq!(store.collect_tombstones(1_000, 16).unwrap(), 0);
 }

@@ -18,7 +18,10 @@ pub enum TlsError {
     #[error("cannot read {path}: {reason}")]
     Read { path: PathBuf, reason: String },
     #[error("cannot write {path}: {source}")]
-    Write { path: PathBuf, source: std::io::Error },
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("set both a TLS certificate and a key, or neither")]
     HalfConfigured,
     #[error("cannot generate a self-signed certificate: {0}")]
@@ -49,9 +52,13 @@ pub fn server_config(
         .collect::<Result<_, _>>()
         .map_err(|error| read_error(&cert_path, error))?;
     if chain.is_empty() {
-        return Err(TlsError::Read { path: cert_path, reason: "no certificate in the file".to_owned() });
+        return Err(TlsError::Read {
+            path: cert_path,
+            reason: "no certificate in the file".to_owned(),
+        });
     }
-    let private_key = PrivateKeyDer::from_pem_file(&key_path).map_err(|error| read_error(&key_path, error))?;
+    let private_key =
+        PrivateKeyDer::from_pem_file(&key_path).map_err(|error| read_error(&key_path, error))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -68,12 +75,18 @@ fn ensure_self_signed(dir: &Path, hostname: &str) -> Result<(PathBuf, PathBuf), 
     if cert_path.exists() && key_path.exists() {
         return Ok((cert_path, key_path));
     }
-    let generated = rcgen::generate_simple_self_signed(vec![hostname.to_owned(), "localhost".to_owned()])
-        .map_err(|error| TlsError::Generate(error.to_string()))?;
-    std::fs::create_dir_all(dir).map_err(|source| TlsError::Write { path: dir.to_path_buf(), source })?;
+    let generated =
+        rcgen::generate_simple_self_signed(vec![hostname.to_owned(), "localhost".to_owned()])
+            .map_err(|error| TlsError::Generate(error.to_string()))?;
+    std::fs::create_dir_all(dir).map_err(|source| TlsError::Write {
+        path: dir.to_path_buf(),
+        source,
+    })?;
     write_private(&key_path, generated.signing_key.serialize_pem().as_bytes())?;
-    std::fs::write(&cert_path, generated.cert.pem())
-        .map_err(|source| TlsError::Write { path: cert_path.clone(), source })?;
+    std::fs::write(&cert_path, generated.cert.pem()).map_err(|source| TlsError::Write {
+        path: cert_path.clone(),
+        source,
+    })?;
     tracing::info!(path = %cert_path.display(), "generated a self-signed TLS certificate");
     Ok((cert_path, key_path))
 }
@@ -82,11 +95,19 @@ fn write_private(path: &Path, contents: &[u8]) -> Result<(), TlsError> {
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt as _;
     let write = || -> std::io::Result<()> {
-        let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(path)?;
         file.write_all(contents)?;
         file.sync_all()
     };
-    write().map_err(|source| TlsError::Write { path: path.to_path_buf(), source })
+    write().map_err(|source| TlsError::Write {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 #[cfg(test)]
@@ -99,14 +120,20 @@ mod tests {
         server_config(dir.path(), None, None, "mail.test").unwrap();
         let first = std::fs::read(dir.path().join("tls/self-signed.crt")).unwrap();
         server_config(dir.path(), None, None, "mail.test").unwrap();
-        assert_eq!(std::fs::read(dir.path().join("tls/self-signed.crt")).unwrap(), first);
+        assert_eq!(
+            std::fs::read(dir.path().join("tls/self-signed.crt")).unwrap(),
+            first
+        );
     }
 
     #[test]
     fn refuses_half_a_configuration_and_missing_files() {
         let dir = tempfile::tempdir().unwrap();
         let missing = dir.path().join("missing.pem");
-        assert!(matches!(server_config(dir.path(), Some(&missing), None, "h"), Err(TlsError::HalfConfigured)));
+        assert!(matches!(
+            server_config(dir.path(), Some(&missing), None, "h"),
+            Err(TlsError::HalfConfigured)
+        ));
         let error = server_config(dir.path(), Some(&missing), Some(&missing), "h").unwrap_err();
         assert!(error.to_string().contains("missing.pem"), "{error}");
     }

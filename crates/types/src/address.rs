@@ -37,7 +37,8 @@ impl Address {
         if text.len() > ADDRESS_BYTES_MAX {
             return Err(AddressError::TooLong);
         }
-        let forbidden = |c: char| c.is_whitespace() || c.is_control() || "<>()[]\\,;:\"".contains(c);
+        let forbidden =
+            |c: char| c.is_whitespace() || c.is_control() || "<>()[]\\,;:\"".contains(c);
         if text.chars().any(forbidden) {
             return Err(AddressError::ForbiddenCharacter);
         }
@@ -99,7 +100,10 @@ mod tests {
         assert_eq!(address.as_str(), "bob.smith+tag@mail.example.org");
         assert_eq!(address.local_part(), "bob.smith+tag");
         assert_eq!(address.domain(), "mail.example.org");
-        assert_eq!(Address::parse("jürgen@bücher.de").unwrap().as_str(), "jürgen@bücher.de");
+        assert_eq!(
+            Address::parse("jürgen@bücher.de").unwrap().as_str(),
+            "jürgen@bücher.de"
+        );
     }
 
     #[test]

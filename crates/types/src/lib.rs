@@ -26,8 +26,15 @@ pub const RING_BITS_MAX: u32 = 64;
 
 /// Reduces a full 64-bit hash to the identifier space of `bits` bits.
 pub fn truncate_key(hash: u64, bits: u32) -> RingKey {
-    assert!((1..=RING_BITS_MAX).contains(&bits), "bits out of range: {bits}");
-    if bits == 64 { hash } else { hash & ((1u64 << bits) - 1) }
+    assert!(
+        (1..=RING_BITS_MAX).contains(&bits),
+        "bits out of range: {bits}"
+    );
+    if bits == 64 {
+        hash
+    } else {
+        hash & ((1u64 << bits) - 1)
+    }
 }
 
 /// The 64-bit hash (first eight bytes of SHA-256, big-endian) of `bytes`.

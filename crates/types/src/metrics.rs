@@ -22,11 +22,21 @@ pub enum Kind {
 
 impl Metric {
     pub const fn counter(name: &'static str, help: &'static str) -> Metric {
-        Metric { name, help, kind: Kind::Counter, value: AtomicU64::new(0) }
+        Metric {
+            name,
+            help,
+            kind: Kind::Counter,
+            value: AtomicU64::new(0),
+        }
     }
 
     pub const fn gauge(name: &'static str, help: &'static str) -> Metric {
-        Metric { name, help, kind: Kind::Gauge, value: AtomicU64::new(0) }
+        Metric {
+            name,
+            help,
+            kind: Kind::Gauge,
+            value: AtomicU64::new(0),
+        }
     }
 
     pub fn add(&self, n: u64) {
@@ -52,35 +62,63 @@ impl Metric {
     }
 }
 
-pub static SMTP_CONNECTIONS: Metric =
-    Metric::counter("chordmail_smtp_connections_total", "SMTP connections accepted");
-pub static SMTP_MESSAGES_ACCEPTED: Metric =
-    Metric::counter("chordmail_smtp_messages_accepted_total", "Messages answered 250 after DATA");
-pub static SMTP_MESSAGES_REFUSED: Metric =
-    Metric::counter("chordmail_smtp_messages_refused_total", "Messages refused after DATA (4xx or 5xx)");
-pub static POP3_CONNECTIONS: Metric =
-    Metric::counter("chordmail_pop3_connections_total", "POP3 connections accepted");
-pub static POP3_MESSAGES_RETRIEVED: Metric =
-    Metric::counter("chordmail_pop3_messages_retrieved_total", "Messages sent in answer to RETR");
-pub static POP3_MESSAGES_DELETED: Metric =
-    Metric::counter("chordmail_pop3_messages_deleted_total", "Messages deleted at QUIT");
-pub static AUTH_FAILURES: Metric =
-    Metric::counter("chordmail_auth_failures_total", "Failed SMTP AUTH and POP3 logins");
-pub static STORE_COMMITS: Metric =
-    Metric::counter("chordmail_store_commits_total", "Store transactions committed (one fsync each)");
-pub static STORE_WRITES: Metric =
-    Metric::counter("chordmail_store_writes_total", "Writes applied to the store, all batches together");
+pub static SMTP_CONNECTIONS: Metric = Metric::counter(
+    "chordmail_smtp_connections_total",
+    "SMTP connections accepted",
+);
+pub static SMTP_MESSAGES_ACCEPTED: Metric = Metric::counter(
+    "chordmail_smtp_messages_accepted_total",
+    "Messages answered 250 after DATA",
+);
+pub static SMTP_MESSAGES_REFUSED: Metric = Metric::counter(
+    "chordmail_smtp_messages_refused_total",
+    "Messages refused after DATA (4xx or 5xx)",
+);
+pub static POP3_CONNECTIONS: Metric = Metric::counter(
+    "chordmail_pop3_connections_total",
+    "POP3 connections accepted",
+);
+pub static POP3_MESSAGES_RETRIEVED: Metric = Metric::counter(
+    "chordmail_pop3_messages_retrieved_total",
+    "Messages sent in answer to RETR",
+);
+pub static POP3_MESSAGES_DELETED: Metric = Metric::counter(
+    "chordmail_pop3_messages_deleted_total",
+    "Messages deleted at QUIT",
+);
+pub static AUTH_FAILURES: Metric = Metric::counter(
+    "chordmail_auth_failures_total",
+    "Failed SMTP AUTH and POP3 logins",
+);
+pub static STORE_COMMITS: Metric = Metric::counter(
+    "chordmail_store_commits_total",
+    "Store transactions committed (one fsync each)",
+);
+pub static STORE_WRITES: Metric = Metric::counter(
+    "chordmail_store_writes_total",
+    "Writes applied to the store, all batches together",
+);
 
-pub static REPLICA_WRITES_SENT: Metric =
-    Metric::counter("chordmail_replica_writes_sent_total", "Writes sent to other replicas (quorum writes and repairs)");
-pub static REPLICA_WRITES_RECEIVED: Metric =
-    Metric::counter("chordmail_replica_writes_received_total", "Writes received from other replicas");
-pub static QUORUM_FAILURES: Metric =
-    Metric::counter("chordmail_quorum_failures_total", "Reads or writes refused because a quorum was not reached");
-pub static REPAIRS: Metric =
-    Metric::counter("chordmail_repairs_total", "Messages, tombstones and accounts copied to a replica by anti-entropy");
-pub static ANTI_ENTROPY_ROUNDS: Metric =
-    Metric::counter("chordmail_anti_entropy_rounds_total", "Anti-entropy rounds completed");
+pub static REPLICA_WRITES_SENT: Metric = Metric::counter(
+    "chordmail_replica_writes_sent_total",
+    "Writes sent to other replicas (quorum writes and repairs)",
+);
+pub static REPLICA_WRITES_RECEIVED: Metric = Metric::counter(
+    "chordmail_replica_writes_received_total",
+    "Writes received from other replicas",
+);
+pub static QUORUM_FAILURES: Metric = Metric::counter(
+    "chordmail_quorum_failures_total",
+    "Reads or writes refused because a quorum was not reached",
+);
+pub static REPAIRS: Metric = Metric::counter(
+    "chordmail_repairs_total",
+    "Messages, tombstones and accounts copied to a replica by anti-entropy",
+);
+pub static ANTI_ENTROPY_ROUNDS: Metric = Metric::counter(
+    "chordmail_anti_entropy_rounds_total",
+    "Anti-entropy rounds completed",
+);
 pub static ADDRESSES_OUT_OF_SYNC: Metric = Metric::gauge(
     "chordmail_addresses_out_of_sync",
     "Addresses whose replicas differed in the last anti-entropy round (0: every copy is in place)",
@@ -133,6 +171,9 @@ mod tests {
     fn renders_prometheus_text() {
         static EXAMPLE: Metric = Metric::counter("example_total", "An example");
         EXAMPLE.add(3);
-        assert_eq!(render(&[&EXAMPLE]), "# HELP example_total An example\n# TYPE example_total counter\nexample_total 3\n");
+        assert_eq!(
+            render(&[&EXAMPLE]),
+            "# HELP example_total An example\n# TYPE example_total counter\nexample_total 3\n"
+        );
     }
 }
