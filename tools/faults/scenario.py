@@ -1,0 +1,595 @@
+"""One fault scenario: a cluster in namespaces, the workload, seeded faults, healing,
+the convergence wait and the checker.
+
+Faults (drawn from the scenario's seeded PRNG; the schedule is printed on a violation):
+  crash      kill -9 a node, restart it on the same --data after a while
+  pause      SIGSTOP a node, SIGCONT it after a while
+  partition  split the nodes into two groups that drop each other's packets
+  oneway     packets from one group no longer reach the other (the reverse still do)
+  wipe       kill -9 a node and restart it on an empty --data (a disk loss)
+  replace    kill -9 a node for good and join a fresh node (a disk loss)
+  slow       node-to-node traffic of some nodes through the fault proxy (delay,
+             jitter, stalls, resets) for a while (see proxy.py)
+Disk losses stay within DESIGN.md §9.1: at most W - 1 at once (W = majority of
+--replicas), and a further one only after everything was healed and re-replication
+finished (out_of_sync == 0 everywhere and every key with `replicas` full copies).
+"""
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import checker
+import netns
+import workload
+
+RING_PORT = 7000
+HTTP_PORT = RING_PORT + 30_000
+READY_TIMEOUT_S = 30.0
+CONVERGE_TIMEOUT_S = 120.0
+STABLE_CONFIRM_S = 2.5  # one anti-entropy period (2 s) and a bit: out_of_sync is per round
+FINAL_READ_TIMEOUT_S = 40.0
+ACCOUNTS = 6
+DOWN_MAX = 2  # nodes killed or paused at once, so that the workload still makes progress
+
+# Registry of live scenarios, for the SIGINT/SIGTERM handler of run.py.
+ACTIVE = set()
+
+
+def http_json(ip, path, method="GET", body=None, timeout=3.0):
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(f"http://{ip}:{HTTP_PORT}{path}", data=data, method=method)
+    if data is not None:
+        request.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            status, raw = response.status, response.read()
+    except urllib.error.HTTPError as error:
+        status, raw = error.code, error.read()
+    try:
+        return status, json.loads(raw) if raw else None
+    except ValueError:
+        return status, raw.decode(errors="replace")
+
+
+class NodeProc:
+    def __init__(self, scenario, index):
+        self.scenario = scenario
+        self.index = index
+        self.ip = scenario.net.node_ip(index)
+        self.addr = f"{self.ip}:{RING_PORT}"
+        self.data = scenario.workdir / f"data-{index}"
+        self.log_path = scenario.workdir / f"node-{index}.log"
+        self.process = None
+        self.state = "new"  # running | killed | paused | gone
+        self.started_at = None
+        self.entry = None
+        self.has_data = False  # set once it served: its --data then holds its identity
+
+    def command(self, entry):
+        command = ["ip", "netns", "exec", self.scenario.net.ns(self.index), str(self.scenario.binary), "node",
+                   "--addr", self.addr, "--data", str(self.data), "--replicas", str(self.scenario.replicas),
+                   "--domain", workload.DOMAIN]
+        if entry:
+            command += ["--entry-addr", entry]
+        if self.scenario.config_path:
+            command += ["--config", str(self.scenario.config_path)]
+        return command
+
+    def start(self, entry=None):
+        self.entry = entry
+        with open(self.log_path, "ab") as log:
+            log.write(f"\n=== faults: start t={self.scenario.history.now()} entry={entry}\n".encode())
+            log.flush()
+            env = dict(os.environ, RUST_LOG=os.environ.get("RUST_LOG", "info,cm_repl::antientropy=debug"), RUST_BACKTRACE="1")
+            self.process = subprocess.Popen(self.command(entry), stdout=log, stderr=subprocess.STDOUT, env=env,
+                                            stdin=subprocess.DEVNULL)
+        self.state = "running"
+        self.started_at = time.monotonic()
+
+    def alive(self):
+        return self.process is not None and self.process.poll() is None
+
+    def ready(self):
+        try:
+            return http_json(self.ip, "/healthz", timeout=1.0)[0] == 200
+        except OSError:
+            return False
+
+    def wait_ready(self, timeout=READY_TIMEOUT_S):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.alive():
+                return False
+            if self.ready():
+                self.has_data = True
+                return True
+            time.sleep(0.1)
+        return False
+
+    def signal(self, sig):
+        if self.alive():
+            try:
+                os.kill(self.process.pid, sig)
+            except ProcessLookupError:
+                pass
+
+    def kill(self):
+        if self.process is not None and self.process.poll() is None:
+            self.signal(signal.SIGCONT)
+            self.signal(signal.SIGKILL)
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                pass
+
+
+class Scenario:
+    def __init__(self, seed, binary, nodes=5, duration=30.0, replicas=3, clients=4, workroot=None,
+                 keep_root=None, proxy=True, log=None):
+        import random
+        self.seed = seed
+        self.rng = random.Random(seed)
+        self.binary = binary
+        self.n_nodes = nodes
+        self.duration = duration
+        self.replicas = replicas
+        self.quorum = replicas // 2 + 1
+        self.clients = clients
+        self.net = netns.Network()
+        self.workdir = Path(workroot or "/tmp") / f"chordmail-faults-{self.net.prefix}-seed{seed}"
+        self.keep_root = Path(keep_root) if keep_root else None
+        self.use_proxy = proxy
+        self.proxy = None
+        self.config_path = None
+        self.log = log or (lambda text: None)
+        self.history = workload.History()
+        self.nodes = {}
+        self.next_index = 0
+        self.schedule = []  # (t, text)
+        self.faults = 0
+        self.disk_losses_pending = 0  # disk losses since the last complete re-replication
+        self.accounts = []
+        self.extra = []  # violations found outside the checker
+        self.convergence = []  # seconds of every convergence wait
+        self.dumps = {}
+        self.lock = threading.Lock()
+        self.cleaned = False
+
+    # Bookkeeping ------------------------------------------------------------
+
+    def note(self, text):
+        entry = (self.history.now(), text)
+        self.schedule.append(entry)
+        self.log(f"  [seed {self.seed} t={entry[0]:7.2f}] {text}")
+
+    def running(self):
+        return [n for n in self.nodes.values() if n.state == "running"]
+
+    def members(self):
+        """Nodes that belong to the cluster (everything not removed for good)."""
+        return [n for n in self.nodes.values() if n.state != "gone"]
+
+    def endpoints(self):
+        with self.lock:
+            return {n.index: n.ip for n in self.members()}
+
+    def add_node(self, entry=None):
+        index = self.next_index
+        self.next_index += 1
+        self.net.add_node(index)
+        node = NodeProc(self, index)
+        self.nodes[index] = node
+        if self.proxy:
+            self.proxy.add_node(index)
+        node.start(entry)
+        return node
+
+    # Set-up -----------------------------------------------------------------
+
+    def setup(self):
+        ACTIVE.add(self)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.net.create()
+        if self.use_proxy:
+            import proxy
+            self.proxy = proxy.FaultProxy(self.net, RING_PORT, seed=self.seed)
+            self.proxy.start()
+        first = self.add_node()
+        if not first.wait_ready():
+            raise RuntimeError(f"node 0 did not start:\n{tail(first.log_path)}")
+        for _ in range(1, self.n_nodes):
+            node = self.add_node(entry=first.addr)
+            if not node.wait_ready():
+                raise RuntimeError(f"node {node.index} did not start:\n{tail(node.log_path)}")
+        self.wait_converged("initial ring", check_replicas=False)
+        deadline = time.monotonic() + 60
+        for i in range(ACCOUNTS):
+            account = workload.account_name(i)
+            op = self.history.new(op="create", account=account, node=None, outcome=None)
+            while True:
+                node = self.rng.choice(self.running())
+                op["node"] = node.index
+                try:
+                    status, body = http_json(node.ip, "/api/users", "POST",
+                                             {"address": account, "password": workload.password_of(account)},
+                                             timeout=10)
+                except OSError as error:
+                    status, body = None, str(error)
+                if status in (201, 409):
+                    op["outcome"] = "ok" if status == 201 else "exists"
+                    break
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"cannot create {account}: {status} {body}")
+                time.sleep(0.5)
+            op["t1"] = self.history.now()
+            self.accounts.append(account)
+        self.wait_converged("accounts created")
+
+    # Convergence --------------------------------------------------------------
+
+    def ring_state(self, check_replicas=True):
+        """None when the cluster is one correct ring with every key fully replicated,
+        else why not."""
+        members = self.members()
+        if any(n.state != "running" or not n.alive() for n in members):
+            return "not every member runs"
+        views = {}
+        for node in members:
+            try:
+                status, view = http_json(node.ip, "/api/ring")
+            except OSError as error:
+                return f"node {node.index}: /api/ring {error}"
+            if status != 200:
+                return f"node {node.index}: /api/ring {status}"
+            views[node.index] = view
+        order = sorted(members, key=lambda n: views[n.index]["id"])
+        ids = [views[n.index]["id"] for n in order]
+        if len(set(ids)) != len(ids):
+            return f"duplicate ids {ids}"
+        for position, node in enumerate(order):
+            view = views[node.index]
+            successor = order[(position + 1) % len(order)]
+            predecessor = order[position - 1]
+            if not view["successors"] or view["successors"][0]["addr"] != successor.addr:
+                return f"node {node.index}: successor {view['successors'][:1]} != {successor.addr}"
+            if len(order) > 1 and (view["predecessor"] is None or view["predecessor"]["addr"] != predecessor.addr):
+                return f"node {node.index}: predecessor {view['predecessor']} != {predecessor.addr}"
+            try:
+                status, cluster = http_json(node.ip, "/api/cluster", timeout=5)
+            except OSError as error:
+                return f"node {node.index}: /api/cluster {error}"
+            walked = [entry["addr"] for entry in cluster["nodes"]]
+            expected = [n.addr for n in order[position:] + order[:position]]
+            if walked != expected:
+                return f"node {node.index}: /api/cluster {walked} != {expected}"
+            if view.get("out_of_sync", 0) != 0:
+                return f"node {node.index}: out_of_sync={view['out_of_sync']}"
+        if check_replicas:
+            for account in self.accounts:
+                reason = self.replica_state(account, members, {n.index: views[n.index]["id"] for n in members})
+                if reason:
+                    return reason
+        return None
+
+    def replica_state(self, account, members, ids):
+        copies = {}
+        for node in members:
+            try:
+                status, body = http_json(node.ip, f"/api/replicas/{account}")
+            except OSError as error:
+                return f"node {node.index}: /api/replicas {error}"
+            if status != 200:
+                return f"node {node.index}: /api/replicas/{account} {status}"
+            if body.get("account") is None and not body.get("messages"):
+                continue
+            copies[node.index] = ({m["id"] for m in body["messages"]}, set(body["tombstones"]),
+                                  body.get("account") is not None)
+        every_id = set().union(*(c[0] for c in copies.values())) if copies else set()
+        every_tomb = set().union(*(c[1] for c in copies.values())) if copies else set()
+        full = {i for i, (ids, tombs, has_account) in copies.items()
+                if has_account and ids >= every_id and tombs >= every_tomb}
+        wanted = self.replica_set(account, members, ids)
+        if not wanted <= full:
+            return (f"{account}: replica set {sorted(wanted)} but full copies on {sorted(full)} "
+                    f"(holders {sorted(copies)}: messages {({i: len(c[0]) for i, c in copies.items()})} of {len(every_id)})")
+        return None
+
+    def replica_set(self, account, members, ids):
+        """Indexes of the first `replicas` members clockwise from the account's key."""
+        key = int.from_bytes(hashlib.sha256(account.lower().encode()).digest()[:8], "big")
+        order = sorted(members, key=lambda n: ids[n.index])
+        start = next((p for p, n in enumerate(order) if ids[n.index] >= key), 0)
+        return {order[(start + k) % len(order)].index for k in range(min(self.replicas, len(order)))}
+
+    def wait_converged(self, what, check_replicas=True, timeout=CONVERGE_TIMEOUT_S):
+        """Waits for one correct ring (and full replication); records the time taken
+        or a liveness violation."""
+        start = time.monotonic()
+        deadline = start + timeout
+        reason = "never polled"
+        while time.monotonic() < deadline:
+            reason = self.ring_state(check_replicas)
+            if reason is None:
+                took = time.monotonic() - start
+                time.sleep(STABLE_CONFIRM_S)
+                reason = self.ring_state(check_replicas)
+                if reason is None:
+                    self.convergence.append(took)
+                    self.note(f"converged ({what}) in {took:.1f}s")
+                    return True
+            time.sleep(0.5)
+        self.extra.append(f"no convergence within {timeout:.0f}s after {what}: {reason}")
+        self.note(f"NOT converged ({what}) within {timeout:.0f}s: {reason}")
+        self.dump_state(f"not-converged-{len(self.convergence)}")
+        return False
+
+    def dump_state(self, name):
+        """Every node's ring view and local copy of every account, for the report."""
+        state = {}
+        for node in self.members():
+            entry = state[node.index] = {"addr": node.addr, "state": node.state}
+            for path in ["/api/ring", "/api/cluster", "/metrics"] + [f"/api/replicas/{a}" for a in self.accounts]:
+                try:
+                    entry[path] = http_json(node.ip, path, timeout=3)
+                except OSError as error:
+                    entry[path] = str(error)
+        self.dumps[name] = state
+        (self.workdir / f"state-{name}.json").write_text(json.dumps(state, indent=1))
+
+    # Faults -----------------------------------------------------------------
+
+    def heal_all(self, why):
+        self.net.heal_all()
+        if self.proxy:
+            self.proxy.heal_all()
+        for node in list(self.nodes.values()):
+            if node.state == "paused":
+                node.signal(signal.SIGCONT)
+                node.state = "running"
+            elif node.state == "killed":
+                self.restart(node)
+        self.pending = []
+        self.note(f"heal everything ({why})")
+
+    def restart(self, node):
+        """Same --data: without an entry half the time (remembered peers bring it
+        back). Empty --data: through a random running node."""
+        node.kill()
+        candidates = [n for n in self.running() if n is not node]
+        entry = None
+        if candidates and (not has_identity(node) or self.rng.random() < 0.5):
+            entry = self.rng.choice(candidates).addr
+        node.start(entry)
+
+    def pick_fault(self):
+        weights = {"crash": 3, "pause": 2, "partition": 3, "oneway": 2, "wipe": 1, "replace": 1}
+        if self.proxy:
+            weights["slow"] = 2
+        kinds = sorted(weights)
+        return self.rng.choices(kinds, [weights[k] for k in kinds])[0]
+
+    def inject(self, now):
+        kind = self.pick_fault()
+        members = self.members()
+        down = [n for n in members if n.state in ("killed", "paused")]
+        up = [n for n in members if n.state == "running"]
+        if kind in ("crash", "pause", "wipe", "replace") and (len(down) >= DOWN_MAX or len(up) <= 1):
+            kind = "partition"
+        if kind in ("wipe", "replace"):
+            if self.disk_losses_pending >= self.quorum - 1:
+                # §9.1: another disk loss only after re-replication has run.
+                self.heal_all("before a further disk loss")
+                if not self.wait_converged("re-replication before a further disk loss"):
+                    return
+                self.disk_losses_pending = 0
+                self.history.new(op="rereplicated")
+                up = self.running()
+        self.faults += 1
+        if kind == "crash":
+            node = self.rng.choice(up)
+            node.kill()
+            node.state = "killed"
+            self.pending.append((now + self.rng.uniform(0.5, 6), "restart", node))
+            self.note(f"crash: kill -9 node {node.index}")
+        elif kind == "pause":
+            node = self.rng.choice(up)
+            node.signal(signal.SIGSTOP)
+            node.state = "paused"
+            self.pending.append((now + self.rng.uniform(0.5, 8), "resume", node))
+            self.note(f"pause: SIGSTOP node {node.index}")
+        elif kind in ("partition", "oneway"):
+            indexes = [n.index for n in members]
+            self.rng.shuffle(indexes)
+            cut = self.rng.randrange(1, len(indexes))
+            left, right = sorted(indexes[:cut]), sorted(indexes[cut:])
+            for a in left:
+                for b in right:
+                    self.net.drop_from(b, a)
+                    if kind == "partition":
+                        self.net.drop_from(a, b)
+            self.pending.append((now + self.rng.uniform(1, 10), "heal", tuple(left + right)))
+            arrow = "<-/->" if kind == "partition" else "-/->"
+            self.note(f"{kind}: {left} {arrow} {right}")
+        elif kind == "slow":
+            chosen = self.rng.sample([n.index for n in members], self.rng.randrange(1, len(members) + 1))
+            profile = self.proxy.random_profile(self.rng)
+            for index in chosen:
+                self.proxy.set_fault(index, profile)
+            self.pending.append((now + self.rng.uniform(2, 10), "unslow", tuple(chosen)))
+            self.note(f"slow: traffic from nodes {sorted(chosen)} through the proxy with {profile}")
+        elif kind == "wipe":
+            node = self.rng.choice(up)
+            node.kill()
+            shutil.rmtree(node.data, ignore_errors=True)
+            node.has_data = False
+            self.disk_losses_pending += 1
+            self.history.new(op="disk_loss", node=node.index)
+            node.state = "killed"
+            self.pending.append((now + self.rng.uniform(0.5, 4), "restart", node))
+            self.note(f"wipe: kill -9 node {node.index}, delete its --data (disk loss {self.disk_losses_pending})")
+        elif kind == "replace":
+            node = self.rng.choice(up)
+            node.kill()
+            node.state = "gone"
+            self.disk_losses_pending += 1
+            self.history.new(op="disk_loss", node=node.index)
+            entry = self.rng.choice([n for n in self.running() if n is not node])
+            fresh = self.add_node(entry=entry.addr)
+            self.note(f"replace: node {node.index} gone for good (disk loss {self.disk_losses_pending}); "
+                      f"fresh node {fresh.index} joins via node {entry.index}")
+
+    def due(self, now):
+        remaining = []
+        for item in self.pending:
+            at, action, target = item
+            if at > now:
+                remaining.append(item)
+                continue
+            if action == "restart" and target.state == "killed":
+                empty = not has_identity(target)
+                self.restart(target)
+                self.note(f"restart node {target.index}" + (" on an empty --data" if empty else "")
+                          + (f" via {target.entry}" if target.entry else " (no entry: remembered peers)"))
+            elif action == "resume" and target.state == "paused":
+                target.signal(signal.SIGCONT)
+                target.state = "running"
+                self.note(f"SIGCONT node {target.index}")
+            elif action == "heal":
+                for index in target:
+                    self.net.heal(index)
+                self.note(f"heal partition of {list(target)}")
+            elif action == "unslow":
+                for index in target:
+                    self.proxy.set_fault(index, None)
+                self.note(f"proxy clean again for {list(target)}")
+        self.pending = remaining
+
+    def watch_processes(self):
+        """Restarts nodes that exited on their own (a failed join is retried through
+        another entry); a panic is a violation."""
+        for node in list(self.nodes.values()):
+            if node.state == "running" and not node.has_data and node.alive() and node.ready():
+                node.has_data = True
+            if node.state not in ("running", "paused") or node.alive():
+                continue
+            code = node.process.returncode
+            if code == 101 or "panicked" in tail(node.log_path, 4000):
+                self.extra.append(f"node {node.index} panicked (exit {code}); see its log")
+            self.note(f"node {node.index} exited by itself with {code}; starting it again")
+            others = [n for n in self.running() if n is not node and n.alive()]
+            entry = self.rng.choice(others).addr if others and not has_identity(node) else None
+            node.start(entry)
+
+    # The run ----------------------------------------------------------------
+
+    def run(self):
+        self.pending = []
+        load = workload.Workload(self.seed, self.history, self.accounts, self.endpoints, clients=self.clients)
+        load.start()
+        start = time.monotonic()
+        next_fault = start + self.rng.uniform(1, 3)
+        try:
+            while time.monotonic() - start < self.duration:
+                now = time.monotonic()
+                self.due(now)
+                self.watch_processes()
+                if now >= next_fault:
+                    self.inject(now)
+                    next_fault = time.monotonic() + self.rng.uniform(1.5, 5)
+                time.sleep(0.1)
+            self.heal_all("end of the fault phase")
+            # Let the clients see the healed cluster for a moment, then stop them.
+            time.sleep(2)
+        finally:
+            load.stop()
+            for error in load.errors[:5]:
+                self.extra.append(f"harness: a client failed unexpectedly: {error}")
+        self.note(f"workload stopped: {len(self.history.ops)} operations")
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            self.watch_processes()
+            if all(n.alive() and n.ready() for n in self.members()):
+                break
+            time.sleep(0.5)
+        if self.wait_converged("healing"):
+            self.history.new(op="rereplicated")
+
+    def final_reads(self):
+        reads = []
+        overall = time.monotonic() + 2 * FINAL_READ_TIMEOUT_S
+        for node in self.members():
+            for account in self.accounts:
+                deadline = min(time.monotonic() + FINAL_READ_TIMEOUT_S, max(overall, time.monotonic() + 3))
+                read = {"node": node.index, "account": account, "ok": False, "messages": {}, "error": None}
+                while time.monotonic() < deadline:
+                    try:
+                        read["messages"] = workload.read_mailbox(node.ip, account)
+                        read["ok"] = True
+                        break
+                    except Exception as error:  # noqa: BLE001 - retried until the deadline
+                        read["error"] = f"{type(error).__name__}: {error}"
+                        time.sleep(0.5)
+                reads.append(read)
+        return reads
+
+    def check(self):
+        reads = self.final_reads()
+        report = checker.check(self.history.ops, reads)
+        report.extra.extend(self.extra)
+        for read in reads:
+            if not read["ok"]:
+                report.extra.append(f"final read of {read['account']} via node {read['node']} failed: {read['error']}")
+        self.reads = reads
+        return report
+
+    def keep(self, report):
+        """Copies logs, history and schedule to keep_root/seed-N; returns the path."""
+        if self.keep_root is None:
+            return None
+        target = self.keep_root / f"seed-{self.seed}"
+        if target.exists():
+            shutil.rmtree(target)
+        target.mkdir(parents=True)
+        for path in list(self.workdir.glob("node-*.log")) + list(self.workdir.glob("state-*.json")):
+            shutil.copy(path, target / path.name)
+        (target / "history.json").write_text(json.dumps(self.history.ops, indent=1))
+        (target / "final_reads.json").write_text(json.dumps(getattr(self, "reads", []), indent=1))
+        (target / "schedule.txt").write_text("".join(f"{t:8.2f} {text}\n" for t, text in self.schedule))
+        (target / "violations.txt").write_text("\n".join(report.describe(limit=1000)) + "\n")
+        return target
+
+    def cleanup(self):
+        if self.cleaned:
+            return
+        self.cleaned = True
+        for node in self.nodes.values():
+            node.kill()
+        if self.proxy:
+            self.proxy.stop()
+        self.net.destroy()
+        ACTIVE.discard(self)
+
+    def remove_workdir(self):
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def has_identity(node):
+    """Whether the node's --data holds its identity (it served since the data was
+    created), so that a restart without an entry rejoins through remembered peers."""
+    return node.has_data
+
+
+def tail(path, size=3000):
+    try:
+        data = Path(path).read_bytes()
+    except OSError:
+        return ""
+    return data[-size:].decode(errors="replace")
