@@ -22,13 +22,18 @@ Rules (a message is named by the token in its body, a copy by its UIDL):
   resurrected  a UIDL deleted with QUIT +OK that a final read shows, or that a later
                session (started after the +OK) lists.
   stale        a session that started after a token's 250 and listed none of its
-               copies, with no deletion of it in flight (R + W > replicas, §4).
+               copies, with no deletion of it in flight (R + W > replicas, §4), while
+               the cluster was quiet: no fault event ("nemesis" ops) within
+               QUIET_S before the delivery up to the session's end, and outside a
+               disk-loss window. During faults the design keeps both sides of a
+               partition writable (§4), so a stale read then is only noted.
   duplicates   extra UIDLs of one token (a retried delivery); reported, not fatal.
   unknown      deliveries that were refused or timed out (may be present or absent).
 """
 import re
 
 TOKEN_RE = re.compile(r"FT-\d+-\d+")
+QUIET_S = 15.0
 
 
 def split_message(text):
@@ -64,6 +69,7 @@ class Report:
         # can answer a read before re-replication refilled it), and sessions that held
         # one maildrop at the same time (the lock is a lease; faults can expire it).
         self.stale_after_disk_loss = []
+        self.stale_during_faults = []
         self.concurrent_sessions = []
 
     @property
@@ -80,6 +86,7 @@ class Report:
             "unknown": self.unknown,
             "stale": len(self.stale),
             "stale_after_disk_loss": len(self.stale_after_disk_loss),
+            "stale_during_faults": len(self.stale_during_faults),
             "concurrent_sessions": len(self.concurrent_sessions),
         }
 
@@ -102,6 +109,8 @@ class Report:
             lines.append(f"VIOLATION {text}")
         for token, session in self.stale_after_disk_loss[:limit]:
             lines.append(f"note: stale read within a disk-loss window: {token} not listed by {brief(session)}")
+        for token, session in self.stale_during_faults[:limit]:
+            lines.append(f"note: stale read during faults: {token} not listed by {brief(session)}")
         for first, second in self.concurrent_sessions[:limit]:
             lines.append(f"note: two sessions held one maildrop: {brief(first)} and {brief(second)}")
         return lines
@@ -228,6 +237,8 @@ def check(history, final_reads):
             if not in_flight:
                 if in_disk_loss_window(history, session["t0"]):
                     report.stale_after_disk_loss.append((token, session))
+                elif any(e["op"] == "nemesis" and op["t0"] - QUIET_S <= e["t0"] <= session["t1"] for e in history):
+                    report.stale_during_faults.append((token, session))
                 else:
                     report.stale.append((token, session))
 

@@ -59,6 +59,7 @@ class Network:
         self.namespaces = {}  # index -> namespace name
         self.links = []  # host-side links to delete (veths and the bridge)
         self.forward_rule = None
+        self.blocked = set()  # (src, dst) node pairs cut off, for the fault proxy
         self.lock = threading.Lock()
         self.destroyed = False
 
@@ -114,9 +115,12 @@ class Network:
 
     def drop_from(self, dst_index, src_index):
         """Packets from node `src_index` no longer reach node `dst_index` (one way)."""
+        self.blocked.add((src_index, dst_index))
         sh("iptables", "-A", "INPUT", "-s", self.node_ip(src_index), "-j", "DROP", ns=self.ns(dst_index))
 
     def heal(self, index):
+        """Removes the partitions of traffic towards node `index`."""
+        self.blocked = {(s, d) for s, d in self.blocked if d != index}
         sh("iptables", "-F", "INPUT", ns=self.ns(index), check=False)
 
     def heal_all(self):

@@ -36,7 +36,7 @@ class Totals:
     def __init__(self):
         self.scenarios = self.faults = self.ops = self.acknowledged = 0
         self.lost = self.resurrected = self.duplicates = self.unknown = self.stale = 0
-        self.stale_after_disk_loss = self.concurrent_sessions = 0
+        self.stale_after_disk_loss = self.concurrent_sessions = self.out_of_sync_stuck = 0
         self.convergence_max_s = 0.0
         self.failed_seeds = []
 
@@ -51,8 +51,9 @@ class Totals:
         self.duplicates += counts["duplicates"]
         self.unknown += counts["unknown"]
         self.stale += counts["stale"]
-        self.stale_after_disk_loss += counts["stale_after_disk_loss"]
+        self.stale_after_disk_loss += counts["stale_after_disk_loss"] + counts["stale_during_faults"]
         self.concurrent_sessions += counts["concurrent_sessions"]
+        self.out_of_sync_stuck += bool(scenario.out_of_sync_stuck)
         if scenario.convergence:
             self.convergence_max_s = max(self.convergence_max_s, max(scenario.convergence))
 
@@ -61,8 +62,8 @@ class Totals:
                 f"acknowledged={self.acknowledged} lost={self.lost} resurrected={self.resurrected} "
                 f"duplicates={self.duplicates} unknown={self.unknown} "
                 f"convergence_max_s={self.convergence_max_s:.1f} stale={self.stale} "
-                f"violating_seeds={len(self.failed_seeds)} (notes: stale_after_disk_loss={self.stale_after_disk_loss} "
-                f"concurrent_sessions={self.concurrent_sessions})")
+                f"violating_seeds={len(self.failed_seeds)} (notes: stale_reads_during_faults={self.stale_after_disk_loss} "
+                f"concurrent_sessions={self.concurrent_sessions} out_of_sync_stuck_scenarios={self.out_of_sync_stuck})")
 
 
 def terminate(signum, frame):
@@ -73,7 +74,8 @@ def run_one(seed, args, binary, totals, out):
     scenario = scenario_mod.Scenario(
         seed, binary, nodes=args.nodes, duration=args.duration, replicas=args.replicas, clients=args.clients,
         workroot=args.workdir, keep_root=args.keep_dir, proxy=not args.no_proxy,
-        log=(lambda text: print(text, file=out, flush=True)) if args.verbose else None)
+        log=(lambda text: print(text, file=out, flush=True)) if args.verbose else None,
+        strict_out_of_sync=args.strict_out_of_sync)
     started = time.monotonic()
     report = None
     try:
@@ -96,7 +98,7 @@ def run_one(seed, args, binary, totals, out):
     counts = report.counts()
     print(f"seed {seed}: {status} faults={scenario.faults} ops={len(scenario.history.ops)} "
           f"acknowledged={counts['acknowledged']} unknown={counts['unknown']} duplicates={counts['duplicates']} "
-          f"convergence_s={max(scenario.convergence, default=0):.1f} stale_after_disk_loss={counts['stale_after_disk_loss']} "
+          f"convergence_s={max(scenario.convergence, default=0):.1f} stale_during_faults={counts['stale_after_disk_loss'] + counts['stale_during_faults']} "
           f"concurrent_sessions={counts['concurrent_sessions']} took={time.monotonic() - started:.0f}s",
           file=out, flush=True)
     if bad:
@@ -124,6 +126,8 @@ def main(argv=None):
     parser.add_argument("--replicas", type=int, default=3)
     parser.add_argument("--clients", type=int, default=3, help="concurrent client threads")
     parser.add_argument("--no-proxy", action="store_true", help="no userspace fault proxy (no slow faults)")
+    parser.add_argument("--strict-out-of-sync", action="store_true",
+                        help="a node whose out_of_sync stays > 0 after the replica sets agree is a violation")
     parser.add_argument("--bin", default=DEFAULT_BIN)
     parser.add_argument("--workdir", default=None, help="where nodes keep data and logs while running")
     parser.add_argument("--keep-dir", default=str(ROOT / "target" / "faults-failures"),
