@@ -1,18 +1,19 @@
 //! Maildrop locks as leases (RFC 1939 §8: a POP3 session holds an exclusive lock).
 //!
-//! The lease of a mailbox is held at its coordinator (the first node of its replica
-//! set), in that node's [`LeaseTable`], with an expiry. The session's node renews it
-//! while the session lives ([`MaildropLock`] runs the renewal) and releases it when
-//! the guard drops (QUIT, a dropped connection, a timeout). If the session's node
-//! crashes the lease simply expires; if the coordinator crashes the lease is lost
-//! with it, the renewal fails, and the session can no longer commit deletions.
+//! The lease of a mailbox is granted by the members of its replica set, each in its
+//! [`LeaseTable`] with an expiry; a session holds it when every member that answered
+//! and at least a majority granted it (`Mail::lock_maildrop`). The session's node
+//! renews it on the current replica set while the session lives ([`MaildropLock`]
+//! runs the renewal) and releases it when the guard drops (QUIT, a dropped
+//! connection, a timeout). If the session's node crashes the lease expires; if a
+//! renewal cannot reach a majority, the lease is lost and the session can no longer
+//! commit deletions.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use cm_ring::NodeRef;
 use cm_types::{Address, RingKey};
 
 /// How long a lease lives without renewal; bounds how long a crashed session's
@@ -32,7 +33,9 @@ pub struct LeaseTable {
 }
 
 impl LeaseTable {
-    /// Grants the lease unless another live lease holds the address.
+    /// Grants the lease unless another live lease holds the address. Acquiring again
+    /// with the same id extends it; a lease this node does not know (say, it
+    /// restarted, or just joined the replica set) is granted if the address is free.
     pub fn acquire(&self, address: &Address, lease_id: u64, ttl: Duration) -> bool {
         let now = Instant::now();
         let mut held = self.held.lock().expect("lease mutex poisoned");
@@ -52,12 +55,6 @@ impl LeaseTable {
         true
     }
 
-    /// Extends a lease; a lease this node does not know (say, it restarted) is granted
-    /// again if the address is free, so a coordinator restart does not end sessions.
-    pub fn renew(&self, address: &Address, lease_id: u64, ttl: Duration) -> bool {
-        self.acquire(address, lease_id, ttl)
-    }
-
     pub fn release(&self, address: &Address, lease_id: u64) {
         let mut held = self.held.lock().expect("lease mutex poisoned");
         if held.get(address).map(|(holder, _)| *holder) == Some(lease_id) {
@@ -72,7 +69,6 @@ pub struct MaildropLock {
     pub(crate) address: Address,
     pub(crate) key: RingKey,
     pub(crate) lease_id: u64,
-    pub(crate) coordinator: NodeRef,
     pub(crate) held: Arc<AtomicBool>,
     pub(crate) renewal: Option<tokio::task::JoinHandle<()>>,
     /// Runs once, at drop; in a `Mutex` only so that the guard is `Sync`.
@@ -110,7 +106,6 @@ impl std::fmt::Debug for MaildropLock {
         f.debug_struct("MaildropLock")
             .field("address", &self.address)
             .field("lease_id", &self.lease_id)
-            .field("coordinator", &self.coordinator.addr)
             .finish()
     }
 }
@@ -125,7 +120,10 @@ mod tests {
         let alice = Address::parse("alice@example.org").unwrap();
         assert!(table.acquire(&alice, 1, LEASE_TTL));
         assert!(!table.acquire(&alice, 2, LEASE_TTL));
-        assert!(table.renew(&alice, 1, LEASE_TTL));
+        assert!(
+            table.acquire(&alice, 1, LEASE_TTL),
+            "the holder extends its lease"
+        );
         table.release(&alice, 2);
         assert!(
             !table.acquire(&alice, 2, LEASE_TTL),
@@ -139,7 +137,7 @@ mod tests {
             "an expired lease is free"
         );
         assert!(
-            !table.renew(&alice, 2, LEASE_TTL),
+            !table.acquire(&alice, 2, LEASE_TTL),
             "an expired holder cannot renew over a new one"
         );
     }

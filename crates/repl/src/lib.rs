@@ -11,7 +11,7 @@
 //! - [`antientropy`] compares digests with the other members of each set and copies
 //!   what differs, which also covers takeover (a dead node's successor already holds
 //!   its keys and copies them on), re-replication, and hand-off to joining nodes.
-//! - Maildrop locks are leases at the coordinator ([`MaildropLock`]).
+//! - Maildrop locks are leases granted by a majority of the replica set ([`MaildropLock`]).
 //!
 //! What this crate guarantees to its callers: a method returning `Ok` after a write
 //! means the write is durable on a write quorum; [`MailError::Unavailable`] and
@@ -630,51 +630,46 @@ impl Mail {
         Ok(ids)
     }
 
-    /// Takes the maildrop lease of `address` at its coordinator for one POP3 session.
+    /// Takes the maildrop lease of `address` for one POP3 session: granted by every
+    /// member of the replica set that answers, and by at least a majority. Two
+    /// sessions can then never both hold it, even while a join or a crash moves the
+    /// set: any majority of the new set meets the members holding the old lease. The
+    /// renewal re-runs the same round on the current set, which carries the lease to
+    /// members that joined it.
     pub async fn lock_maildrop(&self, address: &Address) -> Result<MaildropLock, MailError> {
         let key = self.key(address);
-        let coordinator = self.replica_set(key).await?.remove(0);
         let lease_id: u64 = rand::random();
-        if !self
-            .lease_call(&coordinator, address, lease_id, LeaseCall::Acquire)
-            .await?
-        {
-            return Err(MailError::InUse);
+        let holders: Arc<Mutex<Vec<NodeRef>>> = Arc::new(Mutex::new(Vec::new()));
+        let set = self.replica_set(key).await?;
+        let outcome = self.lease_round(set, address, lease_id, &holders).await;
+        let release = release_everywhere(self.clone(), address.clone(), lease_id, holders.clone());
+        match outcome {
+            LeaseOutcome::Granted => {}
+            LeaseOutcome::Refused => {
+                release();
+                return Err(MailError::InUse);
+            }
+            LeaseOutcome::NoQuorum(reason) => {
+                release();
+                return Err(MailError::Unavailable(reason));
+            }
         }
         let held = Arc::new(AtomicBool::new(true));
         let renewal = {
-            let (mail, coordinator, address, held) = (
-                self.clone(),
-                coordinator.clone(),
-                address.clone(),
-                held.clone(),
-            );
+            let (mail, address, held, holders) =
+                (self.clone(), address.clone(), held.clone(), holders.clone());
             tokio::spawn(async move {
                 loop {
                     tokio::time::sleep(LEASE_RENEW_PERIOD).await;
-                    let renewed = mail
-                        .lease_call(&coordinator, &address, lease_id, LeaseCall::Renew)
-                        .await;
-                    if !matches!(renewed, Ok(true)) {
-                        tracing::warn!(%address, coordinator = %coordinator.addr, "maildrop lease lost");
+                    let outcome = match mail.replica_set(key).await {
+                        Ok(set) => mail.lease_round(set, &address, lease_id, &holders).await,
+                        Err(error) => LeaseOutcome::NoQuorum(error.to_string()),
+                    };
+                    if !matches!(outcome, LeaseOutcome::Granted) {
+                        tracing::warn!(%address, ?outcome, "maildrop lease lost");
                         held.store(false, Ordering::Release);
                         return;
                     }
-                }
-            })
-        };
-        let on_release = {
-            let (mail, coordinator, address) = (self.clone(), coordinator.clone(), address.clone());
-            Box::new(move || {
-                if mail.is_me(&coordinator) {
-                    // Released at once, so that the next session finds the maildrop free.
-                    mail.inner.local.leases.release(&address, lease_id);
-                } else if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                    runtime.spawn(async move {
-                        let _ = mail
-                            .lease_call(&coordinator, &address, lease_id, LeaseCall::Release)
-                            .await;
-                    });
                 }
             })
         };
@@ -682,11 +677,69 @@ impl Mail {
             address: address.clone(),
             key,
             lease_id,
-            coordinator,
             held,
             renewal: Some(renewal),
-            on_release: Mutex::new(Some(on_release)),
+            on_release: Mutex::new(Some(Box::new(release))),
         })
+    }
+
+    /// Asks every member of `set` to grant (or extend) the lease. Decides as soon as
+    /// one member refuses (another session holds it there) or a majority granted;
+    /// members answering later still record themselves in `holders` for the release.
+    async fn lease_round(
+        &self,
+        set: Vec<NodeRef>,
+        address: &Address,
+        lease_id: u64,
+        holders: &Arc<Mutex<Vec<NodeRef>>>,
+    ) -> LeaseOutcome {
+        let needed = if self.inner.ring.is_some() {
+            self.inner.config.quorum()
+        } else {
+            1
+        };
+        if set.len() < needed {
+            return LeaseOutcome::NoQuorum(format!(
+                "{} live replica(s), {needed} needed",
+                set.len()
+            ));
+        }
+        let (sender, mut receiver) = tokio::sync::mpsc::channel(set.len());
+        for member in set {
+            let (mail, address, holders, sender) = (
+                self.clone(),
+                address.clone(),
+                holders.clone(),
+                sender.clone(),
+            );
+            tokio::spawn(async move {
+                let granted = mail
+                    .lease_call(&member, &address, lease_id, LeaseCall::Acquire)
+                    .await;
+                if matches!(granted, Ok(true)) {
+                    let mut holders = holders.lock().expect("lease holders mutex poisoned");
+                    if !holders.iter().any(|holder| holder.id == member.id) {
+                        holders.push(member.clone());
+                    }
+                }
+                let _ = sender.send(granted).await;
+            });
+        }
+        drop(sender);
+        let (mut n_granted, mut n_failed) = (0, 0);
+        while let Some(granted) = receiver.recv().await {
+            match granted {
+                Ok(true) => n_granted += 1,
+                Ok(false) => return LeaseOutcome::Refused,
+                Err(_) => n_failed += 1,
+            }
+            if n_granted == needed {
+                return LeaseOutcome::Granted;
+            }
+        }
+        LeaseOutcome::NoQuorum(format!(
+            "{n_granted} of {needed} replicas granted the lease, {n_failed} did not answer"
+        ))
     }
 
     async fn lease_call(
@@ -700,7 +753,6 @@ impl Mail {
         if self.is_me(coordinator) {
             return Ok(match call {
                 LeaseCall::Acquire => leases.acquire(address, lease_id, LEASE_TTL),
-                LeaseCall::Renew => leases.renew(address, lease_id, LEASE_TTL),
                 LeaseCall::Release => {
                     leases.release(address, lease_id);
                     true
@@ -716,12 +768,6 @@ impl Mail {
             LeaseCall::Acquire => self
                 .remote(coordinator, "acquire_lease", |mut client| async move {
                     client.acquire_lease(request).await
-                })
-                .await
-                .map(|reply| reply.granted),
-            LeaseCall::Renew => self
-                .remote(coordinator, "renew_lease", |mut client| async move {
-                    client.renew_lease(request).await
                 })
                 .await
                 .map(|reply| reply.granted),
@@ -806,10 +852,43 @@ impl Mail {
     }
 }
 
+#[derive(Debug)]
+enum LeaseOutcome {
+    Granted,
+    /// Some member holds the lease for another session.
+    Refused,
+    NoQuorum(String),
+}
+
+/// Releases the lease at every member that granted it: at once here, in the
+/// background elsewhere (a release that does not arrive expires with the TTL).
+fn release_everywhere(
+    mail: Mail,
+    address: Address,
+    lease_id: u64,
+    holders: Arc<Mutex<Vec<NodeRef>>>,
+) -> impl FnOnce() + Send + 'static {
+    move || {
+        let holders = std::mem::take(&mut *holders.lock().expect("lease holders mutex poisoned"));
+        for holder in holders {
+            if mail.is_me(&holder) {
+                mail.inner.local.leases.release(&address, lease_id);
+            } else if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                let (mail, address) = (mail.clone(), address.clone());
+                runtime.spawn(async move {
+                    let _ = mail
+                        .lease_call(&holder, &address, lease_id, LeaseCall::Release)
+                        .await;
+                });
+            }
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug)]
 enum LeaseCall {
+    /// Grants or extends (acquiring again with the same lease id renews it).
     Acquire,
-    Renew,
     Release,
 }
 

@@ -86,20 +86,6 @@ impl pb::replica_server::Replica for ReplicaService {
         Ok(Response::new(pb::LeaseReply { granted }))
     }
 
-    async fn renew_lease(
-        &self,
-        request: Request<pb::LeaseRequest>,
-    ) -> Result<Response<pb::LeaseReply>, Status> {
-        let request = request.into_inner();
-        let address = address_from_pb(&request.address).map_err(status)?;
-        let granted = self.local.leases.renew(
-            &address,
-            request.lease_id,
-            Duration::from_millis(request.ttl_ms),
-        );
-        Ok(Response::new(pb::LeaseReply { granted }))
-    }
-
     async fn release_lease(
         &self,
         request: Request<pb::LeaseRequest>,
