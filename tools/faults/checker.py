@@ -82,6 +82,7 @@ class Report:
             "acknowledged": self.acknowledged,
             "lost": len({t for t, *_ in self.lost}) + len(self.corrupt),
             "resurrected": len({u for u, *_ in self.resurrected}),
+            "resurrected_final": len({u for u, why, *_ in self.resurrected if why == "visible after convergence"}),
             "duplicates": self.duplicates,
             "unknown": self.unknown,
             "stale": len(self.stale),

@@ -107,7 +107,7 @@ class FaultProxy:
     # Data path -----------------------------------------------------------------
 
     def index_of(self, ip):
-        for index, name in self.net.namespaces.items():
+        for index in list(self.net.namespaces):
             if self.net.node_ip(index) == ip:
                 return index
         return None

@@ -37,6 +37,7 @@ class Totals:
         self.scenarios = self.faults = self.ops = self.acknowledged = 0
         self.lost = self.resurrected = self.duplicates = self.unknown = self.stale = 0
         self.stale_after_disk_loss = self.concurrent_sessions = self.out_of_sync_stuck = 0
+        self.resurrected_final = 0
         self.convergence_max_s = 0.0
         self.failed_seeds = []
 
@@ -48,6 +49,7 @@ class Totals:
         self.acknowledged += counts["acknowledged"]
         self.lost += counts["lost"]
         self.resurrected += counts["resurrected"]
+        self.resurrected_final += counts["resurrected_final"]
         self.duplicates += counts["duplicates"]
         self.unknown += counts["unknown"]
         self.stale += counts["stale"]
@@ -62,7 +64,7 @@ class Totals:
                 f"acknowledged={self.acknowledged} lost={self.lost} resurrected={self.resurrected} "
                 f"duplicates={self.duplicates} unknown={self.unknown} "
                 f"convergence_max_s={self.convergence_max_s:.1f} stale={self.stale} "
-                f"violating_seeds={len(self.failed_seeds)} (notes: stale_reads_during_faults={self.stale_after_disk_loss} "
+                f"violating_seeds={len(self.failed_seeds)} (notes: resurrected_after_convergence={self.resurrected_final} stale_reads_during_faults={self.stale_after_disk_loss} "
                 f"concurrent_sessions={self.concurrent_sessions} out_of_sync_stuck_scenarios={self.out_of_sync_stuck})")
 
 

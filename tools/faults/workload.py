@@ -140,7 +140,10 @@ def deliver(history, rng, node, ip, account, token):
             if code not in (250, 251):
                 raise smtplib.SMTPRecipientsRefused({account: (code, reply)})
             phase = "data"
-            smtp.data(message)
+            # smtplib's data() returns the final reply instead of raising on it.
+            code, reply = smtp.data(message)
+            if code != 250:
+                raise smtplib.SMTPDataError(code, reply)
             op["outcome"] = "ok"
             phase = "quit"
     except smtplib.SMTPResponseException as error:
