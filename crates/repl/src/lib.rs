@@ -639,7 +639,7 @@ impl Mail {
     pub async fn lock_maildrop(&self, address: &Address) -> Result<MaildropLock, MailError> {
         let key = self.key(address);
         let lease_id: u64 = rand::random();
-        let holders: Arc<Mutex<Vec<NodeRef>>> = Arc::new(Mutex::new(Vec::new()));
+        let holders: SharedHolders = Arc::default();
         let set = self.replica_set(key).await?;
         let outcome = self.lease_round(set, address, lease_id, &holders).await;
         let release = release_everywhere(self.clone(), address.clone(), lease_id, holders.clone());
@@ -691,7 +691,7 @@ impl Mail {
         set: Vec<NodeRef>,
         address: &Address,
         lease_id: u64,
-        holders: &Arc<Mutex<Vec<NodeRef>>>,
+        holders: &SharedHolders,
     ) -> LeaseOutcome {
         let needed = if self.inner.ring.is_some() {
             self.inner.config.quorum()
@@ -717,9 +717,22 @@ impl Mail {
                     .lease_call(&member, &address, lease_id, LeaseCall::Acquire)
                     .await;
                 if matches!(granted, Ok(true)) {
-                    let mut holders = holders.lock().expect("lease holders mutex poisoned");
-                    if !holders.iter().any(|holder| holder.id == member.id) {
-                        holders.push(member.clone());
+                    let late = {
+                        let mut holders = holders.lock().expect("lease holders mutex poisoned");
+                        if !holders.released
+                            && !holders.nodes.iter().any(|holder| holder.id == member.id)
+                        {
+                            holders.nodes.push(member.clone());
+                        }
+                        holders.released
+                    };
+                    if late {
+                        // The lease was released (or refused) before this grant came
+                        // back: give it back now, or it would block the maildrop
+                        // until it expires.
+                        let _ = mail
+                            .lease_call(&member, &address, lease_id, LeaseCall::Release)
+                            .await;
                     }
                 }
                 let _ = sender.send(granted).await;
@@ -817,7 +830,10 @@ impl Mail {
     }
 
     /// Deletes messages of the locked maildrop as tombstones on a write quorum. On
-    /// `Err` the deletion was not acknowledged (it may still take effect later).
+    /// `Err` the deletion was not acknowledged. Before writing, a write quorum of the
+    /// replica set must answer a ring call, so that the common refusal (replicas
+    /// crashed or cut off) removes nothing anywhere; only a replica failing between
+    /// that check and the write can leave a refused deletion to take effect later.
     pub async fn delete(&self, lock: &MaildropLock, ids: &[MessageId]) -> Result<(), MailError> {
         if !lock.is_held() {
             return Err(MailError::Unavailable(
@@ -827,6 +843,7 @@ impl Mail {
         if ids.is_empty() {
             return Ok(());
         }
+        self.check_write_quorum_answers(lock.key()).await?;
         let deleted_ms = now_ms();
         let writes = ids
             .iter()
@@ -838,6 +855,32 @@ impl Mail {
             })
             .collect();
         self.write_quorum(lock.key(), writes).await
+    }
+
+    /// Fails unless a write quorum of the replica set of `key` answers a ring call now.
+    async fn check_write_quorum_answers(&self, key: RingKey) -> Result<(), MailError> {
+        let Some(ring) = &self.inner.ring else {
+            return Ok(());
+        };
+        let set = self.replica_set(key).await?;
+        let ring = ring.clone();
+        self.quorum(set, "check replicas", move |mail, member| {
+            let ring = ring.clone();
+            async move {
+                if mail.is_me(&member) {
+                    return Ok(());
+                }
+                match ring.peers().get_state(&member.addr).await {
+                    Ok(state) if state.node.id == member.id => Ok(()),
+                    _ => Err(MailError::Unavailable(format!(
+                        "replica {} does not answer",
+                        member.addr
+                    ))),
+                }
+            }
+        })
+        .await
+        .map(|_| ())
     }
 
     /// This node's own replica of one address, for operators (`/api/replicas/...`).
@@ -860,17 +903,31 @@ enum LeaseOutcome {
     NoQuorum(String),
 }
 
+/// The members that granted one session's lease, and whether it was released: a
+/// grant that arrives after the release gives itself back.
+#[derive(Default)]
+struct LeaseHolders {
+    nodes: Vec<NodeRef>,
+    released: bool,
+}
+
+type SharedHolders = Arc<Mutex<LeaseHolders>>;
+
 /// Releases the lease at every member that granted it: at once here, in the
 /// background elsewhere (a release that does not arrive expires with the TTL).
 fn release_everywhere(
     mail: Mail,
     address: Address,
     lease_id: u64,
-    holders: Arc<Mutex<Vec<NodeRef>>>,
+    holders: SharedHolders,
 ) -> impl FnOnce() + Send + 'static {
     move || {
-        let holders = std::mem::take(&mut *holders.lock().expect("lease holders mutex poisoned"));
-        for holder in holders {
+        let nodes = {
+            let mut holders = holders.lock().expect("lease holders mutex poisoned");
+            holders.released = true;
+            std::mem::take(&mut holders.nodes)
+        };
+        for holder in nodes {
             if mail.is_me(&holder) {
                 mail.inner.local.leases.release(&address, lease_id);
             } else if let Ok(runtime) = tokio::runtime::Handle::try_current() {
