@@ -94,6 +94,12 @@ def run_one(seed, args, binary, totals, out):
             report.extra.append(f"scenario aborted: {type(error).__name__}: {error}")
     finally:
         scenario.cleanup()
+    if args.known_transient_resurrections:
+        # FIXME(faults report): reads right after a heal or a disk loss can miss
+        # tombstones (no read repair, a fresh replica answers before it synced);
+        # only deletions undone in the converged state then count as violations.
+        report.transient_resurrections = [r for r in report.resurrected if r[1] != "visible after convergence"]
+        report.resurrected = [r for r in report.resurrected if r[1] == "visible after convergence"]
     totals.add(scenario, report)
     bad = report.violations
     status = "VIOLATION" if bad else "ok"
@@ -130,6 +136,8 @@ def main(argv=None):
     parser.add_argument("--no-proxy", action="store_true", help="no userspace fault proxy (no slow faults)")
     parser.add_argument("--strict-out-of-sync", action="store_true",
                         help="a node whose out_of_sync stays > 0 after the replica sets agree is a violation")
+    parser.add_argument("--known-transient-resurrections", action="store_true",
+                        help="deletions seen again during the run but gone after convergence are notes, not violations")
     parser.add_argument("--bin", default=DEFAULT_BIN)
     parser.add_argument("--workdir", default=None, help="where nodes keep data and logs while running")
     parser.add_argument("--keep-dir", default=str(ROOT / "target" / "faults-failures"),
