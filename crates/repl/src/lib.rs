@@ -347,13 +347,17 @@ impl Mail {
 
     // ----- quorums -----
 
-    /// Runs `op` on every member of `set` at once and returns the first `needed`
-    /// successes; the calls still running go on in the background (a write that
-    /// reaches more replicas than needed is welcome).
+    /// Runs `op` on members of `set` until `needed` succeeded (a majority; 1 without
+    /// a ring), and returns their answers. With [`Fanout::All`] every member is asked
+    /// at once and the calls still running go on in the background (a write that
+    /// reaches more replicas than needed is welcome). With [`Fanout::Needed`] this node
+    /// is asked first and only as many others as are needed, one more for each that
+    /// fails (reads: fewer calls, same guarantee).
     async fn quorum<T, F, Fut>(
         &self,
         set: Vec<NodeRef>,
         what: &str,
+        fanout: Fanout,
         op: F,
     ) -> Result<Vec<T>, MailError>
     where
@@ -376,19 +380,33 @@ impl Mail {
             tracing::warn!(%reason, "quorum not reached");
             return Err(MailError::Unavailable(reason));
         }
-        let (sender, mut receiver) = tokio::sync::mpsc::channel(set.len());
-        for member in set {
+        let mut members = set;
+        members.sort_by_key(|member| !self.is_me(member));
+        let n_first = match fanout {
+            Fanout::All => members.len(),
+            Fanout::Needed => needed,
+        };
+        let (sender, mut receiver) = tokio::sync::mpsc::channel(members.len());
+        let spawn_call = |member: NodeRef| {
             let call = op(self.clone(), member.clone());
             let sender = sender.clone();
             tokio::spawn(async move {
                 let outcome = call.await;
                 let _ = sender.send((member, outcome)).await;
             });
+        };
+        let mut untried = members.split_off(n_first).into_iter();
+        let mut n_pending = members.len();
+        for member in members {
+            spawn_call(member);
         }
-        drop(sender);
         let mut successes = Vec::with_capacity(needed);
         let mut failures = Vec::new();
-        while let Some((member, outcome)) = receiver.recv().await {
+        while n_pending > 0 {
+            let Some((member, outcome)) = receiver.recv().await else {
+                break;
+            };
+            n_pending -= 1;
             match outcome {
                 Ok(value) => {
                     successes.push(value);
@@ -396,7 +414,13 @@ impl Mail {
                         return Ok(successes);
                     }
                 }
-                Err(error) => failures.push(format!("{}: {error}", member.addr)),
+                Err(error) => {
+                    failures.push(format!("{}: {error}", member.addr));
+                    if let Some(next) = untried.next() {
+                        spawn_call(next);
+                        n_pending += 1;
+                    }
+                }
             }
         }
         metrics::QUORUM_FAILURES.increment();
@@ -412,7 +436,7 @@ impl Mail {
     async fn write_quorum(&self, key: RingKey, writes: Vec<Write>) -> Result<(), MailError> {
         let set = self.replica_set(key).await?;
         let writes = Arc::new(writes);
-        self.quorum(set, "write", move |mail, member| {
+        self.quorum(set, "write", Fanout::All, move |mail, member| {
             let writes = writes.clone();
             async move { mail.apply_on(&member, &writes).await }
         })
@@ -425,7 +449,7 @@ impl Mail {
         let set = self.replica_set(self.key(address)).await?;
         let target = address.clone();
         let answers = self
-            .quorum(set, "read account", move |mail, member| {
+            .quorum(set, "read account", Fanout::Needed, move |mail, member| {
                 let address = target.clone();
                 async move { mail.account_on(&member, &address).await }
             })
@@ -441,7 +465,7 @@ impl Mail {
         let set = self.replica_set(self.key(address)).await?;
         let target = address.clone();
         let answers = self
-            .quorum(set, "read mailbox", move |mail, member| {
+            .quorum(set, "read mailbox", Fanout::Needed, move |mail, member| {
                 let address = target.clone();
                 async move { mail.mailbox_on(&member, &address).await }
             })
@@ -864,21 +888,26 @@ impl Mail {
         };
         let set = self.replica_set(key).await?;
         let ring = ring.clone();
-        self.quorum(set, "check replicas", move |mail, member| {
-            let ring = ring.clone();
-            async move {
-                if mail.is_me(&member) {
-                    return Ok(());
+        self.quorum(
+            set,
+            "check replicas",
+            Fanout::Needed,
+            move |mail, member| {
+                let ring = ring.clone();
+                async move {
+                    if mail.is_me(&member) {
+                        return Ok(());
+                    }
+                    match ring.peers().get_state(&member.addr).await {
+                        Ok(state) if state.node.id == member.id => Ok(()),
+                        _ => Err(MailError::Unavailable(format!(
+                            "replica {} does not answer",
+                            member.addr
+                        ))),
+                    }
                 }
-                match ring.peers().get_state(&member.addr).await {
-                    Ok(state) if state.node.id == member.id => Ok(()),
-                    _ => Err(MailError::Unavailable(format!(
-                        "replica {} does not answer",
-                        member.addr
-                    ))),
-                }
-            }
-        })
+            },
+        )
         .await
         .map(|_| ())
     }
@@ -893,6 +922,12 @@ impl Mail {
             self.inner.local.mailbox(address).await?,
         ))
     }
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Fanout {
+    All,
+    Needed,
 }
 
 #[derive(Debug)]

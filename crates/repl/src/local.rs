@@ -52,10 +52,13 @@ impl LocalReplica {
         }
     }
 
+    // Point reads run inline: a redb read transaction on a warm cache costs
+    // microseconds, less than handing the work to the blocking pool and back
+    // (measured: that hand-off was about 40 % of the CPU of a POP3 RETR).
+
     /// The stored account record, deleted ones included.
     pub async fn account(&self, address: &Address) -> Result<Option<Account>, MailError> {
-        let (store, key, address) = (self.store.clone(), self.key(address), address.clone());
-        Ok(blocking(move || store.account(key, &address)).await??)
+        Ok(self.store.account(self.key(address), address)?)
     }
 
     pub async fn accounts(&self) -> Result<Vec<Account>, MailError> {
@@ -64,8 +67,7 @@ impl LocalReplica {
     }
 
     pub async fn mailbox(&self, address: &Address) -> Result<Mailbox, MailError> {
-        let (store, key, address) = (self.store.clone(), self.key(address), address.clone());
-        Ok(blocking(move || store.mailbox(key, &address)).await??)
+        Ok(self.store.mailbox(self.key(address), address)?)
     }
 
     pub async fn body(
@@ -73,8 +75,7 @@ impl LocalReplica {
         address: &Address,
         id: MessageId,
     ) -> Result<Option<Vec<u8>>, MailError> {
-        let (store, key, address) = (self.store.clone(), self.key(address), address.clone());
-        Ok(blocking(move || store.body(key, &address, id)).await??)
+        Ok(self.store.body(self.key(address), address, id)?)
     }
 
     /// Every address held here with the digest of its state (see [`digest`]).

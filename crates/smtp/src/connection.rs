@@ -273,7 +273,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<'_, S> {
             .deliver(&delivery.recipients, Bytes::from(message))
             .await;
         let verdict = verdicts::delivery(outcome);
-        tracing::info!(
+        tracing::debug!(
             n_recipients = delivery.recipients.len(),
             n_bytes,
             ?verdict,
