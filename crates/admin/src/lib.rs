@@ -132,8 +132,14 @@ fn json_body<T>(
         .map_err(|rejection| ApiError(rejection.status(), rejection.body_text()))
 }
 
-async fn healthz() -> &'static str {
-    "ok\n"
+/// 200 when the node serves; 503 while it is still being handed the data of the
+/// keys it replicates (after joining with an empty store), when it refuses reads.
+async fn healthz(State(state): State<AppState>) -> (StatusCode, &'static str) {
+    if state.mail.local().is_syncing() {
+        (StatusCode::SERVICE_UNAVAILABLE, "catching up\n")
+    } else {
+        (StatusCode::OK, "ok\n")
+    }
 }
 
 async fn metrics() -> impl IntoResponse {

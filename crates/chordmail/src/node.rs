@@ -51,7 +51,9 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         on_peers_changed: Box::new(move |peers| save_remembered_peers(&peers_store, &peers)),
     };
     let local = Arc::new(LocalReplica::new(store.clone(), config.bits));
-    let replica_routes = tonic::service::Routes::new(ReplicaService::server(local.clone()));
+    let mail_cell = Arc::new(std::sync::OnceLock::new());
+    let replica_routes =
+        tonic::service::Routes::new(ReplicaService::server(local.clone(), mail_cell.clone()));
     let ring = RingDriver::start(
         options,
         ring_listener,
@@ -73,6 +75,17 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         successor_list_len: ring_config.successor_list_len,
     };
     let mail = Mail::new(mail_config, local, Some(ring.clone()));
+    assert!(
+        mail_cell.set(mail.clone()).is_ok(),
+        "the mail service is created once"
+    );
+    let joined_with_empty_store = identity_is_new && config.entry_addr.is_some();
+    if joined_with_empty_store {
+        // Before any listener serves: no client read may reach this replica until
+        // its neighbours handed it its data (see `antientropy::catch_up`).
+        mail.local().set_syncing(true);
+        tasks.spawn(catch_up_task(mail.clone(), shutdown.clone()));
+    }
     tasks.spawn(anti_entropy_task(
         mail.clone(),
         config.anti_entropy_period,
@@ -139,6 +152,11 @@ async fn anti_entropy_task(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     cm_repl::antientropy::run(mail, period, tombstone_grace, shutdown).await;
+    Ok(())
+}
+
+async fn catch_up_task(mail: Mail, shutdown: CancellationToken) -> anyhow::Result<()> {
+    cm_repl::antientropy::catch_up(mail, shutdown).await;
     Ok(())
 }
 

@@ -37,6 +37,14 @@ pub const DIGESTS_PER_CALL_MAX: usize = 1024;
 pub const REPAIR_BYTES_PER_ROUND_MAX: usize = 64 * 1024 * 1024;
 /// Octets in one repair write batch at most.
 const REPAIR_BATCH_BYTES_MAX: usize = 4 * 1024 * 1024;
+/// Message octets one hand-off copies at most; a node with more to receive gets the
+/// rest from the ordinary rounds, which run right after.
+pub const HANDOFF_BYTES_MAX: usize = 1024 * 1024 * 1024;
+/// How long a new node waits for its neighbours to know it and hand off its data
+/// before it serves reads anyway (what is left then arrives by ordinary rounds).
+pub const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(120);
+/// Deadline of one hand-off call, which copies a whole range.
+const HANDOFF_CALL_TIMEOUT: Duration = Duration::from_secs(60);
 /// Default pause between rounds.
 pub const ROUND_PERIOD_DEFAULT: Duration = Duration::from_secs(2);
 
@@ -94,6 +102,97 @@ pub async fn run(
     }
 }
 
+/// Catching up after starting with an empty store (a new node, or one whose disk was
+/// lost): until the nodes around this one in the ring have handed it the data of the
+/// keys it now replicates, it answers no client read. Otherwise a read quorum made
+/// of it and a stale replica could miss an acknowledged write (a deletion coming
+/// back after one disk loss, found by the fault harness). Writes are accepted
+/// meanwhile; they only add.
+pub async fn catch_up(mail: Mail, shutdown: CancellationToken) {
+    let Some(ring) = mail.inner.ring.clone() else {
+        return;
+    };
+    mail.local().set_syncing(true);
+    let started = std::time::Instant::now();
+    let deadline = tokio::time::Instant::now() + CATCH_UP_TIMEOUT;
+    let n_neighbours = mail.config().replicas.saturating_sub(1).max(1);
+    // First wait until the predecessors that hold our keys list us as a successor:
+    // only then do their replica sets include us, and their hand-off is complete.
+    let predecessors = loop {
+        if shutdown.is_cancelled() {
+            return;
+        }
+        match predecessors_that_know(&ring, n_neighbours).await {
+            Some(predecessors) => break predecessors,
+            None if tokio::time::Instant::now() > deadline => break Vec::new(),
+            None => tokio::time::sleep(Duration::from_millis(250)).await,
+        }
+    };
+    let me = ring.me();
+    let mut neighbours: Vec<NodeRef> = predecessors;
+    for successor in ring.successors().into_iter().take(n_neighbours) {
+        if successor.id != me.id && !neighbours.iter().any(|node| node.id == successor.id) {
+            neighbours.push(successor);
+        }
+    }
+    let mut n_writes = 0u64;
+    for neighbour in &neighbours {
+        let request = pb::HandoffRequest {
+            id: me.id,
+            addr: me.addr.clone(),
+        };
+        let reply = ring
+            .peers()
+            .replica(
+                &neighbour.addr,
+                "handoff",
+                HANDOFF_CALL_TIMEOUT,
+                |mut client| async move { client.handoff(request).await },
+            )
+            .await;
+        match reply {
+            Ok(reply) => n_writes += reply.n_writes,
+            Err(_) => {
+                tracing::warn!(neighbour = %neighbour.addr, "hand-off failed; ordinary rounds will repair")
+            }
+        }
+    }
+    mail.local().set_syncing(false);
+    tracing::info!(
+        n_neighbours = neighbours.len(),
+        n_writes,
+        seconds = started.elapsed().as_secs_f64(),
+        "caught up: serving reads"
+    );
+}
+
+/// The `n` predecessors of this node, once each lists this node among its
+/// successors; `None` while some do not yet (or do not answer).
+async fn predecessors_that_know(ring: &cm_net::RingHandle, n: usize) -> Option<Vec<NodeRef>> {
+    let me = ring.me();
+    let mut predecessors = Vec::new();
+    let mut current = ring.predecessor()?;
+    for _ in 0..n {
+        if current.id == me.id
+            || predecessors
+                .iter()
+                .any(|node: &NodeRef| node.id == current.id)
+        {
+            break;
+        }
+        let state = ring.peers().get_state(&current.addr).await.ok()?;
+        if !state.successors.iter().any(|node| node.id == me.id) {
+            return None;
+        }
+        predecessors.push(current);
+        match state.predecessor {
+            Some(next) => current = next,
+            None => break,
+        }
+    }
+    Some(predecessors)
+}
+
 async fn collect_tombstones(mail: &Mail, grace: Duration) {
     let cutoff_ms = crate::now_ms().saturating_sub(grace.as_millis() as u64);
     let store = mail.store().clone();
@@ -113,21 +212,36 @@ async fn collect_tombstones(mail: &Mail, grace: Duration) {
 
 #[derive(Debug, Default)]
 pub struct RoundOutcome {
-    /// (address, peer) pairs whose digests differed.
+    /// (address, peer) pairs where the peer lacked something this node holds (or
+    /// the repair failed). Digests that differ only because the peer is ahead are
+    /// not counted: that difference is the peer's to push, if it is a replica.
     pub n_differing: usize,
     /// Writes (messages, tombstones, accounts) copied to peers.
     pub n_repaired: usize,
 }
 
-/// One round over every address held here.
+/// One round over every address held here, pushing to every other replica.
 pub async fn round(mail: &Mail) -> Result<RoundOutcome, MailError> {
+    round_towards(mail, None, REPAIR_BYTES_PER_ROUND_MAX).await
+}
+
+/// A round that pushes only to `only_peer` when given (a hand-off to a node that
+/// asked for its data), with `budget_bytes` of message bodies at most.
+pub async fn round_towards(
+    mail: &Mail,
+    only_peer: Option<&NodeRef>,
+    mut budget_bytes: usize,
+) -> Result<RoundOutcome, MailError> {
     let digests = mail.local().digests().await?;
     let mut by_peer: BTreeMap<(u64, String), Vec<pb::AddressDigest>> = BTreeMap::new();
     for (key, address, digest) in digests {
         let Ok(set) = mail.replica_set(key).await else {
             continue;
         };
-        for member in set.into_iter().filter(|member| !mail.is_me(member)) {
+        let wanted = |member: &NodeRef| {
+            !mail.is_me(member) && only_peer.is_none_or(|peer| peer.id == member.id)
+        };
+        for member in set.into_iter().filter(wanted) {
             by_peer
                 .entry((member.id, member.addr))
                 .or_default()
@@ -138,7 +252,6 @@ pub async fn round(mail: &Mail) -> Result<RoundOutcome, MailError> {
         }
     }
     let mut outcome = RoundOutcome::default();
-    let mut budget_bytes = REPAIR_BYTES_PER_ROUND_MAX;
     for ((id, addr), entries) in by_peer {
         let peer = NodeRef { id, addr };
         for chunk in entries.chunks(DIGESTS_PER_CALL_MAX) {
@@ -153,15 +266,20 @@ pub async fn round(mail: &Mail) -> Result<RoundOutcome, MailError> {
             else {
                 break;
             };
-            outcome.n_differing += reply.differing.len();
             for text in reply.differing {
                 if budget_bytes == 0 {
-                    break;
+                    outcome.n_differing += 1;
+                    continue;
                 }
                 let address = address_from_pb(&text)?;
                 match push_address(mail, &peer, &address, &mut budget_bytes).await {
-                    Ok(n_writes) => outcome.n_repaired += n_writes,
+                    Ok(0) => {}
+                    Ok(n_writes) => {
+                        outcome.n_differing += 1;
+                        outcome.n_repaired += n_writes;
+                    }
                     Err(error) => {
+                        outcome.n_differing += 1;
                         tracing::debug!(peer = %peer.addr, %address, %error, "repair failed; next round retries");
                         break;
                     }
@@ -182,8 +300,8 @@ async fn push_address(
 ) -> Result<usize, MailError> {
     let key = mail.key(address);
     let (ours_account, ours) = mail.local_replica(address).await?;
-    let theirs = mail.mailbox_on(peer, address).await?;
-    let theirs_account = mail.account_on(peer, address).await?;
+    let theirs = mail.mailbox_on(peer, address, true).await?;
+    let theirs_account = mail.account_on(peer, address, true).await?;
 
     let mut batches: Vec<Vec<Write>> = vec![Vec::new()];
     let mut batch_bytes = 0usize;

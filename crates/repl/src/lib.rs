@@ -278,16 +278,23 @@ impl Mail {
         .map(|_| ())
     }
 
+    /// `repair` reads (anti-entropy) are answered by a replica that is catching up;
+    /// client reads are not, since it may miss acknowledged writes.
     async fn account_on(
         &self,
         member: &NodeRef,
         address: &Address,
+        repair: bool,
     ) -> Result<Option<Account>, MailError> {
         if self.is_me(member) {
+            if !repair {
+                self.inner.local.check_serves_reads()?;
+            }
             return self.inner.local.account(address).await;
         }
         let request = pb::AddressRequest {
             address: address.to_string(),
+            repair,
         };
         let reply = self
             .remote(member, "read_account", |mut client| async move {
@@ -297,12 +304,21 @@ impl Mail {
         reply.account.map(account_from_pb).transpose()
     }
 
-    async fn mailbox_on(&self, member: &NodeRef, address: &Address) -> Result<Mailbox, MailError> {
+    async fn mailbox_on(
+        &self,
+        member: &NodeRef,
+        address: &Address,
+        repair: bool,
+    ) -> Result<Mailbox, MailError> {
         if self.is_me(member) {
+            if !repair {
+                self.inner.local.check_serves_reads()?;
+            }
             return self.inner.local.mailbox(address).await;
         }
         let request = pb::AddressRequest {
             address: address.to_string(),
+            repair,
         };
         let reply = self
             .remote(member, "read_mailbox", |mut client| async move {
@@ -451,7 +467,7 @@ impl Mail {
         let answers = self
             .quorum(set, "read account", Fanout::Needed, move |mail, member| {
                 let address = target.clone();
-                async move { mail.account_on(&member, &address).await }
+                async move { mail.account_on(&member, &address, false).await }
             })
             .await?;
         let merged = answers.into_iter().flatten().reduce(Account::merge);
@@ -467,7 +483,7 @@ impl Mail {
         let answers = self
             .quorum(set, "read mailbox", Fanout::Needed, move |mail, member| {
                 let address = target.clone();
-                async move { mail.mailbox_on(&member, &address).await }
+                async move { mail.mailbox_on(&member, &address, false).await }
             })
             .await?;
         let mut merged = Mailbox::default();

@@ -11,6 +11,9 @@ use crate::MailError;
 use crate::lease::LeaseTable;
 
 pub struct LocalReplica {
+    /// Set while a node that started with an empty store is being handed its data:
+    /// it then answers no client read, which could miss acknowledged writes.
+    syncing: std::sync::atomic::AtomicBool,
     store: Arc<Store>,
     committer: GroupCommitter,
     bits: u32,
@@ -21,6 +24,7 @@ impl LocalReplica {
     pub fn new(store: Arc<Store>, bits: u32) -> LocalReplica {
         let committer = GroupCommitter::start(store.clone());
         LocalReplica {
+            syncing: std::sync::atomic::AtomicBool::new(false),
             store,
             committer,
             bits,
@@ -30,6 +34,25 @@ impl LocalReplica {
 
     pub fn store(&self) -> &Arc<Store> {
         &self.store
+    }
+
+    pub fn set_syncing(&self, syncing: bool) {
+        self.syncing
+            .store(syncing, std::sync::atomic::Ordering::Release);
+    }
+
+    pub fn is_syncing(&self) -> bool {
+        self.syncing.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Refuses a client read while this replica is catching up.
+    pub fn check_serves_reads(&self) -> Result<(), MailError> {
+        if self.is_syncing() {
+            return Err(MailError::Unavailable(
+                "this replica is still catching up".to_owned(),
+            ));
+        }
+        Ok(())
     }
 
     pub fn key(&self, address: &Address) -> RingKey {

@@ -13,12 +13,19 @@ use crate::local::LocalReplica;
 /// Answers the `Replica` gRPC service from the local replica.
 pub struct ReplicaService {
     local: Arc<LocalReplica>,
+    /// The mail service, for hand-offs; set once the node has joined its ring (the
+    /// service must be served before that, during the join).
+    mail: Arc<std::sync::OnceLock<crate::Mail>>,
 }
 
 impl ReplicaService {
-    /// The service, ready to be added to the node's gRPC server.
-    pub fn server(local: Arc<LocalReplica>) -> pb::replica_server::ReplicaServer<ReplicaService> {
-        pb::replica_server::ReplicaServer::new(ReplicaService { local })
+    /// The service, ready to be added to the node's gRPC server; hand-offs are
+    /// answered once `mail` is set.
+    pub fn server(
+        local: Arc<LocalReplica>,
+        mail: Arc<std::sync::OnceLock<crate::Mail>>,
+    ) -> pb::replica_server::ReplicaServer<ReplicaService> {
+        pb::replica_server::ReplicaServer::new(ReplicaService { local, mail })
             .max_decoding_message_size(cm_net::MESSAGE_BYTES_MAX_ON_WIRE)
             .max_encoding_message_size(cm_net::MESSAGE_BYTES_MAX_ON_WIRE)
     }
@@ -45,7 +52,11 @@ impl pb::replica_server::Replica for ReplicaService {
         &self,
         request: Request<pb::AddressRequest>,
     ) -> Result<Response<pb::AccountReply>, Status> {
-        let address = address_from_pb(&request.into_inner().address).map_err(status)?;
+        let request = request.into_inner();
+        if !request.repair {
+            self.local.check_serves_reads().map_err(status)?;
+        }
+        let address = address_from_pb(&request.address).map_err(status)?;
         let account = self.local.account(&address).await.map_err(status)?;
         Ok(Response::new(pb::AccountReply {
             account: account.as_ref().map(account_to_pb),
@@ -56,7 +67,11 @@ impl pb::replica_server::Replica for ReplicaService {
         &self,
         request: Request<pb::AddressRequest>,
     ) -> Result<Response<pb::MailboxReply>, Status> {
-        let address = address_from_pb(&request.into_inner().address).map_err(status)?;
+        let request = request.into_inner();
+        if !request.repair {
+            self.local.check_serves_reads().map_err(status)?;
+        }
+        let address = address_from_pb(&request.address).map_err(status)?;
         let mailbox = self.local.mailbox(&address).await.map_err(status)?;
         Ok(Response::new(mailbox_to_pb(&mailbox)))
     }
@@ -121,6 +136,32 @@ impl pb::replica_server::Replica for ReplicaService {
         let accounts = self.local.accounts().await.map_err(status)?;
         Ok(Response::new(pb::AccountList {
             accounts: accounts.iter().map(account_to_pb).collect(),
+        }))
+    }
+
+    async fn handoff(
+        &self,
+        request: Request<pb::HandoffRequest>,
+    ) -> Result<Response<pb::HandoffReply>, Status> {
+        let request = request.into_inner();
+        let mail = self
+            .mail
+            .get()
+            .ok_or_else(|| Status::unavailable("this node is still joining"))?;
+        let requester = cm_ring::NodeRef {
+            id: request.id,
+            addr: request.addr,
+        };
+        let outcome = crate::antientropy::round_towards(
+            mail,
+            Some(&requester),
+            crate::antientropy::HANDOFF_BYTES_MAX,
+        )
+        .await
+        .map_err(status)?;
+        tracing::info!(to = %requester.addr, n_writes = outcome.n_repaired, "handed off data to a new replica");
+        Ok(Response::new(pb::HandoffReply {
+            n_writes: outcome.n_repaired as u64,
         }))
     }
 }
