@@ -381,11 +381,33 @@ impl Mail {
         F: Fn(Mail, NodeRef) -> Fut,
         Fut: Future<Output = Result<T, MailError>> + Send + 'static,
     {
-        let needed = if self.inner.ring.is_some() {
+        self.quorum_of(set, self.quorum_size(), what, fanout, op)
+            .await
+    }
+
+    /// `W` and `R` on a ring; 1 for a node without one.
+    fn quorum_size(&self) -> usize {
+        if self.inner.ring.is_some() {
             self.inner.config.quorum()
         } else {
             1
-        };
+        }
+    }
+
+    /// [`Mail::quorum`] with an explicit number of successes needed.
+    async fn quorum_of<T, F, Fut>(
+        &self,
+        set: Vec<NodeRef>,
+        needed: usize,
+        what: &str,
+        fanout: Fanout,
+        op: F,
+    ) -> Result<Vec<T>, MailError>
+    where
+        T: Send + 'static,
+        F: Fn(Mail, NodeRef) -> Fut,
+        Fut: Future<Output = Result<T, MailError>> + Send + 'static,
+    {
         if set.len() < needed {
             metrics::QUORUM_FAILURES.increment();
             let reason = format!(
@@ -884,6 +906,11 @@ impl Mail {
             return Ok(());
         }
         self.check_write_quorum_answers(lock.key()).await?;
+        // Tombstones go to the other replicas first and are written here only once
+        // enough of them hold them to make a write quorum with this node. A refusal
+        // then leaves no local tombstone behind for anti-entropy to spread (found by
+        // the fault harness, seed 230: the other replicas failed, the local copy
+        // survived, and the deletion answered -ERR took effect after a restart).
         let deleted_ms = now_ms();
         let writes = ids
             .iter()
@@ -894,7 +921,39 @@ impl Mail {
                 deleted_ms,
             })
             .collect();
-        self.write_quorum(lock.key(), writes).await
+        self.write_quorum_here_last(lock.key(), writes).await
+    }
+
+    /// A quorum write whose local copy (if this node is a replica) is made only after
+    /// `W - 1` other replicas acknowledged theirs.
+    async fn write_quorum_here_last(
+        &self,
+        key: RingKey,
+        writes: Vec<Write>,
+    ) -> Result<(), MailError> {
+        let set = self.replica_set(key).await?;
+        let (here, others): (Vec<NodeRef>, Vec<NodeRef>) =
+            set.into_iter().partition(|member| self.is_me(member));
+        if here.is_empty() {
+            return self.write_quorum(key, writes).await;
+        }
+        let needed_elsewhere = self.quorum_size() - 1;
+        let writes = Arc::new(writes);
+        if needed_elsewhere > 0 {
+            let remote_writes = writes.clone();
+            self.quorum_of(
+                others,
+                needed_elsewhere,
+                "write",
+                Fanout::All,
+                move |mail, member| {
+                    let writes = remote_writes.clone();
+                    async move { mail.apply_on(&member, &writes).await }
+                },
+            )
+            .await?;
+        }
+        self.inner.local.apply(writes.to_vec()).await
     }
 
     /// Fails unless a write quorum of the replica set of `key` answers a ring call now.
