@@ -473,6 +473,15 @@ impl Mail {
 
     async fn write_quorum(&self, key: RingKey, writes: Vec<Write>) -> Result<(), MailError> {
         let set = self.replica_set(key).await?;
+        self.write_quorum_to(set, writes).await
+    }
+
+    /// A quorum write to a replica set the caller already computed.
+    async fn write_quorum_to(
+        &self,
+        set: Vec<NodeRef>,
+        writes: Vec<Write>,
+    ) -> Result<(), MailError> {
         let writes = Arc::new(writes);
         self.quorum(set, "write", Fanout::All, move |mail, member| {
             let writes = writes.clone();
@@ -905,7 +914,8 @@ impl Mail {
         if ids.is_empty() {
             return Ok(());
         }
-        self.check_write_quorum_answers(lock.key()).await?;
+        let set = self.replica_set(lock.key()).await?;
+        self.check_write_quorum_answers(&set).await?;
         // Tombstones go to the other replicas first and are written here only once
         // enough of them hold them to make a write quorum with this node. A refusal
         // then leaves no local tombstone behind for anti-entropy to spread (found by
@@ -921,22 +931,23 @@ impl Mail {
                 deleted_ms,
             })
             .collect();
-        self.write_quorum_here_last(lock.key(), writes).await
+        self.write_quorum_here_last(set, writes).await
     }
 
     /// A quorum write whose local copy (if this node is a replica) is made only after
     /// `W - 1` other replicas acknowledged theirs.
     async fn write_quorum_here_last(
         &self,
-        key: RingKey,
+        set: Vec<NodeRef>,
         writes: Vec<Write>,
     ) -> Result<(), MailError> {
-        let set = self.replica_set(key).await?;
-        let (here, others): (Vec<NodeRef>, Vec<NodeRef>) =
-            set.into_iter().partition(|member| self.is_me(member));
-        if here.is_empty() {
-            return self.write_quorum(key, writes).await;
+        if !set.iter().any(|member| self.is_me(member)) {
+            return self.write_quorum_to(set, writes).await;
         }
+        let others: Vec<NodeRef> = set
+            .into_iter()
+            .filter(|member| !self.is_me(member))
+            .collect();
         let needed_elsewhere = self.quorum_size() - 1;
         let writes = Arc::new(writes);
         if needed_elsewhere > 0 {
@@ -956,15 +967,14 @@ impl Mail {
         self.inner.local.apply(writes.to_vec()).await
     }
 
-    /// Fails unless a write quorum of the replica set of `key` answers a ring call now.
-    async fn check_write_quorum_answers(&self, key: RingKey) -> Result<(), MailError> {
+    /// Fails unless a write quorum of `set` answers a ring call now.
+    async fn check_write_quorum_answers(&self, set: &[NodeRef]) -> Result<(), MailError> {
         let Some(ring) = &self.inner.ring else {
             return Ok(());
         };
-        let set = self.replica_set(key).await?;
         let ring = ring.clone();
         self.quorum(
-            set,
+            set.to_vec(),
             "check replicas",
             Fanout::Needed,
             move |mail, member| {
