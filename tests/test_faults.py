@@ -36,12 +36,7 @@ def missing_requirements():
 @pytest.mark.skipif(missing_requirements() is not None, reason=str(missing_requirements()))
 def test_fault_scenarios_lose_nothing(capsys):
     command = [sys.executable, str(RUN), "--seeds", str(SEEDS), "--first-seed", str(FIRST_SEED),
-               "--duration", "15", "--bin", BIN,
-               # FIXME: transient resurrections (a deleted message listed again by a
-               # session right after a healed partition or a disk loss, gone after
-               # convergence) are a known chordmail bug, see the faults report;
-               # drop this flag once reads repair tombstones.
-               "--known-transient-resurrections"]
+               "--duration", "15", "--bin", BIN]
     result = subprocess.run(command, capture_output=True, text=True, timeout=60 * 15)
     summary = [line for line in result.stdout.splitlines() if line.startswith("faults: scenarios=")]
     with capsys.disabled():

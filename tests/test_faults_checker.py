@@ -122,3 +122,22 @@ def test_a_stale_read_in_a_quiet_cluster_is_flagged_but_not_during_faults():
     report = checker.check(history, [final({"u1": message("FT-1-1")})])
     assert not report.stale and len(report.stale_during_faults) == 1
     assert not report.violations
+
+
+def test_a_delete_listed_again_is_flagged_when_quiet_but_only_noted_right_after_a_fault():
+    history = [
+        deliver(0, "FT-1-1"),
+        pop(1, {"u1": message("FT-1-1")}, deleted=["u1"], t0=20.0),
+        pop(2, {"u1": message("FT-1-1")}, t0=25.0),
+    ]
+    report = checker.check(history, [final({})])
+    assert report.violations and report.counts()["resurrected"] == 1
+    # A partition healed between the deletion and the later session: the design keeps
+    # both sides readable, so the far side may list it until anti-entropy ran.
+    history.append({"op": "nemesis", "id": 3, "t0": 22.0, "text": "heal partition"})
+    report = checker.check(history, [final({})])
+    assert not report.violations, report.describe()
+    assert report.counts()["resurrected_during_faults"] == 1
+    # Still fatal once the cluster converged.
+    report = checker.check(history, [final({"u1": message("FT-1-1")})])
+    assert report.violations and report.counts()["resurrected_final"] == 1

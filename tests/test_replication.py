@@ -15,6 +15,7 @@ docstrings.
 """
 import hashlib
 import poplib
+import signal
 import smtplib
 import threading
 import time
@@ -744,10 +745,10 @@ def test_maildrop_lock_stays_exclusive_when_a_join_moves_the_coordinator(make_no
     coordinator; once the ring of 4 is correct, a second login through every node
     must be refused with [IN-USE] while the first session lives; the first session
     still ends with QUIT +OK.
-    FIXME: fails today. `Mail::lock_maildrop` (crates/repl/src/lib.rs) takes the
-    lease at the coordinator of the moment and keeps renewing it there; a later login
-    goes to the new coordinator, whose lease table is empty, and is granted: two
-    sessions hold one maildrop."""
+    Regression test: when `Mail::lock_maildrop` took the lease at the coordinator of
+    the moment only, a later login went to the new coordinator, whose lease table was
+    empty, and was granted: two sessions held one maildrop. The lease is now granted
+    by a majority of the replica set."""
     nodes = start_ring(make_node, tmp_path, 3)
     address = "leased@example.org"
     nodes[0].add_user(address, PASSWORD)
@@ -774,3 +775,68 @@ def test_maildrop_lock_stays_exclusive_when_a_join_moves_the_coordinator(make_no
     assert holder.stat()[0] == 1
     assert holder.quit().startswith(b"+OK")
     assert locked_twice == [], f"a second session locked the held maildrop through {locked_twice}"
+
+
+def pop_uidls_when_free(node, address, timeout=LOCK_BOUND_S):
+    """The UIDLs `node` lists for `address` in a session that ends with QUIT (no DELE);
+    an empty maildrop too, unlike pop_fetch_when_free."""
+    def attempt():
+        try:
+            return (set(pop_fetch(node, address)),)
+        except Pop3Unavailable as error:
+            assert b"[IN-USE]" in error.args[0], error
+            return None
+    return wait_until(attempt, timeout, f"the maildrop of {address} on {node.addr}")[0]
+
+
+def test_a_tombstone_held_by_one_member_of_a_changed_set_is_still_seen(make_node, tmp_path):
+    """Goal: a message deleted while the replica set was different is not listed again
+    once the set changes back, even before anti-entropy runs (§9.2).
+    Method: 4 nodes, replicas 3, anti-entropy only every 60 s (so only the read path
+    can carry the tombstone). The address's set is [A, B, C], D follows. Deliver one
+    message (on A, B, C). SIGSTOP A and C: the set is [B, D]; DELE and QUIT (+OK)
+    through B put tombstones on B and D only. SIGCONT A and C: the set is [A, B, C]
+    again, where only B holds the tombstone. A session through C must not list the
+    message, and afterwards A and C hold the tombstone (read repair).
+    Regression test for a fault-harness finding (seeds 2 and 300-339 of the soak in
+    the issue 8 note): a read asked R = 2 members, this node first; through C that
+    was C and A, neither of which had the tombstone, so the deleted message was
+    listed again until the next anti-entropy round."""
+    config = Path(tmp_path) / "slow-anti-entropy.toml"
+    config.write_text("".join(f"{key} = {value}\n" for key, value in {**FAST_TIMING, "anti_entropy_ms": 60_000}.items()))
+    args = ["--config", str(config)]
+    first = make_node(replicas=REPLICAS, args=args)
+    nodes = [first] + [make_node(replicas=REPLICAS, args=args + ["--entry-addr", first.addr]) for _ in range(3)]
+    wait_ring(nodes, "a ring of 4")
+    coordinator = nodes[0]
+    address = address_coordinated_by(coordinator, nodes, "changed")
+    a, b, c = replica_set(nodes, address)
+    [d] = [node for node in nodes if node not in (a, b, c)]
+    a.add_user(address, PASSWORD)
+    send(a, [address], message("deleted-elsewhere"))
+    wait_until(lambda: all(local_copy(node, address)["visible"] == 1 for node in (a, b, c)), 10,
+               "the message on A, B and C")
+    [uid] = pop_uidls_when_free(b, address)
+
+    a.process.send_signal(signal.SIGSTOP)
+    c.process.send_signal(signal.SIGSTOP)
+    try:
+        wait_ring([b, d], "the ring of B and D")
+        client = poplib.POP3("127.0.0.1", b.pop3_port, timeout=30)
+        client.user(address)
+        client.pass_(PASSWORD)
+        assert client.dele(1).startswith(b"+OK")
+        assert client.quit().startswith(b"+OK")
+    finally:
+        a.process.send_signal(signal.SIGCONT)
+        c.process.send_signal(signal.SIGCONT)
+    assert uid in local_copy(b, address)["tombstones"]
+    assert uid not in local_copy(a, address)["tombstones"] and uid not in local_copy(c, address)["tombstones"]
+    wait_ring(nodes, "the ring of 4 again")
+    assert replica_set(nodes, address) == [a, b, c]
+
+    assert uid not in pop_uidls_when_free(c, address), "the deleted message was listed again through C"
+    wait_until(lambda: all(uid in local_copy(node, address)["tombstones"] for node in (a, c)), 5,
+               "the tombstone read-repaired onto A and C")
+    for node in nodes:
+        assert uid not in pop_uidls_when_free(node, address), node.addr

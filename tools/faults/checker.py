@@ -20,7 +20,14 @@ Rules (a message is named by the token in its body, a copy by its UIDL):
                although no session deleted any copy of it with QUIT +OK or an unknown
                QUIT outcome; or a retrieved copy whose body differs from what was sent.
   resurrected  a UIDL deleted with QUIT +OK that a final read shows, or that a later
-               session (started after the +OK) lists.
+               session (started after the +OK) lists while the cluster was quiet: no
+               fault event within QUIET_S before the deletion up to the session's end,
+               and outside a disk-loss window. During faults the design keeps both
+               sides of a partition readable and writable (§4): a session on the far
+               side of a cut, or reading a replica set that changed before anti-entropy
+               carried the tombstone over, can list a message deleted elsewhere. That
+               is counted and reported (resurrected_during_faults), not fatal; the
+               tombstone must still win everywhere once the cluster converged.
   stale        a session that started after a token's 250 and listed none of its
                copies, with no deletion of it in flight (R + W > replicas, §4), while
                the cluster was quiet: no fault event ("nemesis" ops) within
@@ -70,6 +77,7 @@ class Report:
         # one maildrop at the same time (the lock is a lease; faults can expire it).
         self.stale_after_disk_loss = []
         self.stale_during_faults = []
+        self.resurrected_during_faults = []  # (uidl, deleting session, listing session)
         self.concurrent_sessions = []
 
     @property
@@ -88,6 +96,7 @@ class Report:
             "stale": len(self.stale),
             "stale_after_disk_loss": len(self.stale_after_disk_loss),
             "stale_during_faults": len(self.stale_during_faults),
+            "resurrected_during_faults": len({u for u, *_ in self.resurrected_during_faults}),
             "concurrent_sessions": len(self.concurrent_sessions),
         }
 
@@ -112,6 +121,9 @@ class Report:
             lines.append(f"note: stale read within a disk-loss window: {token} not listed by {brief(session)}")
         for token, session in self.stale_during_faults[:limit]:
             lines.append(f"note: stale read during faults: {token} not listed by {brief(session)}")
+        for uidl, deleter, session in self.resurrected_during_faults[:limit]:
+            lines.append(f"note: deleted message listed again during faults: {uidl} deleted by {brief(deleter)}; "
+                         f"listed by {brief(session)}")
         for first, second in self.concurrent_sessions[:limit]:
             lines.append(f"note: two sessions held one maildrop: {brief(first)} and {brief(second)}")
         return lines
@@ -133,6 +145,12 @@ def in_disk_loss_window(history, t):
         if op["op"] == "rereplicated" and start is not None and op["t0"] <= t:
             start = None
     return start is not None
+
+
+def faults_between(history, start, end):
+    """Whether a fault event falls in [start, end], or `start` lies in a disk-loss window."""
+    return (in_disk_loss_window(history, start)
+            or any(e["op"] == "nemesis" and start <= e["t0"] <= end for e in history))
 
 
 def check(history, final_reads):
@@ -216,8 +234,11 @@ def check(history, final_reads):
         for uidl in listed:
             deleter = deleted_ok.get(uidl)
             if deleter is not None and deleter.get("t_quit1") is not None and deleter["t_quit1"] < session["t0"]:
-                report.resurrected.append((uidl, "listed by a session that started after the deletion's +OK",
-                                           deleter, f"session {brief(session)}"))
+                if faults_between(history, deleter["t_quit0"] - QUIET_S, session["t1"]):
+                    report.resurrected_during_faults.append((uidl, deleter, session))
+                else:
+                    report.resurrected.append((uidl, "listed by a session that started after the deletion's +OK",
+                                               deleter, f"session {brief(session)}"))
         listed_tokens = {uidl_token.get(uidl) for uidl in listed}
         if len(session.get("retrieved") or {}) < len(listed):
             # Some listed copies were not retrieved: their tokens are unknown, so a
@@ -238,7 +259,7 @@ def check(history, final_reads):
             if not in_flight:
                 if in_disk_loss_window(history, session["t0"]):
                     report.stale_after_disk_loss.append((token, session))
-                elif any(e["op"] == "nemesis" and op["t0"] - QUIET_S <= e["t0"] <= session["t1"] for e in history):
+                elif faults_between(history, op["t0"] - QUIET_S, session["t1"]):
                     report.stale_during_faults.append((token, session))
                 else:
                     report.stale.append((token, session))

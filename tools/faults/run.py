@@ -37,7 +37,7 @@ class Totals:
         self.scenarios = self.faults = self.ops = self.acknowledged = 0
         self.lost = self.resurrected = self.duplicates = self.unknown = self.stale = 0
         self.stale_after_disk_loss = self.concurrent_sessions = self.out_of_sync_stuck = 0
-        self.resurrected_final = 0
+        self.resurrected_final = self.resurrected_during_faults = 0
         self.convergence_max_s = 0.0
         self.failed_seeds = []
 
@@ -50,6 +50,7 @@ class Totals:
         self.lost += counts["lost"]
         self.resurrected += counts["resurrected"]
         self.resurrected_final += counts["resurrected_final"]
+        self.resurrected_during_faults += counts["resurrected_during_faults"]
         self.duplicates += counts["duplicates"]
         self.unknown += counts["unknown"]
         self.stale += counts["stale"]
@@ -64,7 +65,8 @@ class Totals:
                 f"acknowledged={self.acknowledged} lost={self.lost} resurrected={self.resurrected} "
                 f"duplicates={self.duplicates} unknown={self.unknown} "
                 f"convergence_max_s={self.convergence_max_s:.1f} stale={self.stale} "
-                f"violating_seeds={len(self.failed_seeds)} (notes: resurrected_after_convergence={self.resurrected_final} stale_reads_during_faults={self.stale_after_disk_loss} "
+                f"violating_seeds={len(self.failed_seeds)} (notes: resurrected_after_convergence={self.resurrected_final} "
+                f"resurrected_during_faults={self.resurrected_during_faults} stale_reads_during_faults={self.stale_after_disk_loss} "
                 f"concurrent_sessions={self.concurrent_sessions} out_of_sync_stuck_scenarios={self.out_of_sync_stuck})")
 
 
@@ -94,12 +96,6 @@ def run_one(seed, args, binary, totals, out):
             report.extra.append(f"scenario aborted: {type(error).__name__}: {error}")
     finally:
         scenario.cleanup()
-    if args.known_transient_resurrections:
-        # FIXME(faults report): reads right after a heal or a disk loss can miss
-        # tombstones (no read repair, a fresh replica answers before it synced);
-        # only deletions undone in the converged state then count as violations.
-        report.transient_resurrections = [r for r in report.resurrected if r[1] != "visible after convergence"]
-        report.resurrected = [r for r in report.resurrected if r[1] == "visible after convergence"]
     totals.add(scenario, report)
     bad = report.violations
     status = "VIOLATION" if bad else "ok"
@@ -107,6 +103,7 @@ def run_one(seed, args, binary, totals, out):
     print(f"seed {seed}: {status} faults={scenario.faults} ops={len(scenario.history.ops)} "
           f"acknowledged={counts['acknowledged']} unknown={counts['unknown']} duplicates={counts['duplicates']} "
           f"convergence_s={max(scenario.convergence, default=0):.1f} stale_during_faults={counts['stale_after_disk_loss'] + counts['stale_during_faults']} "
+          f"resurrected_during_faults={counts['resurrected_during_faults']} "
           f"concurrent_sessions={counts['concurrent_sessions']} took={time.monotonic() - started:.0f}s",
           file=out, flush=True)
     if bad:
@@ -136,8 +133,6 @@ def main(argv=None):
     parser.add_argument("--no-proxy", action="store_true", help="no userspace fault proxy (no slow faults)")
     parser.add_argument("--strict-out-of-sync", action="store_true",
                         help="a node whose out_of_sync stays > 0 after the replica sets agree is a violation")
-    parser.add_argument("--known-transient-resurrections", action="store_true",
-                        help="deletions seen again during the run but gone after convergence are notes, not violations")
     parser.add_argument("--bin", default=DEFAULT_BIN)
     parser.add_argument("--workdir", default=None, help="where nodes keep data and logs while running")
     parser.add_argument("--keep-dir", default=str(ROOT / "target" / "faults-failures"),

@@ -52,6 +52,9 @@ use crate::lease::LEASE_RENEW_PERIOD;
 
 /// Deadline of one replication call; bodies of up to 25 MiB must fit in it.
 pub const REPLICA_CALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a mailbox read waits for the other members of the replica set once a
+/// read quorum answered (only a member that is slow, paused or cut off costs it).
+pub const READ_STRAGGLER_GRACE: Duration = Duration::from_millis(500);
 
 #[derive(Debug, thiserror::Error)]
 pub enum MailError {
@@ -368,7 +371,9 @@ impl Mail {
     /// at once and the calls still running go on in the background (a write that
     /// reaches more replicas than needed is welcome). With [`Fanout::Needed`] this node
     /// is asked first and only as many others as are needed, one more for each that
-    /// fails (reads: fewer calls, same guarantee).
+    /// fails (reads: fewer calls, same guarantee). With [`Fanout::Everyone`] every
+    /// member is asked and the answers of those that reply within the grace after
+    /// the `needed`-th are returned too.
     async fn quorum<T, F, Fut>(
         &self,
         set: Vec<NodeRef>,
@@ -421,7 +426,7 @@ impl Mail {
         let mut members = set;
         members.sort_by_key(|member| !self.is_me(member));
         let n_first = match fanout {
-            Fanout::All => members.len(),
+            Fanout::All | Fanout::Everyone { .. } => members.len(),
             Fanout::Needed => needed,
         };
         let (sender, mut receiver) = tokio::sync::mpsc::channel(members.len());
@@ -440,8 +445,16 @@ impl Mail {
         }
         let mut successes = Vec::with_capacity(needed);
         let mut failures = Vec::new();
+        let mut stragglers_until = None;
         while n_pending > 0 {
-            let Some((member, outcome)) = receiver.recv().await else {
+            let next = match stragglers_until {
+                None => receiver.recv().await,
+                Some(deadline) => match tokio::time::timeout_at(deadline, receiver.recv()).await {
+                    Ok(next) => next,
+                    Err(_) => break,
+                },
+            };
+            let Some((member, outcome)) = next else {
                 break;
             };
             n_pending -= 1;
@@ -449,7 +462,12 @@ impl Mail {
                 Ok(value) => {
                     successes.push(value);
                     if successes.len() == needed {
-                        return Ok(successes);
+                        match fanout {
+                            Fanout::Everyone { grace } => {
+                                stragglers_until = Some(tokio::time::Instant::now() + grace)
+                            }
+                            Fanout::All | Fanout::Needed => return Ok(successes),
+                        }
                     }
                 }
                 Err(error) => {
@@ -460,6 +478,9 @@ impl Mail {
                     }
                 }
             }
+        }
+        if successes.len() >= needed {
+            return Ok(successes);
         }
         metrics::QUORUM_FAILURES.increment();
         let reason = format!(
@@ -508,18 +529,58 @@ impl Mail {
         Ok(merged)
     }
 
+    /// The merged mailbox from every member of the replica set that answers, `R` at
+    /// least. Asking all of them, not just `R`, matters when the set has just changed
+    /// (a healed partition, a restarted or refilled replica): a tombstone written to
+    /// `W` members of an older set may then sit on one member of the current set
+    /// only, and a read of `R` members could miss it and list a deleted message again
+    /// (found by the fault harness). Members that lack tombstones the others hold get
+    /// them at once (read repair) instead of at the next anti-entropy round.
     async fn read_mailbox(&self, address: &Address) -> Result<Mailbox, MailError> {
-        let set = self.replica_set(self.key(address)).await?;
+        let key = self.key(address);
+        let set = self.replica_set(key).await?;
         let target = address.clone();
+        let fanout = Fanout::Everyone {
+            grace: READ_STRAGGLER_GRACE,
+        };
         let answers = self
-            .quorum(set, "read mailbox", Fanout::Needed, move |mail, member| {
+            .quorum(set, "read mailbox", fanout, move |mail, member| {
                 let address = target.clone();
-                async move { mail.mailbox_on(&member, &address, false).await }
+                async move {
+                    let mailbox = mail.mailbox_on(&member, &address, false).await?;
+                    Ok((member, mailbox))
+                }
             })
             .await?;
         let mut merged = Mailbox::default();
-        for answer in &answers {
+        for (_, answer) in &answers {
             merged.merge(answer);
+        }
+        for (member, answer) in &answers {
+            let missing: Vec<Write> = merged
+                .tombstones
+                .iter()
+                .filter(|(id, _)| !answer.tombstones.contains_key(id))
+                .map(|(id, deleted_ms)| Write::Tombstone {
+                    key,
+                    address: address.clone(),
+                    id: *id,
+                    deleted_ms: *deleted_ms,
+                })
+                .collect();
+            if missing.is_empty() {
+                continue;
+            }
+            let (mail, member) = (self.clone(), member.clone());
+            tokio::spawn(async move {
+                let n_writes = missing.len() as u64;
+                match mail.apply_on(&member, &missing).await {
+                    Ok(()) => metrics::READ_REPAIRS.add(n_writes),
+                    Err(error) => {
+                        tracing::debug!(member = %member.addr, %error, "read repair failed")
+                    }
+                }
+            });
         }
         Ok(merged)
     }
@@ -1011,8 +1072,13 @@ impl Mail {
 
 #[derive(Clone, Copy, Debug)]
 enum Fanout {
+    /// Every member at once; done at the `needed`-th success.
     All,
+    /// This node first and only as many others as needed, one more per failure.
     Needed,
+    /// Every member at once; after the `needed`-th success, the others still get
+    /// this long to answer.
+    Everyone { grace: Duration },
 }
 
 #[derive(Debug)]

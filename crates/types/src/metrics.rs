@@ -115,6 +115,10 @@ pub static REPAIRS: Metric = Metric::counter(
     "chordmail_repairs_total",
     "Messages, tombstones and accounts copied to a replica by anti-entropy",
 );
+pub static READ_REPAIRS: Metric = Metric::counter(
+    "chordmail_read_repairs_total",
+    "Tombstones copied to a replica that lacked them, found by a mailbox read",
+);
 pub static ANTI_ENTROPY_ROUNDS: Metric = Metric::counter(
     "chordmail_anti_entropy_rounds_total",
     "Anti-entropy rounds completed",
@@ -143,6 +147,7 @@ pub static ALL: &[&Metric] = &[
     &REPLICA_WRITES_RECEIVED,
     &QUORUM_FAILURES,
     &REPAIRS,
+    &READ_REPAIRS,
     &ANTI_ENTROPY_ROUNDS,
     &ADDRESSES_OUT_OF_SYNC,
     &REPLICAS_RESTORE_MS_LAST,
