@@ -15,6 +15,7 @@ docstrings.
 """
 import hashlib
 import poplib
+import shutil
 import signal
 import smtplib
 import threading
@@ -840,3 +841,64 @@ def test_a_tombstone_held_by_one_member_of_a_changed_set_is_still_seen(make_node
                "the tombstone read-repaired onto A and C")
     for node in nodes:
         assert uid not in pop_uidls_when_free(node, address), node.addr
+
+
+def test_a_replica_refilled_after_a_disk_loss_does_not_bring_a_deletion_back(make_node, tmp_path):
+    """Goal: after a replica loses its disk and rejoins empty, a deletion acknowledged
+    before the loss stays deleted, from the rejoin on (§9.2 within the disk losses of
+    §9.1).
+    Method: 3 nodes, replicas 3, anti-entropy only every 60 s. The set is [X, Y, Z].
+    Two messages on all three; kill -9 Y; DELE one and QUIT (+OK) through X, so only
+    X and Z hold the tombstone; restart Y on its data (it still lists the message).
+    Then X loses its disk: kill -9, its --data deleted, restarted empty through Z.
+    From that restart until X serves again, and after, sessions through Y must never
+    list the deleted message, and X must end up with the tombstone.
+    Regression test for fault seeds 2 and 4 (`--duration 15`): the emptied replica
+    answered reads before its neighbours had handed it its keys, so a read quorum of
+    it and a replica that missed the deletion listed the message again. Now a node
+    that starts empty refuses client reads until its hand-off (healthz 503), and a
+    read also asks the third member."""
+    config = Path(tmp_path) / "slow-anti-entropy.toml"
+    config.write_text("".join(f"{key} = {value}\n" for key, value in {**FAST_TIMING, "anti_entropy_ms": 60_000}.items()))
+    first = make_node(replicas=REPLICAS, args=["--config", str(config)])
+    nodes = [first] + [make_node(replicas=REPLICAS, args=["--config", str(config), "--entry-addr", first.addr])
+                       for _ in range(2)]
+    wait_ring(nodes, "a ring of 3")
+    address = address_coordinated_by(nodes[1], nodes, "wiped")
+    x, y, z = replica_set(nodes, address)
+    z.add_user(address, PASSWORD)
+    for token in ("wiped-deleted", "wiped-kept"):
+        send(z, [address], message(token))
+    wait_until(lambda: all(local_copy(node, address)["visible"] == 2 for node in nodes), 10, "2 messages on 3 nodes")
+
+    y.kill()
+    wait_ring([x, z], "the ring without Y")
+    client = poplib.POP3("127.0.0.1", x.pop3_port, timeout=30)
+    client.user(address)
+    client.pass_(PASSWORD)
+    _, listing, _ = client.uidl()
+    uids = {int(number): uid.decode() for number, uid in (line.split() for line in listing)}
+    assert client.dele(1).startswith(b"+OK")
+    assert client.quit().startswith(b"+OK")
+    deleted, kept = uids[1], uids[2]
+    y.start()
+    wait_ring(nodes, "Y back")
+    assert deleted not in local_copy(y, address)["tombstones"], "anti-entropy ran early; the test proves nothing"
+
+    x.kill()
+    shutil.rmtree(x.data)
+    x.args = ["--config", str(config), "--entry-addr", z.addr]
+    x.start(wait=False)
+    listings = []
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        listings.append(pop_uidls_when_free(y, address))
+        if http("GET", x.http + "/healthz", timeout=2)[0] == 200 and len(listings) > 3:
+            break
+    else:
+        raise AssertionError("X did not serve again within 20 s")
+    assert all(deleted not in listed for listed in listings), "the deleted message was listed again"
+    assert all(kept in listed for listed in listings)
+    assert deleted in local_copy(x, address)["tombstones"]
+    for node in nodes:
+        assert pop_uidls_when_free(node, address) == {kept}, node.addr
