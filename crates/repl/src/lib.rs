@@ -1144,4 +1144,6 @@ pub fn now_ms() -> u64 {
 }
 
 #[cfg(test)]
+mod ring_tests;
+#[cfg(test)]
 mod tests;

@@ -19,13 +19,20 @@ pub struct ReplicaService {
 }
 
 impl ReplicaService {
+    pub(crate) fn new(
+        local: Arc<LocalReplica>,
+        mail: Arc<std::sync::OnceLock<crate::Mail>>,
+    ) -> ReplicaService {
+        ReplicaService { local, mail }
+    }
+
     /// The service, ready to be added to the node's gRPC server; hand-offs are
     /// answered once `mail` is set.
     pub fn server(
         local: Arc<LocalReplica>,
         mail: Arc<std::sync::OnceLock<crate::Mail>>,
     ) -> pb::replica_server::ReplicaServer<ReplicaService> {
-        pb::replica_server::ReplicaServer::new(ReplicaService { local, mail })
+        pb::replica_server::ReplicaServer::new(ReplicaService::new(local, mail))
             .max_decoding_message_size(cm_net::MESSAGE_BYTES_MAX_ON_WIRE)
             .max_encoding_message_size(cm_net::MESSAGE_BYTES_MAX_ON_WIRE)
     }
