@@ -141,3 +141,19 @@ def test_a_delete_listed_again_is_flagged_when_quiet_but_only_noted_right_after_
     # Still fatal once the cluster converged.
     report = checker.check(history, [final({"u1": message("FT-1-1")})])
     assert report.violations and report.counts()["resurrected_final"] == 1
+
+
+def test_nothing_after_the_quiet_marker_is_excused_by_earlier_faults():
+    history = [
+        deliver(0, "FT-1-1"),
+        pop(1, {"u1": message("FT-1-1")}, deleted=["u1"], t0=20.0),
+        {"op": "nemesis", "id": 2, "t0": 22.0, "text": "heal partition"},
+        {"op": "quiet", "id": 3, "t0": 24.0},
+        pop(4, {"u1": message("FT-1-1")}, t0=25.0),
+        deliver(5, "FT-1-2", t0=25.4, t1=25.5),
+        pop(6, {}, t0=26.0),
+    ]
+    report = checker.check(history, [final({"u2": message("FT-1-2")})])
+    assert report.counts()["resurrected"] == 1, report.describe()
+    assert report.counts()["stale"] == 1, report.describe()
+    assert report.violations

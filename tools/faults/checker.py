@@ -10,6 +10,11 @@ A history is a list of operations (plain dicts, JSON-serialisable):
    "quit": None | "ok" | "refused" | "unknown", "t_quit0", "t_quit1"}
       `listing` is the UIDL answer right after login (None if the session failed
       before it); `deleted` the UIDLs marked with DELE (+OK) before QUIT.
+  {"op": "nemesis", "t0", "text"}: a fault event (injected, healed, restarted).
+  {"op": "disk_loss"} ... {"op": "rereplicated"}: a window with a lost disk.
+  {"op": "quiet", "t0"}: the cluster converged after the faults (one correct ring,
+      every copy in place); the workload runs on, and nothing after this marker is
+      excused by earlier faults.
 
 Final reads, one per (node, account) after healing and convergence:
 
@@ -148,7 +153,10 @@ def in_disk_loss_window(history, t):
 
 
 def faults_between(history, start, end):
-    """Whether a fault event falls in [start, end], or `start` lies in a disk-loss window."""
+    """Whether a fault event falls in [start, end], or `start` lies in a disk-loss
+    window. A "quiet" marker (the cluster converged after the faults) before `end`
+    moves `start` up to it: what happened before it was repaired."""
+    start = max([start] + [e["t0"] for e in history if e["op"] == "quiet" and e["t0"] <= end])
     return (in_disk_loss_window(history, start)
             or any(e["op"] == "nemesis" and start <= e["t0"] <= end for e in history))
 

@@ -106,6 +106,8 @@ def run_one(seed, args, binary, totals, out):
           f"resurrected_during_faults={counts['resurrected_during_faults']} "
           f"concurrent_sessions={counts['concurrent_sessions']} took={time.monotonic() - started:.0f}s",
           file=out, flush=True)
+    if args.keep_all and not bad:
+        scenario.keep(report)
     if bad:
         totals.failed_seeds.append(seed)
         kept = scenario.keep(report)
@@ -137,6 +139,8 @@ def main(argv=None):
     parser.add_argument("--workdir", default=None, help="where nodes keep data and logs while running")
     parser.add_argument("--keep-dir", default=str(ROOT / "target" / "faults-failures"),
                         help="where the logs of violating seeds are kept")
+    parser.add_argument("--keep-all", action="store_true",
+                        help="keep logs, history and schedule of every seed, not only of violating ones")
     parser.add_argument("-v", "--verbose", action="store_true", help="print the fault schedule as it happens")
     args = parser.parse_args(argv)
     if args.duration is None:

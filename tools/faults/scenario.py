@@ -37,6 +37,7 @@ CONVERGE_TIMEOUT_S = 120.0
 STABLE_CONFIRM_S = 2.5  # one anti-entropy period (2 s) and a bit: out_of_sync is per round
 FINAL_READ_TIMEOUT_S = 40.0
 ACCOUNTS = 6
+QUIET_PHASE_S = 5.0  # workload on the converged cluster after the faults
 DOWN_MAX = 2  # nodes killed or paused at once, so that the workload still makes progress
 
 # Registry of live scenarios, for the SIGINT/SIGTERM handler of run.py.
@@ -549,8 +550,23 @@ class Scenario:
             if all(n.alive() and n.ready() for n in self.members()):
                 break
             time.sleep(0.5)
-        if self.wait_converged("healing"):
-            self.history.new(op="rereplicated")
+        if not self.wait_converged("healing"):
+            return
+        self.history.new(op="rereplicated")
+        # The quiet phase: the same workload on the converged cluster, without faults.
+        # Every read must now be exact: the checker excuses nothing that happens here
+        # (a stale read or a deletion listed again is a violation).
+        self.history.new(op="quiet")
+        self.note("quiet phase: the workload on the converged cluster", fault_event=False)
+        load.start(phase=1)
+        try:
+            time.sleep(QUIET_PHASE_S)
+        finally:
+            load.stop()
+            for error in load.errors[:5]:
+                self.extra.append(f"harness: a client failed unexpectedly: {error}")
+        self.note(f"quiet phase over: {len(self.history.ops)} operations", fault_event=False)
+        self.wait_converged("the quiet phase")
 
     def final_reads(self):
         reads = []

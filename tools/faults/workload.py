@@ -92,9 +92,13 @@ class Workload:
             self.token_counter += 1
             return f"FT-{self.seed}-{self.token_counter}"
 
-    def start(self):
+    def start(self, phase=0):
+        """Starts the client threads; a later `phase` (after `stop()`) continues with
+        fresh PRNG streams and the same token counter."""
+        self.stopping.clear()
+        self.threads = []
         for index in range(self.clients):
-            rng = random.Random(self.seed * 1000 + index)
+            rng = random.Random(self.seed * 1000 + phase * 100 + index)
             thread = threading.Thread(target=self.client, args=(rng,), name=f"client-{index}", daemon=True)
             thread.start()
             self.threads.append(thread)
