@@ -195,9 +195,14 @@ def pop_session(history, rng, node, ip, account, delete_fraction=None):
         op["quit"] = "ok"
         op["outcome"] = "ok"
     except poplib.error_proto as error:
-        op["outcome"] = "refused"
+        # A server's -ERR reply arrives as bytes; poplib raises its own errors as
+        # str, and '-ERR EOF' is the connection closing without a reply: then the
+        # outcome is unknown (found in soak seed 329: a QUIT whose node was killed
+        # before it answered counted as refused, although its deletion took effect).
+        server_reply = isinstance(error.args[0], bytes) if error.args else False
+        op["outcome"] = "refused" if server_reply else "unknown"
         op["detail"] = str(error)[:200]
-        if op["quit"] == "unknown":
+        if op["quit"] == "unknown" and server_reply:
             op["quit"] = "refused"
     except (OSError, EOFError, ssl.SSLError) as error:
         op["outcome"] = "unknown"
