@@ -2,8 +2,9 @@
 whose connection closes without a reply is recorded as unknown, never as refused
 (soak seed 329: the node was killed after writing the deletion but before answering,
 and a refused QUIT does not excuse the deleted messages, so the checker reported
-them lost). Method: a scripted POP3 server on loopback that answers the session and
-closes the connection at QUIT, or answers QUIT with -ERR."""
+them lost); a 451 after DATA is a refusal, not an acknowledgement (smtplib's data()
+returns the reply instead of raising it). Method: scripted POP3 and SMTP servers on
+loopback."""
 import socket
 import sys
 import threading
@@ -75,3 +76,65 @@ def test_a_quit_answered_err_is_refused(monkeypatch):
 def test_a_quit_answered_ok_is_ok(monkeypatch):
     op = session(b"+OK bye\r\n", monkeypatch)
     assert op["quit"] == "ok" and op["outcome"] == "ok", op
+
+
+def scripted_smtp_server(final_reply):
+    """A one-connection SMTP server that answers the end of DATA with `final_reply`
+    (None: closes the connection instead)."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+
+    def serve():
+        connection, _ = listener.accept()
+        reader = connection.makefile("rb")
+        connection.sendall(b"220 scripted ESMTP\r\n")
+        in_data = False
+        for line in reader:
+            if in_data:
+                if line == b".\r\n":
+                    if final_reply is None:
+                        break
+                    connection.sendall(final_reply)
+                    in_data = False
+                continue
+            command = line[:4].upper()
+            if command == b"EHLO":
+                connection.sendall(b"250 scripted\r\n")
+            elif command == b"DATA":
+                connection.sendall(b"354 go on\r\n")
+                in_data = True
+            elif command == b"QUIT":
+                connection.sendall(b"221 bye\r\n")
+                break
+            else:
+                connection.sendall(b"250 ok\r\n")
+        connection.close()
+        listener.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    return listener.getsockname()[1]
+
+
+def delivery(final_reply, monkeypatch):
+    port = scripted_smtp_server(final_reply)
+    real_smtp = workload.smtplib.SMTP
+    monkeypatch.setattr(workload.smtplib, "SMTP", lambda ip, _port, **kwargs: real_smtp(ip, port, **kwargs))
+    history = workload.History()
+    workload.deliver(history, workload.random.Random(1), 0, "127.0.0.1", "user0@example.org", "FT-1-1")
+    return history.ops[-1]
+
+
+def test_a_451_after_data_is_refused(monkeypatch):
+    op = delivery(b"451 4.3.0 quorum not reached\r\n", monkeypatch)
+    assert op["outcome"] == "refused", op
+
+
+def test_a_connection_lost_after_data_is_unknown(monkeypatch):
+    op = delivery(None, monkeypatch)
+    assert op["outcome"] == "unknown", op
+
+
+def test_a_250_after_data_is_acknowledged(monkeypatch):
+    op = delivery(b"250 2.0.0 queued\r\n", monkeypatch)
+    assert op["outcome"] == "ok", op
