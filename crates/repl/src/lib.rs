@@ -7,7 +7,7 @@
 //!   and are acknowledged once `W` of them (a majority) have fsynced them.
 //! - Reads merge `R` replicas (a majority), so `R + W > replicas` and a read after an
 //!   acknowledged write sees it. Data are mergeable (see `cm-model`), so merging never
-//!   conflicts.
+//!   conflicts. Mailbox reads ask every member and repair missing tombstones.
 //! - [`antientropy`] compares digests with the other members of each set and copies
 //!   what differs, which also covers takeover (a dead node's successor already holds
 //!   its keys and copies them on), re-replication, and hand-off to joining nodes.
