@@ -100,7 +100,7 @@ def run_one(seed, args, binary, totals, out):
     bad = report.violations
     status = "VIOLATION" if bad else "ok"
     counts = report.counts()
-    print(f"seed {seed}: {status} faults={scenario.faults} ops={len(scenario.history.ops)} "
+    print(f"seed {seed}: {status} faults={scenario.faults} ops={sum(op['op'] in ('deliver', 'pop') for op in scenario.history.ops)} "
           f"acknowledged={counts['acknowledged']} unknown={counts['unknown']} duplicates={counts['duplicates']} "
           f"convergence_s={max(scenario.convergence, default=0):.1f} stale_during_faults={counts['stale_after_disk_loss'] + counts['stale_during_faults']} "
           f"resurrected_during_faults={counts['resurrected_during_faults']} "
