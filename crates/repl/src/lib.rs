@@ -52,6 +52,11 @@ use crate::lease::LEASE_RENEW_PERIOD;
 
 /// Deadline of one replication call; bodies of up to 25 MiB must fit in it.
 pub const REPLICA_CALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a deletion that failed to reach a write quorum keeps retrying (QUIT
+/// waits that long at most before it answers -ERR).
+pub const DELETE_COMPLETION_MAX: Duration = Duration::from_secs(6);
+/// Pause between two attempts of a deletion.
+const DELETE_RETRY_PAUSE: Duration = Duration::from_millis(250);
 /// How long a mailbox read waits for the other members of the replica set once a
 /// read quorum answered (only a member that is slow, paused or cut off costs it).
 pub const READ_STRAGGLER_GRACE: Duration = Duration::from_millis(500);
@@ -962,10 +967,22 @@ impl Mail {
     }
 
     /// Deletes messages of the locked maildrop as tombstones on a write quorum. On
-    /// `Err` the deletion was not acknowledged. Before writing, a write quorum of the
-    /// replica set must answer a ring call, so that the common refusal (replicas
-    /// crashed or cut off) removes nothing anywhere; only a replica failing between
-    /// that check and the write can leave a refused deletion to take effect later.
+    /// `Err` the deletion was not acknowledged and, as far as this node can tell,
+    /// removed nothing (DESIGN.md §6):
+    /// - before writing, a write quorum of the replica set must answer a ring call, so
+    ///   the common refusal (replicas crashed or cut off) writes nothing anywhere;
+    /// - this node's own copy, if it is a replica, is written only after `W - 1`
+    ///   others hold theirs (fault seed 230: the others failed, the local copy
+    ///   survived and anti-entropy spread it);
+    /// - a tombstone that reached some replica will be spread by anti-entropy, so a
+    ///   write that fails after that is not given up: the deletion is retried on the
+    ///   members that lack it until a write quorum holds it, for
+    ///   [`DELETE_COMPLETION_MAX`] at most (fault seed 753: a session on a node outside
+    ///   the set reached one of three replicas, answered -ERR, and the deletion took
+    ///   effect later).
+    ///
+    /// What remains: a tombstone that landed on a replica whose acknowledgement was
+    /// lost, with the quorum still out of reach after the retries.
     pub async fn delete(&self, lock: &MaildropLock, ids: &[MessageId]) -> Result<(), MailError> {
         if !lock.is_held() {
             return Err(MailError::Unavailable(
@@ -975,57 +992,86 @@ impl Mail {
         if ids.is_empty() {
             return Ok(());
         }
-        let set = self.replica_set(lock.key()).await?;
+        let mut set = self.replica_set(lock.key()).await?;
         self.check_write_quorum_answers(&set).await?;
-        // Tombstones go to the other replicas first and are written here only once
-        // enough of them hold them to make a write quorum with this node. A refusal
-        // then leaves no local tombstone behind for anti-entropy to spread (found by
-        // the fault harness, seed 230: the other replicas failed, the local copy
-        // survived, and the deletion answered -ERR took effect after a restart).
         let deleted_ms = now_ms();
-        let writes = ids
-            .iter()
-            .map(|id| Write::Tombstone {
-                key: lock.key(),
-                address: lock.address().clone(),
-                id: *id,
-                deleted_ms,
-            })
-            .collect();
-        self.write_quorum_here_last(set, writes).await
+        let writes: Arc<Vec<Write>> = Arc::new(
+            ids.iter()
+                .map(|id| Write::Tombstone {
+                    key: lock.key(),
+                    address: lock.address().clone(),
+                    id: *id,
+                    deleted_ms,
+                })
+                .collect(),
+        );
+        let holders: Arc<Mutex<Vec<u64>>> = Arc::default();
+        let deadline = tokio::time::Instant::now() + DELETE_COMPLETION_MAX;
+        loop {
+            let attempt = self.write_deletion(set, writes.clone(), holders.clone());
+            let error = match tokio::time::timeout_at(deadline, attempt).await {
+                Ok(Ok(())) => return Ok(()),
+                Ok(Err(error)) => error,
+                Err(_) => MailError::Unavailable(format!(
+                    "the deletion reached no write quorum within {DELETE_COMPLETION_MAX:?}"
+                )),
+            };
+            if tokio::time::Instant::now() + DELETE_RETRY_PAUSE >= deadline {
+                return Err(error);
+            }
+            tracing::warn!(address = %lock.address(), %error, "deletion not on a write quorum yet; retrying");
+            tokio::time::sleep(DELETE_RETRY_PAUSE).await;
+            set = self.replica_set(lock.key()).await?;
+        }
     }
 
-    /// A quorum write whose local copy (if this node is a replica) is made only after
-    /// `W - 1` other replicas acknowledged theirs.
-    async fn write_quorum_here_last(
+    /// One attempt of a deletion: the members of `set` that do not hold the
+    /// tombstones yet (`holders`, node ids, grows as acknowledgements arrive, also
+    /// late ones) get them; this node's copy, if it is a member, only once `W - 1`
+    /// others hold theirs.
+    async fn write_deletion(
         &self,
         set: Vec<NodeRef>,
-        writes: Vec<Write>,
+        writes: Arc<Vec<Write>>,
+        holders: Arc<Mutex<Vec<u64>>>,
     ) -> Result<(), MailError> {
-        if !set.iter().any(|member| self.is_me(member)) {
-            return self.write_quorum_to(set, writes).await;
-        }
-        let others: Vec<NodeRef> = set
+        let here = set.iter().any(|member| self.is_me(member));
+        let held = |member: &NodeRef| {
+            holders
+                .lock()
+                .expect("deletion holders mutex poisoned")
+                .contains(&member.id)
+        };
+        let (holding, lacking): (Vec<NodeRef>, Vec<NodeRef>) = set
             .into_iter()
             .filter(|member| !self.is_me(member))
-            .collect();
-        let needed_elsewhere = self.quorum_size() - 1;
-        let writes = Arc::new(writes);
-        if needed_elsewhere > 0 {
-            let remote_writes = writes.clone();
+            .partition(|member| held(member));
+        let needed_elsewhere = self.quorum_size() - usize::from(here);
+        if holding.len() < needed_elsewhere {
+            let (writes, holders) = (writes.clone(), holders.clone());
             self.quorum_of(
-                others,
-                needed_elsewhere,
-                "write",
+                lacking,
+                needed_elsewhere - holding.len(),
+                "delete",
                 Fanout::All,
                 move |mail, member| {
-                    let writes = remote_writes.clone();
-                    async move { mail.apply_on(&member, &writes).await }
+                    let (writes, holders) = (writes.clone(), holders.clone());
+                    async move {
+                        mail.apply_on(&member, &writes).await?;
+                        holders
+                            .lock()
+                            .expect("deletion holders mutex poisoned")
+                            .push(member.id);
+                        Ok(())
+                    }
                 },
             )
             .await?;
         }
-        self.inner.local.apply(writes.to_vec()).await
+        if here {
+            self.inner.local.apply(writes.to_vec()).await?;
+        }
+        Ok(())
     }
 
     /// Fails unless a write quorum of `set` answers a ring call now.

@@ -148,8 +148,10 @@ async fn start_node(
     }
 }
 
-/// Three nodes whose views agree on the replica set of `address`, in set order.
-async fn ring_of_three(
+/// `n` nodes whose views agree on the replica set of `address`; the members of
+/// the set come first, in set order.
+async fn ring_for(
+    n: usize,
     address: &Address,
     shutdown: &CancellationToken,
     tasks: &mut JoinSet<Result<(), cm_net::StartError>>,
@@ -157,7 +159,7 @@ async fn ring_of_three(
     let first = start_node(None, shutdown, tasks).await;
     let entry = first.mail.me().addr;
     let mut nodes = vec![first];
-    for _ in 0..2 {
+    for _ in 1..n {
         nodes.push(start_node(Some(entry.clone()), shutdown, tasks).await);
     }
     let key = nodes[0].mail.key(address);
@@ -167,17 +169,52 @@ async fn ring_of_three(
         for node in &nodes {
             sets.push(node.mail.replica_set(key).await.unwrap_or_default());
         }
-        if sets[0].len() == REPLICAS && sets.iter().all(|set| *set == sets[0]) {
+        let whole = nodes.iter().all(|node| {
+            node.mail
+                .inner
+                .ring
+                .as_ref()
+                .is_some_and(|ring| ring.successors().len() >= n - 1)
+        });
+        if whole && sets[0].len() == REPLICAS && sets.iter().all(|set| *set == sets[0]) {
             let order: Vec<u64> = sets[0].iter().map(|member| member.id).collect();
-            nodes.sort_by_key(|node| order.iter().position(|id| *id == node.mail.me().id));
+            nodes.sort_by_key(|node| {
+                order
+                    .iter()
+                    .position(|id| *id == node.mail.me().id)
+                    .unwrap_or(usize::MAX)
+            });
             return nodes;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "the ring of 3 did not form: {sets:?}"
+            "the ring of {n} did not form: {sets:?}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+async fn account_with_one_message(session_node: &Mail, address: &Address) -> Vec<MessageId> {
+    session_node
+        .create_account(address, "a long enough secret")
+        .await
+        .unwrap();
+    session_node
+        .deliver(
+            std::slice::from_ref(address),
+            Bytes::from_static(b"Subject: keep me\r\n\r\nbody\r\n"),
+        )
+        .await
+        .unwrap()
+}
+
+async fn holders_of_tombstones(nodes: &[TestNode], address: &Address) -> usize {
+    let mut n_holders = 0;
+    for node in nodes {
+        let (_, mailbox) = node.mail.local_replica(address).await.unwrap();
+        n_holders += usize::from(!mailbox.tombstones.is_empty());
+    }
+    n_holders
 }
 
 /// Regression test for fault seed 230: the other replicas failed while this node's
@@ -189,19 +226,9 @@ async fn a_refused_deletion_leaves_no_tombstone_anywhere() {
     let shutdown = CancellationToken::new();
     let mut tasks = JoinSet::new();
     let address = Address::parse("refused@example.org").unwrap();
-    let nodes = ring_of_three(&address, &shutdown, &mut tasks).await;
+    let nodes = ring_for(3, &address, &shutdown, &mut tasks).await;
     let coordinator = &nodes[0].mail;
-    coordinator
-        .create_account(&address, "a long enough secret")
-        .await
-        .unwrap();
-    let ids = coordinator
-        .deliver(
-            std::slice::from_ref(&address),
-            Bytes::from_static(b"Subject: keep me\r\n\r\nbody\r\n"),
-        )
-        .await
-        .unwrap();
+    let ids = account_with_one_message(coordinator, &address).await;
 
     let lock = coordinator.lock_maildrop(&address).await.unwrap();
     for node in &nodes[1..] {
@@ -212,20 +239,50 @@ async fn a_refused_deletion_leaves_no_tombstone_anywhere() {
         matches!(refused, Err(MailError::Unavailable(_))),
         "{refused:?}"
     );
-    for node in &nodes {
-        let (_, mailbox) = node.mail.local_replica(&address).await.unwrap();
-        assert!(
-            mailbox.tombstones.is_empty(),
-            "a refused deletion left a tombstone on {}",
-            node.mail.me().addr
-        );
-    }
+    assert_eq!(
+        holders_of_tombstones(&nodes, &address).await,
+        0,
+        "a refused deletion left tombstones"
+    );
     for node in &nodes[1..] {
         node.refuse_writes.store(false, Ordering::Release);
     }
     assert_eq!(coordinator.list(&lock).await.unwrap().len(), 1);
     coordinator.delete(&lock, &ids).await.unwrap();
     assert!(coordinator.list(&lock).await.unwrap().is_empty());
+    drop(lock);
+    shutdown.cancel();
+    while tasks.join_next().await.is_some() {}
+}
+
+/// Regression test for fault seed 753: a session on a node outside the replica set
+/// reached one of the three replicas; the others failed, QUIT answered -ERR, and the
+/// tombstone on that one replica made the deletion take effect later. A deletion
+/// that reached some replica now keeps going until a write quorum holds it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deletion_that_reached_one_replica_is_completed_not_refused() {
+    let shutdown = CancellationToken::new();
+    let mut tasks = JoinSet::new();
+    let address = Address::parse("partial@example.org").unwrap();
+    let nodes = ring_for(4, &address, &shutdown, &mut tasks).await;
+    let (members, outsider) = (&nodes[..REPLICAS], &nodes[REPLICAS].mail);
+    let ids = account_with_one_message(outsider, &address).await;
+    let lock = outsider.lock_maildrop(&address).await.unwrap();
+    members[1].refuse_writes.store(true, Ordering::Release);
+    members[2].refuse_writes.store(true, Ordering::Release);
+    let recovering = members[2].refuse_writes.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        recovering.store(false, Ordering::Release);
+    });
+    let started = std::time::Instant::now();
+    outsider.delete(&lock, &ids).await.unwrap();
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "acknowledged before a write quorum could hold it"
+    );
+    assert!(holders_of_tombstones(members, &address).await >= 2);
+    assert!(outsider.list(&lock).await.unwrap().is_empty());
     drop(lock);
     shutdown.cancel();
     while tasks.join_next().await.is_some() {}
