@@ -974,15 +974,16 @@ impl Mail {
     /// - this node's own copy, if it is a replica, is written only after `W - 1`
     ///   others hold theirs (fault seed 230: the others failed, the local copy
     ///   survived and anti-entropy spread it);
-    /// - a tombstone that reached some replica will be spread by anti-entropy, so a
-    ///   write that fails after that is not given up: the deletion is retried on the
-    ///   members that lack it until a write quorum holds it, for
-    ///   [`DELETE_COMPLETION_MAX`] at most (fault seed 753: a session on a node outside
-    ///   the set reached one of three replicas, answered -ERR, and the deletion took
-    ///   effect later).
+    /// - once the writes have started, a failure is not given up at once: a
+    ///   tombstone that reached some replica will be spread by anti-entropy, and a
+    ///   lost acknowledgement cannot be told from a failed write. The deletion is
+    ///   retried on the members that lack it until a write quorum holds it, for
+    ///   [`DELETE_COMPLETION_MAX`] at most (fault seed 753: a session on a node
+    ///   outside the set reached one of three replicas, answered -ERR, and the
+    ///   deletion took effect later).
     ///
-    /// What remains: a tombstone that landed on a replica whose acknowledgement was
-    /// lost, with the quorum still out of reach after the retries.
+    /// What remains: a tombstone that landed on some replica while a write quorum
+    /// stayed out of reach for all of [`DELETE_COMPLETION_MAX`].
     pub async fn delete(&self, lock: &MaildropLock, ids: &[MessageId]) -> Result<(), MailError> {
         if !lock.is_held() {
             return Err(MailError::Unavailable(
@@ -1007,7 +1008,9 @@ impl Mail {
         );
         let holders: Arc<Mutex<Vec<u64>>> = Arc::default();
         let deadline = tokio::time::Instant::now() + DELETE_COMPLETION_MAX;
+        let mut n_attempts = 0;
         loop {
+            n_attempts += 1;
             let attempt = self.write_deletion(set, writes.clone(), holders.clone());
             let error = match tokio::time::timeout_at(deadline, attempt).await {
                 Ok(Ok(())) => return Ok(()),
@@ -1019,7 +1022,9 @@ impl Mail {
             if tokio::time::Instant::now() + DELETE_RETRY_PAUSE >= deadline {
                 return Err(error);
             }
-            tracing::warn!(address = %lock.address(), %error, "deletion not on a write quorum yet; retrying");
+            if n_attempts == 1 {
+                tracing::warn!(address = %lock.address(), %error, "deletion not on a write quorum yet; retrying");
+            }
             tokio::time::sleep(DELETE_RETRY_PAUSE).await;
             set = self.replica_set(lock.key()).await?;
         }
