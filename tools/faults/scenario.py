@@ -558,12 +558,13 @@ class Scenario:
         # (a stale read or a deletion listed again is a violation).
         self.history.new(op="quiet")
         self.note("quiet phase: the workload on the converged cluster", fault_event=False)
+        n_errors_before = len(load.errors)
         load.start(phase=1)
         try:
             time.sleep(QUIET_PHASE_S)
         finally:
             load.stop()
-            for error in load.errors[:5]:
+            for error in load.errors[n_errors_before:][:5]:
                 self.extra.append(f"harness: a client failed unexpectedly: {error}")
         self.note(f"quiet phase over: {len(self.history.ops)} operations", fault_event=False)
         self.wait_converged("the quiet phase")
