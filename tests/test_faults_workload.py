@@ -19,17 +19,30 @@ import workload  # noqa: E402
 MESSAGE = b"Subject: x\r\n\r\ntoken FT-1-1\r\n"
 
 
-def scripted_server(quit_reply):
-    """A one-connection POP3 server with one message; `quit_reply` None closes."""
+def serve_once(script):
+    """Runs `script(connection, lines)` for the first connection to a loopback
+    listener, then closes both; returns the listener's port."""
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen(1)
 
     def serve():
         connection, _ = listener.accept()
-        reader = connection.makefile("rb")
+        try:
+            script(connection, connection.makefile("rb"))
+        finally:
+            connection.close()
+            listener.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    return listener.getsockname()[1]
+
+
+def scripted_server(quit_reply):
+    """A one-connection POP3 server with one message; `quit_reply` None closes."""
+    def script(connection, lines):
         connection.sendall(b"+OK ready\r\n")
-        for line in reader:
+        for line in lines:
             command = line.split()[0].upper()
             if command == b"UIDL":
                 connection.sendall(b"+OK\r\n1 u1\r\n.\r\n")
@@ -38,14 +51,11 @@ def scripted_server(quit_reply):
             elif command == b"QUIT":
                 if quit_reply is not None:
                     connection.sendall(quit_reply)
-                break
+                return
             else:
                 connection.sendall(b"+OK\r\n")
-        connection.close()
-        listener.close()
 
-    threading.Thread(target=serve, daemon=True).start()
-    return listener.getsockname()[1]
+    return serve_once(script)
 
 
 def session(quit_reply, monkeypatch):
@@ -81,20 +91,14 @@ def test_a_quit_answered_ok_is_ok(monkeypatch):
 def scripted_smtp_server(final_reply):
     """A one-connection SMTP server that answers the end of DATA with `final_reply`
     (None: closes the connection instead)."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(1)
-
-    def serve():
-        connection, _ = listener.accept()
-        reader = connection.makefile("rb")
+    def script(connection, lines):
         connection.sendall(b"220 scripted ESMTP\r\n")
         in_data = False
-        for line in reader:
+        for line in lines:
             if in_data:
                 if line == b".\r\n":
                     if final_reply is None:
-                        break
+                        return
                     connection.sendall(final_reply)
                     in_data = False
                 continue
@@ -106,14 +110,11 @@ def scripted_smtp_server(final_reply):
                 in_data = True
             elif command == b"QUIT":
                 connection.sendall(b"221 bye\r\n")
-                break
+                return
             else:
                 connection.sendall(b"250 ok\r\n")
-        connection.close()
-        listener.close()
 
-    threading.Thread(target=serve, daemon=True).start()
-    return listener.getsockname()[1]
+    return serve_once(script)
 
 
 def delivery(final_reply, monkeypatch):
