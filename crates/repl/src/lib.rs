@@ -830,11 +830,7 @@ impl Mail {
         lease_id: u64,
         holders: &SharedHolders,
     ) -> LeaseOutcome {
-        let needed = if self.inner.ring.is_some() {
-            self.inner.config.quorum()
-        } else {
-            1
-        };
+        let needed = self.quorum_size();
         if set.len() < needed {
             return LeaseOutcome::NoQuorum(format!(
                 "{} live replica(s), {needed} needed",
