@@ -27,8 +27,9 @@ use cm_store::Write;
 use cm_types::{Address, metrics};
 use tokio_util::sync::CancellationToken;
 
-use crate::convert::address_from_pb;
-use crate::{Mail, MailError, pb};
+use crate::remote::RemoteReplica;
+use crate::replica::ReadFor;
+use crate::{Mail, MailError};
 
 /// Digests sent in one comparison call (and accepted by the server side).
 pub const DIGESTS_PER_CALL_MAX: usize = 1024;
@@ -137,21 +138,9 @@ pub async fn catch_up(mail: Mail, shutdown: CancellationToken) {
     }
     let mut n_writes = 0u64;
     for neighbour in &neighbours {
-        let request = pb::HandoffRequest {
-            id: me.id,
-            addr: me.addr.clone(),
-        };
-        let reply = ring
-            .peers()
-            .replica(
-                &neighbour.addr,
-                "handoff",
-                HANDOFF_CALL_TIMEOUT,
-                |mut client| async move { client.handoff(request).await },
-            )
-            .await;
-        match reply {
-            Ok(reply) => n_writes += reply.n_writes,
+        let neighbour_replica = RemoteReplica::new(ring.clone(), neighbour.clone());
+        match neighbour_replica.handoff(&me, HANDOFF_CALL_TIMEOUT).await {
+            Ok(n_pushed) => n_writes += n_pushed,
             Err(_) => {
                 tracing::warn!(neighbour = %neighbour.addr, "hand-off failed; ordinary rounds will repair")
             }
@@ -233,7 +222,7 @@ pub async fn round_towards(
     mut budget_bytes: usize,
 ) -> Result<RoundOutcome, MailError> {
     let digests = mail.local().digests().await?;
-    let mut by_peer: BTreeMap<(u64, String), Vec<pb::AddressDigest>> = BTreeMap::new();
+    let mut by_peer: BTreeMap<(u64, String), Vec<(Address, u64)>> = BTreeMap::new();
     for (key, address, digest) in digests {
         let Ok(set) = mail.replica_set(key).await else {
             continue;
@@ -245,33 +234,22 @@ pub async fn round_towards(
             by_peer
                 .entry((member.id, member.addr))
                 .or_default()
-                .push(pb::AddressDigest {
-                    address: address.to_string(),
-                    digest,
-                });
+                .push((address.clone(), digest));
         }
     }
     let mut outcome = RoundOutcome::default();
     for ((id, addr), entries) in by_peer {
         let peer = NodeRef { id, addr };
+        let member = mail.member(&peer);
         for chunk in entries.chunks(DIGESTS_PER_CALL_MAX) {
-            let request = pb::DigestRequest {
-                entries: chunk.to_vec(),
-            };
-            let Ok(reply) = mail
-                .remote(&peer, "compare_digests", |mut client| async move {
-                    client.compare_digests(request).await
-                })
-                .await
-            else {
+            let Ok(differing) = member.differing(chunk).await else {
                 break;
             };
-            for text in reply.differing {
+            for address in differing {
                 if budget_bytes == 0 {
                     outcome.n_differing += 1;
                     continue;
                 }
-                let address = address_from_pb(&text)?;
                 match push_address(mail, &peer, &address, &mut budget_bytes).await {
                     Ok(0) => {}
                     Ok(n_writes) => {
@@ -300,8 +278,9 @@ async fn push_address(
 ) -> Result<usize, MailError> {
     let key = mail.key(address);
     let (ours_account, ours) = mail.local_replica(address).await?;
-    let theirs = mail.mailbox_on(peer, address, true).await?;
-    let theirs_account = mail.account_on(peer, address, true).await?;
+    let member = mail.member(peer);
+    let theirs = member.mailbox(address, ReadFor::Repair).await?;
+    let theirs_account = member.account(address, ReadFor::Repair).await?;
 
     let mut batches: Vec<Vec<Write>> = vec![Vec::new()];
     let mut batch_bytes = 0usize;
@@ -359,7 +338,7 @@ async fn push_address(
         n_writes += 1;
     }
     for batch in batches.into_iter().filter(|batch| !batch.is_empty()) {
-        mail.apply_on(peer, &batch).await?;
+        member.apply(&batch).await?;
     }
     metrics::REPAIRS.add(n_writes as u64);
     Ok(n_writes)

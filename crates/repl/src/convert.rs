@@ -1,7 +1,7 @@
 //! Conversions between replication wire messages and the mail model.
 
+use crate::pb;
 use cm_model::{Account, Mailbox, MessageId, Version};
-use cm_net::replica_pb as pb;
 use cm_store::Write;
 use cm_types::Address;
 

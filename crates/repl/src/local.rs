@@ -97,7 +97,7 @@ impl LocalReplica {
         &self,
         address: &Address,
         id: MessageId,
-    ) -> Result<Option<Vec<u8>>, MailError> {
+    ) -> Result<Option<bytes::Bytes>, MailError> {
         Ok(self.store.body(self.key(address), address, id)?)
     }
 

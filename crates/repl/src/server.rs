@@ -3,12 +3,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use cm_net::replica_pb as pb;
+use crate::pb;
 use tonic::{Request, Response, Status};
 
 use crate::MailError;
 use crate::convert::{account_to_pb, address_from_pb, id_from_pb, mailbox_to_pb, writes_from_pb};
 use crate::local::LocalReplica;
+use crate::replica::Replica;
 
 /// Answers the `Replica` gRPC service from the local replica.
 pub struct ReplicaService {
@@ -33,8 +34,8 @@ impl ReplicaService {
         mail: Arc<std::sync::OnceLock<crate::Mail>>,
     ) -> pb::replica_server::ReplicaServer<ReplicaService> {
         pb::replica_server::ReplicaServer::new(ReplicaService::new(local, mail))
-            .max_decoding_message_size(cm_net::MESSAGE_BYTES_MAX_ON_WIRE)
-            .max_encoding_message_size(cm_net::MESSAGE_BYTES_MAX_ON_WIRE)
+            .max_decoding_message_size(crate::MESSAGE_BYTES_MAX_ON_WIRE)
+            .max_encoding_message_size(crate::MESSAGE_BYTES_MAX_ON_WIRE)
     }
 }
 
@@ -126,13 +127,21 @@ impl pb::replica_server::Replica for ReplicaService {
         if entries.len() > crate::antientropy::DIGESTS_PER_CALL_MAX {
             return Err(Status::invalid_argument("too many digests in one call"));
         }
-        let mut differing = Vec::new();
+        let mut digests = Vec::with_capacity(entries.len());
         for entry in entries {
-            let address = address_from_pb(&entry.address).map_err(status)?;
-            if self.local.digest_of(&address).await.map_err(status)? != entry.digest {
-                differing.push(entry.address);
-            }
+            digests.push((
+                address_from_pb(&entry.address).map_err(status)?,
+                entry.digest,
+            ));
         }
+        let differing = self
+            .local
+            .differing(&digests)
+            .await
+            .map_err(status)?
+            .iter()
+            .map(ToString::to_string)
+            .collect();
         Ok(Response::new(pb::DigestReply { differing }))
     }
 

@@ -20,6 +20,7 @@ pub use commit::GroupCommitter;
 
 use std::path::{Path, PathBuf};
 
+use bytes::Bytes;
 use cm_model::{Account, Mailbox, MessageId};
 use cm_types::{Address, RingKey, hash64};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
@@ -92,7 +93,8 @@ pub enum Write {
         key: RingKey,
         address: Address,
         id: MessageId,
-        body: Vec<u8>,
+        /// Shared, not copied, between the writes of every recipient and replica.
+        body: Bytes,
     },
     Tombstone {
         key: RingKey,
@@ -210,7 +212,7 @@ impl Store {
                         }
                         index.insert(row, (body.len() as u64, hash64(body)))?;
                         if tombstones.get(row)?.is_none() {
-                            bodies.insert(row, body.as_slice())?;
+                            bodies.insert(row, body.as_ref())?;
                         }
                     }
                     Write::Tombstone {
@@ -296,7 +298,7 @@ impl Store {
         key: RingKey,
         address: &Address,
         id: MessageId,
-    ) -> Result<Option<Vec<u8>>, StoreError> {
+    ) -> Result<Option<Bytes>, StoreError> {
         let txn = self.db.begin_read()?;
         let row = (key, address.as_str(), id.as_u128());
         let Some(body) = txn
@@ -314,7 +316,7 @@ impl Store {
         if size != body.len() as u64 || checksum != hash64(&body) {
             return Err(self.corrupt(format!("message {id} of {address} fails its checksum")));
         }
-        Ok(Some(body))
+        Ok(Some(Bytes::from(body)))
     }
 
     /// Removes tombstones deleted before `cutoff_ms`, with the index entries and

@@ -14,7 +14,7 @@ fn message(address: &Address, id: u128, body: &[u8]) -> Write {
         key: key_of_address(address, 64),
         address: address.clone(),
         id: MessageId::from_u128(id),
-        body: body.to_vec(),
+        body: Bytes::copy_from_slice(body),
     }
 }
 
@@ -50,7 +50,7 @@ fn messages_and_tombstones_survive_reopening() {
             .body(key, &alice, MessageId::from_u128(2))
             .unwrap()
             .unwrap(),
-        b"two\r\n"
+        &b"two\r\n"[..]
     );
     assert_eq!(
         store.body(key, &alice, MessageId::from_u128(1)).unwrap(),
