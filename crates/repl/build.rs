@@ -10,6 +10,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .bytes(".chordmail.replica.v1.MessageRecord.body")
         .bytes(".chordmail.replica.v1.BodyReply.body")
+        .bytes(".chordmail.replica.v1.OutboundRecord.body")
         .compile_protos(&["proto/replica.proto"], &["proto"])?;
     Ok(())
 }

@@ -5,7 +5,9 @@
 //! - [`Mailbox`] is the set of message ids received minus a set of tombstones, and
 //!   [`Mailbox::merge`] is set union on both, so replicas reconcile without conflicts;
 //! - [`Account`] is a last-writer-wins register ordered by [`Version`], a hybrid
-//!   logical clock reading tagged with the writing node's id.
+//!   logical clock reading tagged with the writing node's id;
+//! - [`Outbound`] is one entry of the outbound queue (mail for other domains),
+//!   merged per recipient outcome, attempt and schedule.
 //!
 //! This crate deliberately knows nothing of storage, the ring or any wire protocol;
 //! it never reads the clock itself ([`HybridClock::tick`] is given the wall time).
@@ -14,8 +16,10 @@ pub mod account;
 pub mod clock;
 pub mod mailbox;
 pub mod message;
+pub mod outbound;
 
 pub use account::{Account, PasswordError};
 pub use clock::{HybridClock, Version};
 pub use mailbox::Mailbox;
 pub use message::{Message, MessageId, MessageIdError};
+pub use outbound::{Attempt, Outbound, Outcome};

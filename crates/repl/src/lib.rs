@@ -22,7 +22,7 @@
 //!
 //! Reading order: [`Mail`] (this file) and its operations by concern — [`accounts`],
 //! [`mailbox`] (deliveries, reads with read repair), [`deletion`], [`lease`]
-//! (maildrop leases) — all built on [`quorum`] (the fan-out to a replica set) and
+//! (maildrop leases), [`outbound`] (the outbound queue's entries) — all built on [`quorum`] (the fan-out to a replica set) and
 //! on the seam in [`replica`]: one trait for what a member of a replica set can do,
 //! implemented by this node's [`LocalReplica`] and by [`remote::RemoteReplica`]
 //! over gRPC, chosen in one place ([`placement::RingMembers`]). [`server`] answers
@@ -35,6 +35,7 @@ mod deletion;
 mod lease;
 mod local;
 mod mailbox;
+mod outbound;
 pub mod placement;
 mod quorum;
 pub mod remote;
@@ -51,7 +52,7 @@ pub use deletion::DELETE_COMPLETION_MAX;
 pub use lease::{LEASE_TTL, MaildropLock};
 pub use local::{LocalReplica, digest};
 pub use remote::{MESSAGE_BYTES_MAX_ON_WIRE, REPLICA_CALL_TIMEOUT};
-pub use replica::{Members, ReadFor, Replica};
+pub use replica::{Differing, Digests, Members, ReadFor, Replica};
 pub use server::ReplicaService;
 
 use std::collections::HashMap;

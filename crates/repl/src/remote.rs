@@ -14,11 +14,13 @@ use cm_types::metrics;
 use tonic::transport::Channel;
 
 use crate::MailError;
-use crate::convert::{account_from_pb, address_from_pb, id_to_pb, mailbox_from_pb, writes_to_pb};
+use crate::convert::{
+    account_from_pb, address_from_pb, id_from_pb, id_to_pb, mailbox_from_pb, writes_to_pb,
+};
 use crate::lease::LEASE_TTL;
 use crate::pb;
 use crate::pb::replica_client::ReplicaClient;
-use crate::replica::{ReadFor, Replica};
+use crate::replica::{Differing, Digests, ReadFor, Replica};
 
 /// Deadline of one replication call; bodies of up to 25 MiB must fit in it.
 pub const REPLICA_CALL_TIMEOUT: Duration = Duration::from_secs(5);
@@ -186,12 +188,21 @@ impl Replica for RemoteReplica {
         .map(|_| ())
     }
 
-    async fn differing(&self, digests: &[(Address, u64)]) -> Result<Vec<Address>, MailError> {
+    async fn differing(&self, digests: &Digests) -> Result<Differing, MailError> {
         let request = pb::DigestRequest {
             entries: digests
+                .addresses
                 .iter()
                 .map(|(address, digest)| pb::AddressDigest {
                     address: address.to_string(),
+                    digest: *digest,
+                })
+                .collect(),
+            outbound: digests
+                .outbound
+                .iter()
+                .map(|(id, digest)| pb::OutboundDigest {
+                    id: id_to_pb(*id),
                     digest: *digest,
                 })
                 .collect(),
@@ -203,11 +214,18 @@ impl Replica for RemoteReplica {
                 |mut client| async move { client.compare_digests(request).await },
             )
             .await?;
-        reply
-            .differing
-            .iter()
-            .map(|text| address_from_pb(text))
-            .collect()
+        Ok(Differing {
+            addresses: reply
+                .differing
+                .iter()
+                .map(|text| address_from_pb(text))
+                .collect::<Result<_, _>>()?,
+            outbound: reply
+                .differing_outbound
+                .iter()
+                .map(|id| id_from_pb(id))
+                .collect::<Result<_, _>>()?,
+        })
     }
 
     /// A ring call (not a replication one): the node must answer with the id this

@@ -20,6 +20,21 @@ use crate::MailError;
 use crate::lease::LEASE_TTL;
 use crate::local::LocalReplica;
 
+/// What anti-entropy compares with a member: a digest per address and per
+/// outbound entry held here.
+#[derive(Clone, Debug, Default)]
+pub struct Digests {
+    pub addresses: Vec<(Address, u64)>,
+    pub outbound: Vec<(MessageId, u64)>,
+}
+
+/// The items of [`Digests`] a member holds differently (or lacks).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Differing {
+    pub addresses: Vec<Address>,
+    pub outbound: Vec<MessageId>,
+}
+
 /// Why a read is made, which decides whether a replica that is catching up may
 /// answer it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -56,9 +71,9 @@ pub trait Replica: Send + Sync {
 
     async fn release_lease(&self, address: &Address, lease_id: u64) -> Result<(), MailError>;
 
-    /// The addresses among `digests` whose state differs here (or that this member
-    /// lacks); see [`crate::digest`].
-    async fn differing(&self, digests: &[(Address, u64)]) -> Result<Vec<Address>, MailError>;
+    /// The addresses and outbound entries among `digests` whose state differs here
+    /// (or that this member lacks); see [`crate::digest`].
+    async fn differing(&self, digests: &Digests) -> Result<Differing, MailError>;
 
     /// `Ok` when the member answers now, as the node it is meant to be.
     async fn ping(&self) -> Result<(), MailError>;
@@ -151,11 +166,16 @@ impl Replica for LocalReplica {
         Ok(())
     }
 
-    async fn differing(&self, digests: &[(Address, u64)]) -> Result<Vec<Address>, MailError> {
-        let mut differing = Vec::new();
-        for (address, digest) in digests {
+    async fn differing(&self, digests: &Digests) -> Result<Differing, MailError> {
+        let mut differing = Differing::default();
+        for (address, digest) in &digests.addresses {
             if self.digest_of(address).await? != *digest {
-                differing.push(address.clone());
+                differing.addresses.push(address.clone());
+            }
+        }
+        for (id, digest) in &digests.outbound {
+            if self.outbound_digest_of(*id)? != Some(*digest) {
+                differing.outbound.push(*id);
             }
         }
         Ok(differing)

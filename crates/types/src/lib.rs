@@ -51,6 +51,14 @@ pub fn key_of_address(address: &Address, bits: u32) -> RingKey {
     truncate_key(hash64(address.as_str().as_bytes()), bits)
 }
 
+/// The ring key of an outbound queue entry, from its 128-bit id: entries spread
+/// over the ring independently of their sender and recipients.
+pub fn key_of_outbound(id: u128, bits: u32) -> RingKey {
+    let mut named = *b"outbound:0123456789abcdef";
+    named[9..].copy_from_slice(&id.to_be_bytes());
+    truncate_key(hash64(&named), bits)
+}
+
 /// The ring id of a node started without `--id`: the hash of its ring address.
 pub fn key_of_node_addr(addr: &str, bits: u32) -> RingKey {
     truncate_key(hash64(addr.as_bytes()), bits)
