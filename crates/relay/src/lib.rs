@@ -1,0 +1,34 @@
+//! Mail to other domains: everything of the outbound queue that talks to the
+//! outside world (DESIGN.md §12).
+//!
+//! The crate is deliberately not the queue: it stores nothing, schedules nothing and
+//! knows nothing of the ring. The node keeps queue entries as replicated ring data
+//! and calls in here to decide when to try, to try, and to write a bounce. It depends
+//! on `cm-types` only.
+//!
+//! In reading order:
+//! - [`config`]: [`RelayConfig`], the `[relay]` table, with the retry policy
+//!   ([`RelayConfig::retry_delay`], [`RelayConfig::expired`]);
+//! - [`route`]: [`route()`], the hosts to try for a domain (routes, smarthost, DNS
+//!   MX), behind the [`Resolver`] trait with [`DnsResolver`] as the real one;
+//! - [`deliver`]: [`deliver_batch`], several messages for one domain over one
+//!   connection, with a [`RecipientOutcome`] per recipient;
+//! - `client`: the small SMTP client under it (bounded replies, timeouts,
+//!   opportunistic STARTTLS, dot-stuffing);
+//! - [`dsn`]: [`dsn()`], RFC 3464 bounces, and [`should_bounce`], which keeps
+//!   bounces from looping;
+//! - [`limits`]: every bound, as named constants.
+
+mod client;
+pub mod config;
+pub mod deliver;
+pub mod dsn;
+mod error;
+pub mod limits;
+pub mod route;
+
+pub use config::{HostPort, RelayConfig};
+pub use deliver::{Envelope, OutboundMessage, RecipientOutcome, deliver_batch};
+pub use dsn::{DsnFailure, DsnReport, dsn, is_bounce, should_bounce};
+pub use error::RelayError;
+pub use route::{DnsFailure, DnsResolver, MxRecord, Resolver, SMTP_PORT, route};
