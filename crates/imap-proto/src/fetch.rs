@@ -169,11 +169,11 @@ fn resolve<'m>(message: &'m Message<'m>, path: &[u32]) -> Option<(&'m Message<'m
     let mut current: &'m Message<'m> = message;
     let mut part_idx = 0usize;
     for (step_idx, number) in path.iter().enumerate() {
-        if step_idx > 0 {
-            if let PartType::Message(nested) = &current.parts.get(part_idx)?.body {
-                current = nested;
-                part_idx = 0;
-            }
+        if step_idx > 0
+            && let PartType::Message(nested) = &current.parts.get(part_idx)?.body
+        {
+            current = nested;
+            part_idx = 0;
         }
         match &current.parts.get(part_idx)?.body {
             PartType::Multipart(children) => {

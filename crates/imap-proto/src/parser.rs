@@ -558,7 +558,7 @@ fn decode(command: &[u8]) -> Parsed {
         return parsed;
     }
     match CommandCodec::default().decode(command) {
-        Ok((rest, decoded)) if rest.is_empty() => {
+        Ok((b"", decoded)) => {
             let tag = decoded.tag.inner().to_owned();
             match convert(decoded.body) {
                 Ok(command) => Parsed::Command { tag, command },
@@ -1005,4 +1005,313 @@ fn search_key(key: &CodecSearchKey<'_>, depth: usize) -> Result<SearchKey, Proto
         CodecSearchKey::Smaller(size) => SearchKey::Smaller(*size),
     };
     Ok(key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Feeds `input` in two pieces split at `split_idx` and collects every result.
+    fn parse_all_split(input: &[u8], split_idx: usize) -> Vec<Parsed> {
+        let mut parser = Parser::new();
+        let mut results = Vec::new();
+        for mut chunk in [&input[..split_idx], &input[split_idx..]] {
+            while !chunk.is_empty() {
+                let (n_consumed, parsed) = parser.feed(chunk);
+                assert!(n_consumed <= chunk.len());
+                chunk = &chunk[n_consumed..];
+                assert!(n_consumed > 0 || parsed.is_some(), "no progress");
+                results.extend(parsed);
+            }
+        }
+        results
+    }
+
+    /// Parses `input` whole and split at every byte offset; all must agree.
+    fn parse_everywhere(input: &[u8]) -> Vec<Parsed> {
+        let whole = parse_all_split(input, input.len());
+        for split_idx in 0..input.len() {
+            assert_eq!(
+                parse_all_split(input, split_idx),
+                whole,
+                "{input:?} split at {split_idx}"
+            );
+        }
+        whole
+    }
+
+    fn command(tag: &str, command: Command) -> Parsed {
+        Parsed::Command {
+            tag: tag.to_owned(),
+            command,
+        }
+    }
+
+    fn rejected(tag: Option<&str>, error: ProtoError) -> Parsed {
+        Parsed::Rejected(Rejected {
+            tag: tag.map(str::to_owned),
+            error,
+        })
+    }
+
+    #[test]
+    fn commands_parse() {
+        let whole = |text| Section {
+            part: Vec::new(),
+            text,
+        };
+        let table: Vec<(&str, Vec<Parsed>)> = vec![
+            (
+                "a1 CAPABILITY\r\n",
+                vec![command("a1", Command::Capability)],
+            ),
+            ("a1 noop\r\n", vec![command("a1", Command::Noop)]),
+            ("a1 NAMESPACE\r\n", vec![command("a1", Command::Namespace)]),
+            ("a1 ID NIL\r\n", vec![command("a1", Command::Id)]),
+            (
+                "a1 ID (\"name\" \"mutt\")\r\n",
+                vec![command("a1", Command::Id)],
+            ),
+            (
+                "a1 LOGIN \"al ice\" {3}\r\npw!\r\n",
+                vec![
+                    Parsed::LiteralAccepted,
+                    command(
+                        "a1",
+                        Command::Login {
+                            user: "al ice".into(),
+                            password: Secret(b"pw!".to_vec()),
+                        },
+                    ),
+                ],
+            ),
+            (
+                "a1 LOGIN alice {3+}\r\npw!\r\n",
+                vec![command(
+                    "a1",
+                    Command::Login {
+                        user: "alice".into(),
+                        password: Secret(b"pw!".to_vec()),
+                    },
+                )],
+            ),
+            (
+                "a1 AUTHENTICATE PLAIN AGEAYg==\r\n",
+                vec![command(
+                    "a1",
+                    Command::Authenticate {
+                        mechanism: "PLAIN".into(),
+                        initial_response: Some(Secret(b"\0a\0b".to_vec())),
+                    },
+                )],
+            ),
+            (
+                "a1 select inbox\r\n",
+                vec![command(
+                    "a1",
+                    Command::Select {
+                        folder: "INBOX".into(),
+                        read_only: false,
+                    },
+                )],
+            ),
+            (
+                "a1 EXAMINE \"Sent\"\r\n",
+                vec![command(
+                    "a1",
+                    Command::Select {
+                        folder: "Sent".into(),
+                        read_only: true,
+                    },
+                )],
+            ),
+            (
+                "a1 UID FETCH 1:*,7 (FLAGS BODY.PEEK[1.2.HEADER.FIELDS.NOT (X-A)]<0.10>)\r\n",
+                vec![command(
+                    "a1",
+                    Command::Fetch {
+                        set: SeqSet(vec![(Some(1), None), (Some(7), Some(7))]),
+                        items: vec![
+                            FetchItem::Flags,
+                            FetchItem::Body {
+                                section: Section {
+                                    part: vec![1, 2],
+                                    text: SectionText::HeaderFields {
+                                        names: vec!["X-A".into()],
+                                        not: true,
+                                    },
+                                },
+                                partial: Some((0, 10)),
+                                peek: true,
+                                legacy: None,
+                            },
+                        ],
+                        uid: true,
+                    },
+                )],
+            ),
+            (
+                "a1 FETCH 2 FAST\r\n",
+                vec![command(
+                    "a1",
+                    Command::Fetch {
+                        set: SeqSet(vec![(Some(2), Some(2))]),
+                        items: vec![
+                            FetchItem::Flags,
+                            FetchItem::InternalDate,
+                            FetchItem::Rfc822Size,
+                        ],
+                        uid: false,
+                    },
+                )],
+            ),
+            (
+                "a1 FETCH 2 RFC822\r\n",
+                vec![command(
+                    "a1",
+                    Command::Fetch {
+                        set: SeqSet(vec![(Some(2), Some(2))]),
+                        items: vec![FetchItem::Body {
+                            section: whole(SectionText::Whole),
+                            partial: None,
+                            peek: false,
+                            legacy: Some("RFC822"),
+                        }],
+                        uid: false,
+                    },
+                )],
+            ),
+            (
+                "a1 UID EXPUNGE 3:5,9\r\n",
+                vec![command(
+                    "a1",
+                    Command::Expunge {
+                        uids: Some(SeqSet(vec![(Some(3), Some(5)), (Some(9), Some(9))])),
+                    },
+                )],
+            ),
+            (
+                "a1 UID EXPUNGE x\r\n",
+                vec![rejected(Some("a1"), ProtoError::Syntax)],
+            ),
+            (
+                "a1 UID MOVE 4 Trash\r\n",
+                vec![command(
+                    "a1",
+                    Command::Copy {
+                        set: SeqSet(vec![(Some(4), Some(4))]),
+                        folder: "Trash".into(),
+                        uid: true,
+                        remove_source: true,
+                    },
+                )],
+            ),
+            (
+                "a1 SEARCH NOT SEEN OR FROM ann SINCE 2-Jan-1970\r\n",
+                vec![command(
+                    "a1",
+                    Command::Search {
+                        key: SearchKey::And(vec![
+                            SearchKey::Not(Box::new(SearchKey::Flag("\\Seen".into(), true))),
+                            SearchKey::Or(
+                                Box::new(SearchKey::Header("From".into(), "ann".into())),
+                                Box::new(SearchKey::Since(1)),
+                            ),
+                        ]),
+                        uid: false,
+                    },
+                )],
+            ),
+            (
+                "a1 APPEND INBOX (\\Seen) {2}\r\nhi\r\n",
+                vec![
+                    Parsed::LiteralAccepted,
+                    command(
+                        "a1",
+                        Command::Append {
+                            folder: "INBOX".into(),
+                            flags: vec!["\\Seen".into()],
+                            internal_date_s: None,
+                            message: b"hi".to_vec(),
+                        },
+                    ),
+                ],
+            ),
+            (
+                "a1 STARTTLS\r\na2 IDLE\r\n",
+                vec![
+                    command("a1", Command::StartTls),
+                    command("a2", Command::Idle),
+                ],
+            ),
+            (
+                "a1 FROB\r\n",
+                vec![rejected(Some("a1"), ProtoError::Syntax)],
+            ),
+            (
+                "a1 FETCH 0 FLAGS\r\n",
+                vec![rejected(Some("a1"), ProtoError::Syntax)],
+            ),
+            ("\r\n", vec![rejected(None, ProtoError::Syntax)]),
+            ("{5}\r\n", vec![Parsed::LiteralAccepted]),
+            (
+                "a1 LOGIN a {70000}\r\n",
+                vec![rejected(Some("a1"), ProtoError::LiteralTooLarge)],
+            ),
+            (
+                "a1 LOGIN a {70000+}\r\n",
+                vec![Parsed::Overrun {
+                    tag: Some("a1".into()),
+                }],
+            ),
+        ];
+        for (input, expected) in table {
+            assert_eq!(parse_everywhere(input.as_bytes()), expected, "{input:?}");
+        }
+    }
+
+    #[test]
+    fn a_long_line_is_dropped_and_answered_with_its_tag() {
+        let input = format!(
+            "t9 LIST \"\" {}\r\nt10 NOOP\r\n",
+            "x".repeat(IMAP_LINE_BYTES_MAX)
+        );
+        assert_eq!(
+            parse_everywhere(input.as_bytes()),
+            [
+                rejected(Some("t9"), ProtoError::LineTooLong),
+                command("t10", Command::Noop)
+            ]
+        );
+        // Nothing of the long line is kept while it is dropped.
+        let mut parser = Parser::new();
+        parser.feed(input[..IMAP_LINE_BYTES_MAX + 10].as_bytes());
+        assert!(parser.command.capacity() <= IMAP_LINE_BYTES_MAX + IMAP_TAG_BYTES_MAX);
+    }
+
+    #[test]
+    fn sasl_and_idle_lines() {
+        let mut parser = Parser::new();
+        parser.expect(Expect::SaslResponse);
+        assert_eq!(
+            parser.feed(b"AGEAYg==\r\n"),
+            (10, Some(Parsed::SaslResponse(Secret(b"AGEAYg==".to_vec()))))
+        );
+        assert_eq!(parser.feed(b"*\r\n"), (3, Some(Parsed::SaslCancel)));
+        parser.expect(Expect::IdleDone);
+        assert_eq!(parser.feed(b"done\r\n"), (6, Some(Parsed::IdleDone)));
+        assert_eq!(parser.feed(b"a NOOP\r\n"), (8, Some(Parsed::IdleGarbage)));
+    }
+
+    #[test]
+    fn sequence_sets() {
+        let set = parse_seq_set("3:1,7,9:*").unwrap();
+        let members: Vec<u32> = (1..=12).filter(|value| set.contains(*value, 10)).collect();
+        assert_eq!(members, [1, 2, 3, 7, 9, 10]);
+        assert!(
+            parse_seq_set("0").is_none()
+                && parse_seq_set("1:").is_none()
+                && parse_seq_set("+1").is_none()
+        );
+    }
 }

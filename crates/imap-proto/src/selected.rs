@@ -74,6 +74,14 @@ impl<Id: Clone + PartialEq> Selected<Id> {
         }
     }
 
+    /// The index of the message with `uid`, by binary search (`messages` is in UID
+    /// order).
+    pub fn index_of(&self, uid: u32) -> Option<usize> {
+        self.messages
+            .binary_search_by_key(&uid, |entry| entry.uid)
+            .ok()
+    }
+
     pub fn largest_uid(&self) -> u32 {
         self.messages.last().map_or(0, |entry| entry.uid)
     }
@@ -134,12 +142,13 @@ impl<Id: Clone + PartialEq> Selected<Id> {
     /// Removes `uids` from view, writing one `EXPUNGE` per message, highest
     /// sequence number first so that no number shifts under the client.
     pub fn expunge(&mut self, uids: &[u32], out: &mut Vec<u8>) {
-        for msg_idx in (0..self.messages.len()).rev() {
-            if uids.contains(&self.messages[msg_idx].uid) {
-                self.messages.remove(msg_idx);
-                push_untagged(out, &format!("{} EXPUNGE", msg_idx + 1));
-            }
+        let uids: std::collections::BTreeSet<u32> = uids.iter().copied().collect();
+        let mut msg_idxs: Vec<usize> = uids.iter().filter_map(|uid| self.index_of(*uid)).collect();
+        msg_idxs.sort_unstable();
+        for msg_idx in msg_idxs.into_iter().rev() {
+            push_untagged(out, &format!("{} EXPUNGE", msg_idx + 1));
         }
+        self.messages.retain(|entry| !uids.contains(&entry.uid));
         self.vanished.retain(|uid| !uids.contains(uid));
     }
 

@@ -857,7 +857,7 @@ impl<Id: Clone + PartialEq + fmt::Debug> Session<Id> {
                 if uid && !items.contains(&FetchItem::Uid) {
                     items.insert(0, FetchItem::Uid);
                 }
-                let scan = Scan {
+                let mut scan = Scan {
                     tag,
                     uid,
                     uids,
@@ -867,32 +867,29 @@ impl<Id: Clone + PartialEq + fmt::Debug> Session<Id> {
                 let sets_seen =
                     matches!(&scan.kind, ScanKind::Fetch { items } if fetch::sets_seen(items));
                 if sets_seen && !selected.read_only {
-                    let unseen: Vec<u32> =
-                        scan.uids
-                            .iter()
-                            .copied()
-                            .filter(|uid| {
-                                selected.messages.iter().any(|entry| {
-                                    entry.uid == *uid && !has_flag(&entry.flags, "\\Seen")
-                                })
-                            })
-                            .collect();
-                    if !unseen.is_empty() {
-                        let mut changes = Vec::new();
-                        let mut updated = Vec::new();
-                        for entry in selected
-                            .messages
-                            .iter()
-                            .filter(|entry| unseen.contains(&entry.uid))
+                    let mut changes = Vec::new();
+                    let mut updated = Vec::new();
+                    for uid in &scan.uids {
+                        let entry = &selected.messages
+                            [selected.index_of(*uid).expect("a target is in view")];
+                        if has_flag(&entry.flags, "\\Seen") {
+                            continue;
+                        }
+                        changes.push(FlagChange {
+                            id: entry.id.clone(),
+                            add: vec!["\\Seen".to_owned()],
+                            remove: Vec::new(),
+                        });
+                        let mut flags = entry.flags.clone();
+                        flags.push("\\Seen".to_owned());
+                        updated.push((entry.uid, flags));
+                    }
+                    if !changes.is_empty() {
+                        // RFC 9051 §6.4.5: the flags changed, so they go out too.
+                        if let ScanKind::Fetch { items } = &mut scan.kind
+                            && !items.contains(&FetchItem::Flags)
                         {
-                            changes.push(FlagChange {
-                                id: entry.id.clone(),
-                                add: vec!["\\Seen".to_owned()],
-                                remove: Vec::new(),
-                            });
-                            let mut flags = entry.flags.clone();
-                            flags.push("\\Seen".to_owned());
-                            updated.push((entry.uid, flags));
+                            items.push(FetchItem::Flags);
                         }
                         let tag = scan.tag.clone();
                         self.pending = Pending::Answer(Awaiting::Store {
@@ -941,11 +938,9 @@ impl<Id: Clone + PartialEq + fmt::Debug> Session<Id> {
                 let uids = targets(selected, &set, uid)?;
                 let mut changes = Vec::new();
                 let mut updated = Vec::new();
-                for entry in selected
-                    .messages
-                    .iter()
-                    .filter(|entry| uids.contains(&entry.uid))
-                {
+                for entry in uids.iter().map(|uid| {
+                    &selected.messages[selected.index_of(*uid).expect("a target is in view")]
+                }) {
                     let new_flags: Vec<String> = match mode {
                         StoreMode::Replace => flags.clone(),
                         StoreMode::Add => {
@@ -1191,6 +1186,13 @@ impl<Id: Clone + PartialEq + fmt::Debug> Session<Id> {
                     &mut out,
                     &format!("OK [UIDNEXT {}] predicted next UID", selected.uid_next),
                 );
+                if self.rev2 {
+                    // RFC 9051 §6.3.2: the folder's LIST response.
+                    let mut line = b"* LIST () \"/\" ".to_vec();
+                    push_string(&mut line, selected.folder.as_bytes());
+                    out.extend_from_slice(&line);
+                    out.extend_from_slice(b"\r\n");
+                }
                 let (code, verb) = if read_only {
                     ("READ-ONLY", "EXAMINE")
                 } else {
@@ -1451,10 +1453,11 @@ impl<Id: Clone + PartialEq + fmt::Debug> Session<Id> {
             panic!("STORE outside SELECTED");
         };
         let mut out = Vec::new();
-        for (msg_idx, entry) in selected.messages.iter_mut().enumerate() {
-            let Some((_, flags)) = updated.iter().find(|(uid, _)| *uid == entry.uid) else {
+        for (message_uid, flags) in &updated {
+            let Some(msg_idx) = selected.index_of(*message_uid) else {
                 continue;
             };
+            let entry = &mut selected.messages[msg_idx];
             entry.flags = flags.clone();
             if !silent {
                 let mut line = format!("{} FETCH (", msg_idx + 1);
@@ -1511,7 +1514,7 @@ impl<Id: Clone + PartialEq + fmt::Debug> Session<Id> {
         let largest_uid = selected.largest_uid();
         let n_messages = selected.messages.len() as u32;
         for (uid, body) in scan.uids[scan.next_idx..batch_end_idx].iter().zip(&bodies) {
-            let Some(msg_idx) = selected.messages.iter().position(|entry| entry.uid == *uid) else {
+            let Some(msg_idx) = selected.index_of(*uid) else {
                 continue;
             };
             let entry = &selected.messages[msg_idx];
@@ -1619,7 +1622,11 @@ fn targets<Id: Clone + PartialEq>(
 
 fn ids_of<Id: Clone + PartialEq>(selected: &Selected<Id>, uids: &[u32]) -> Vec<Id> {
     uids.iter()
-        .filter_map(|uid| selected.messages.iter().find(|entry| entry.uid == *uid))
+        .filter_map(|uid| {
+            selected
+                .index_of(*uid)
+                .map(|msg_idx| &selected.messages[msg_idx])
+        })
         .map(|entry| entry.id.clone())
         .collect()
 }
