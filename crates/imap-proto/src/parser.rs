@@ -1285,7 +1285,7 @@ mod tests {
         );
         // Nothing of the long line is kept while it is dropped.
         let mut parser = Parser::new();
-        parser.feed(input[..IMAP_LINE_BYTES_MAX + 10].as_bytes());
+        parser.feed(&input.as_bytes()[..IMAP_LINE_BYTES_MAX + 10]);
         assert!(parser.command.capacity() <= IMAP_LINE_BYTES_MAX + IMAP_TAG_BYTES_MAX);
     }
 

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use proptest::prelude::*;
 
 use super::*;
-use crate::limits::{IMAP_LINE_BYTES_MAX, IMAP_LITERAL_BYTES_MAX};
+use crate::limits::{IMAP_BODIES_PER_STEP_MAX, IMAP_LINE_BYTES_MAX, IMAP_LITERAL_BYTES_MAX};
 use crate::selected::Entry;
 
 const PLAIN: &str = "Subject: one\r\nFrom: Ann <ann@example.org>\r\nTo: bob@example.org\r\nMessage-ID: <1@x>\r\n\r\nhello\r\n";
@@ -174,19 +174,17 @@ impl FakeStore {
                 }),
                 None => Err(Failure::NonExistent),
             }),
-            Request::Create { folder } => Answer::Done(if self.folders.contains_key(&folder) {
-                Err(Failure::AlreadyExists)
-            } else {
-                self.folders.insert(
-                    folder,
-                    FakeFolder {
+            Request::Create { folder } => Answer::Done(match self.folders.entry(folder) {
+                std::collections::btree_map::Entry::Occupied(_) => Err(Failure::AlreadyExists),
+                std::collections::btree_map::Entry::Vacant(vacant) => {
+                    vacant.insert(FakeFolder {
                         uid_validity: 9,
                         uid_next: 1,
                         subscribed: false,
                         messages: BTreeMap::new(),
-                    },
-                );
-                Ok(())
+                    });
+                    Ok(())
+                }
             }),
             Request::Delete { folder } => Answer::Done(if folder == "INBOX" {
                 Err(Failure::Cannot)
@@ -281,6 +279,7 @@ struct Driver {
     store: FakeStore,
     closed: bool,
     idling: bool,
+    n_requests: usize,
 }
 
 impl Driver {
@@ -290,6 +289,7 @@ impl Driver {
             store: FakeStore::new(),
             closed: false,
             idling: false,
+            n_requests: 0,
         }
     }
 
@@ -342,7 +342,8 @@ impl Driver {
                     return true;
                 }
                 Action::Request(request) => {
-                    step = self.session.answer(self.store.carry_out(request))
+                    self.n_requests += 1;
+                    step = self.session.answer(self.store.carry_out(request));
                 }
             }
         }
@@ -354,11 +355,11 @@ impl Driver {
             let (n_consumed, step) = self.session.feed(input);
             assert!(n_consumed > 0 || step.is_some(), "no progress");
             input = &input[n_consumed..];
-            if let Some(step) = step {
-                if self.run(step, &mut wire) {
-                    // STARTTLS: bytes read before the handshake are dropped.
-                    input = &[];
-                }
+            if let Some(step) = step
+                && self.run(step, &mut wire)
+            {
+                // STARTTLS: bytes read before the handshake are dropped.
+                input = &[];
             }
         }
         String::from_utf8_lossy(&wire).into_owned()
@@ -881,6 +882,129 @@ fn bad_input_gets_bad_and_limits_hold() {
         "* BYE literal too large\r\n"
     );
     assert!(driver.closed);
+}
+
+const NESTED: &str = "Subject: outer\r\nContent-Type: multipart/mixed; boundary=x\r\n\r\n--x\r\nContent-Type: text/plain\r\n\r\nsee attached\r\n--x\r\n\
+    Content-Type: message/rfc822\r\n\r\nSubject: inner\r\nTo: undisclosed-recipients:;\r\n\r\ninner body\r\n--x--\r\n";
+
+#[test]
+fn sections_of_an_encapsulated_message() {
+    let mut driver = Driver::selected();
+    driver.store.deliver("INBOX", NESTED.as_bytes());
+    assert_eq!(
+        driver.send(b"n NOOP\r\n"),
+        "* 4 EXISTS\r\nn OK NOOP completed\r\n"
+    );
+    transcript(
+        &mut driver,
+        &[
+            (
+                "f FETCH 4 BODY.PEEK[2.HEADER]\r\n",
+                "* 4 FETCH (BODY[2.HEADER] {48}\r\nSubject: inner\r\nTo: undisclosed-recipients:;\r\n\r\n)\r\nf OK FETCH completed\r\n",
+            ),
+            (
+                "f FETCH 4 BODY.PEEK[2.TEXT]\r\n",
+                "* 4 FETCH (BODY[2.TEXT] {10}\r\ninner body)\r\nf OK FETCH completed\r\n",
+            ),
+            (
+                "f FETCH 4 BODY.PEEK[2.1]\r\n",
+                "* 4 FETCH (BODY[2.1] {10}\r\ninner body)\r\nf OK FETCH completed\r\n",
+            ),
+            (
+                "f FETCH 4 BODY.PEEK[HEADER.FIELDS.NOT (Content-Type)]\r\n",
+                "* 4 FETCH (BODY[HEADER.FIELDS.NOT (\"CONTENT-TYPE\")] {18}\r\nSubject: outer\r\n\r\n)\r\nf OK FETCH completed\r\n",
+            ),
+            (
+                "f FETCH 4 BODY.PEEK[9]\r\n",
+                "* 4 FETCH (BODY[9] {0}\r\n)\r\nf OK FETCH completed\r\n",
+            ),
+        ],
+    );
+    let structure = driver.send(b"f FETCH 4 BODYSTRUCTURE\r\n");
+    assert!(
+        structure.contains("(\"MESSAGE\" \"RFC822\" NIL NIL NIL \"7BIT\" 58 (NIL \"inner\" NIL NIL NIL ((NIL NIL \"undisclosed-recipients\" NIL)(NIL NIL NIL NIL)) NIL NIL NIL NIL) (\"TEXT\" \"PLAIN\" NIL NIL NIL \"7BIT\" 10 1) 4)"),
+        "{structure}"
+    );
+}
+
+#[test]
+fn fetch_goes_in_batches_and_survives_a_lost_message() {
+    let mut driver = Driver::selected();
+    for _ in 0..2 * IMAP_BODIES_PER_STEP_MAX {
+        driver.store.deliver("INBOX", PLAIN.as_bytes());
+    }
+    driver.send(b"n NOOP\r\n");
+    let n_messages = 3 + 2 * IMAP_BODIES_PER_STEP_MAX;
+    let n_requests_before = driver.n_requests;
+    let reply = driver.send(b"f FETCH 1:* BODY.PEEK[]\r\n");
+    assert_eq!(reply.matches(" FETCH (BODY[] {").count(), n_messages);
+    assert_eq!(
+        driver.n_requests - n_requests_before,
+        n_messages.div_ceil(IMAP_BODIES_PER_STEP_MAX)
+    );
+    // The store lost message 1 (expunged elsewhere) before this session heard.
+    driver
+        .store
+        .folders
+        .get_mut("INBOX")
+        .unwrap()
+        .messages
+        .remove(&1);
+    assert_eq!(
+        driver.send(b"f FETCH 1 (UID BODY.PEEK[])\r\n"),
+        "* 1 FETCH (UID 1 BODY[] NIL)\r\nf OK FETCH completed\r\n"
+    );
+}
+
+#[test]
+fn store_failures_are_reported() {
+    let mut driver = Driver::selected();
+    driver.store.fail_next = Some(Failure::Unavailable);
+    assert_eq!(
+        driver.send(b"s STORE 1 +FLAGS (\\Flagged)\r\n"),
+        "s NO [UNAVAILABLE] STORE failed: try again later\r\n"
+    );
+    // The implicit \Seen failing does not keep the data from the client.
+    driver.store.fail_next = Some(Failure::Unavailable);
+    assert_eq!(
+        driver.send(b"f FETCH 1 BODY[TEXT]\r\n"),
+        "* 1 FETCH (BODY[TEXT] {7}\r\nhello\r\n FLAGS ())\r\nf OK FETCH completed\r\n"
+    );
+    assert_eq!(
+        driver.send(b"f FETCH 1 BODY[TEXT]\r\n"),
+        "* 1 FETCH (BODY[TEXT] {7}\r\nhello\r\n FLAGS (\\Seen))\r\nf OK FETCH completed\r\n"
+    );
+    driver.store.fail_next = Some(Failure::Unavailable);
+    assert_eq!(
+        driver.send(b"n NOOP\r\n"),
+        "n NO [UNAVAILABLE] NOOP failed: try again later\r\n"
+    );
+    driver.store.fail_next = Some(Failure::NonExistent);
+    assert_eq!(driver.send(b"e EXPUNGE\r\n"), "e OK EXPUNGE completed\r\n");
+}
+
+#[test]
+fn imap4rev2_select_sends_list_and_no_recent() {
+    let mut driver = Driver::logged_in();
+    driver.send(b"e ENABLE IMAP4rev2\r\n");
+    assert_eq!(
+        driver.send(b"s SELECT Sent\r\n"),
+        "* 0 EXISTS\r\n* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $junk)\r\n\
+         * OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $junk \\*)] flags permitted\r\n* OK [UIDVALIDITY 8] UIDs valid\r\n\
+         * OK [UIDNEXT 1] predicted next UID\r\n* LIST () \"/\" \"Sent\"\r\ns OK [READ-WRITE] SELECT completed\r\n"
+    );
+    assert_eq!(
+        driver.send(b"f FETCH * FLAGS\r\n"),
+        "f BAD invalid message sequence number\r\n"
+    );
+    assert_eq!(
+        driver.send(b"f UID FETCH 1:* FLAGS\r\n"),
+        "f OK FETCH completed\r\n"
+    );
+    assert_eq!(
+        driver.send(b"s SELECT INBOX\r\n").lines().next(),
+        Some("* OK [CLOSED] previous folder closed")
+    );
 }
 
 #[test]
