@@ -4,7 +4,7 @@
 //! and, for BODY and TEXT, the decoded text parts as well as the raw octets, so a
 //! quoted-printable or base64 body is found by its words.
 
-use mail_parser::MessageParser;
+use mail_parser::{Message, MessageParser};
 
 use crate::parser::SearchKey;
 use crate::selected::{Entry, has_flag};
@@ -38,20 +38,33 @@ fn contains_ignoring_case(haystack: &[u8], needle: &str) -> bool {
 
 const DAY_S: i64 = 86_400;
 
+/// Whether `entry` matches `key`. `body` is the message's octets when the key
+/// needs them (see [`needs_body`]) and the store still has the message.
 pub fn matches<Id>(
     key: &SearchKey,
     context: &Context,
     entry: &Entry<Id>,
     body: Option<&[u8]>,
 ) -> bool {
+    // Parsed once per message, however many text keys look at it.
+    let parsed = body.and_then(|body| MessageParser::default().parse(body));
+    let body = body.map(|raw| (raw, parsed.as_ref()));
+    matches_parsed(key, context, entry, body)
+}
+
+fn matches_parsed<Id>(
+    key: &SearchKey,
+    context: &Context,
+    entry: &Entry<Id>,
+    body: Option<(&[u8], Option<&Message<'_>>)>,
+) -> bool {
     let day = entry.internal_date_s.div_euclid(DAY_S);
+    let recurse = |key: &SearchKey| matches_parsed(key, context, entry, body);
     match key {
         SearchKey::All => true,
-        SearchKey::And(keys) => keys.iter().all(|key| matches(key, context, entry, body)),
-        SearchKey::Or(left, right) => {
-            matches(left, context, entry, body) || matches(right, context, entry, body)
-        }
-        SearchKey::Not(key) => !matches(key, context, entry, body),
+        SearchKey::And(keys) => keys.iter().all(recurse),
+        SearchKey::Or(left, right) => recurse(left) || recurse(right),
+        SearchKey::Not(key) => !recurse(key),
         SearchKey::SequenceSet(set) => set.contains(context.seq, context.n_messages),
         SearchKey::Uid(set) => set.contains(entry.uid, context.largest_uid),
         SearchKey::Flag(flag, set) => has_flag(&entry.flags, flag) == *set,
@@ -61,7 +74,7 @@ pub fn matches<Id>(
         SearchKey::Larger(size) => entry.size > u64::from(*size),
         SearchKey::Smaller(size) => entry.size < u64::from(*size),
         SearchKey::Header(name, value) => {
-            let Some(message) = body.and_then(|body| MessageParser::default().parse(body)) else {
+            let Some((_, Some(message))) = body else {
                 return false;
             };
             message.parts[0].headers.iter().any(|header| {
@@ -76,17 +89,17 @@ pub fn matches<Id>(
             })
         }
         SearchKey::Body(value) | SearchKey::Text(value) => {
-            let Some(body) = body else {
+            let Some((raw, parsed)) = body else {
                 return false;
             };
-            let Some(message) = MessageParser::default().parse(body) else {
-                return contains_ignoring_case(body, value);
+            let Some(message) = parsed else {
+                return contains_ignoring_case(raw, value);
             };
             let root = &message.parts[0];
             let searched = if matches!(key, SearchKey::Text(_)) {
-                body
+                raw
             } else {
-                slice(body, root.offset_body, root.offset_end)
+                slice(raw, root.offset_body, root.offset_end)
             };
             contains_ignoring_case(searched, value)
                 || (0..message.text_body.len())
