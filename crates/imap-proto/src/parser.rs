@@ -139,6 +139,25 @@ pub enum SearchKey {
     Smaller(u32),
 }
 
+/// Which folders LIST shows, and how it names its replies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListKind {
+    All,
+    /// LIST (SUBSCRIBED), RFC 9051 §6.3.9.
+    Subscribed,
+    /// LSUB, the IMAP4rev1 command (RFC 3501 §6.3.9).
+    Lsub,
+}
+
+/// ESEARCH result options (RFC 9051 §6.4.4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SearchReturn {
+    Min,
+    Max,
+    All,
+    Count,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StoreMode {
     Replace,
@@ -192,7 +211,7 @@ pub enum Command {
     List {
         reference: String,
         pattern: String,
-        subscribed_only: bool,
+        kind: ListKind,
     },
     Status {
         folder: String,
@@ -215,6 +234,9 @@ pub enum Command {
     Search {
         key: SearchKey,
         uid: bool,
+        /// RFC 9051 §6.4.4 (RFC 4731) `RETURN (...)`: `Some` asks for an ESEARCH
+        /// reply whatever was enabled; an empty list means ALL.
+        returns: Option<Vec<SearchReturn>>,
     },
     Fetch {
         set: SeqSet,
@@ -557,11 +579,19 @@ fn decode(command: &[u8]) -> Parsed {
     if let Some(parsed) = decode_extension(command) {
         return parsed;
     }
-    match CommandCodec::default().decode(command) {
+    let (command, extended) = match rewrite_extended(command) {
+        Ok(Some((rewritten, extended))) => (rewritten, Some(extended)),
+        Ok(None) => (command.to_vec(), None),
+        Err(()) => return rejected(ProtoError::Syntax),
+    };
+    match CommandCodec::default().decode(&command) {
         Ok((b"", decoded)) => {
             let tag = decoded.tag.inner().to_owned();
             match convert(decoded.body) {
-                Ok(command) => Parsed::Command { tag, command },
+                Ok(command) => Parsed::Command {
+                    tag,
+                    command: apply_extended(command, extended),
+                },
                 Err(error) => Parsed::Rejected(Rejected {
                     tag: Some(tag),
                     error,
@@ -569,6 +599,125 @@ fn decode(command: &[u8]) -> Parsed {
             }
         }
         _ => rejected(ProtoError::Syntax),
+    }
+}
+
+/// What [`rewrite_extended`] took out of a command.
+#[derive(Debug)]
+enum Extended {
+    SearchReturn(Vec<SearchReturn>),
+    /// LIST-EXTENDED selection options (RFC 9051 §6.3.9): only SUBSCRIBED
+    /// changes which folders are listed; return options change nothing, since
+    /// every LIST reply carries the children and special-use attributes.
+    List {
+        subscribed_only: bool,
+    },
+}
+
+/// IMAP4rev2 forms that `imap-codec` 1.0 (an IMAP4rev1 grammar) does not parse:
+/// `SEARCH RETURN (...)` and LIST with selection or return options. They are cut
+/// out of the command, which then parses as its IMAP4rev1 form. `Err` is a
+/// malformed option list.
+fn rewrite_extended(command: &[u8]) -> Result<Option<(Vec<u8>, Extended)>, ()> {
+    let Some(tag) = tag_of(command) else {
+        return Ok(None);
+    };
+    let mut head_end_idx = tag.len() + 1;
+    let after_tag = &command[head_end_idx..];
+    let starts_with = |bytes: &[u8], prefix: &[u8]| {
+        bytes.len() >= prefix.len() && bytes[..prefix.len()].eq_ignore_ascii_case(prefix)
+    };
+    if starts_with(after_tag, b"UID ") {
+        head_end_idx += 4;
+    }
+    let rest = &command[head_end_idx..];
+    if starts_with(rest, b"SEARCH RETURN (") {
+        let options_start_idx = head_end_idx + b"SEARCH RETURN (".len();
+        let close_idx = options_start_idx
+            + command[options_start_idx..]
+                .iter()
+                .position(|&byte| byte == b')')
+                .ok_or(())?;
+        let options =
+            std::str::from_utf8(&command[options_start_idx..close_idx]).map_err(|_| ())?;
+        let returns = options
+            .split_ascii_whitespace()
+            .map(|option| match option.to_ascii_uppercase().as_str() {
+                "MIN" => Ok(SearchReturn::Min),
+                "MAX" => Ok(SearchReturn::Max),
+                "ALL" => Ok(SearchReturn::All),
+                "COUNT" => Ok(SearchReturn::Count),
+                _ => Err(()),
+            })
+            .collect::<Result<Vec<_>, ()>>()?;
+        let mut rewritten = command[..head_end_idx + b"SEARCH".len()].to_vec();
+        rewritten.extend_from_slice(&command[close_idx + 1..]);
+        return Ok(Some((rewritten, Extended::SearchReturn(returns))));
+    }
+    if !starts_with(after_tag, b"LIST ") {
+        return Ok(None);
+    }
+    let list_end_idx = tag.len() + 1 + b"LIST ".len();
+    let mut subscribed_only = false;
+    let mut body = command[list_end_idx..].to_vec();
+    let mut extended = false;
+    if body.first() == Some(&b'(') {
+        let close_idx = body.iter().position(|&byte| byte == b')').ok_or(())?;
+        let options = std::str::from_utf8(&body[1..close_idx]).map_err(|_| ())?;
+        for option in options.split_ascii_whitespace() {
+            match option.to_ascii_uppercase().as_str() {
+                "SUBSCRIBED" => subscribed_only = true,
+                "REMOTE" | "RECURSIVEMATCH" | "SPECIAL-USE" => {}
+                _ => return Err(()),
+            }
+        }
+        body.drain(..=close_idx);
+        if body.first() != Some(&b' ') {
+            return Err(());
+        }
+        body.remove(0);
+        extended = true;
+    }
+    let upper = body.to_ascii_uppercase();
+    if let Some(return_idx) = upper.windows(9).rposition(|window| window == b" RETURN (") {
+        let line_end_idx = body.len() - (body.len() - strip_line_ending(&body).len());
+        if body[..line_end_idx].ends_with(b")") {
+            body.drain(return_idx..line_end_idx);
+            extended = true;
+        }
+    }
+    if !extended {
+        return Ok(None);
+    }
+    let mut rewritten = command[..list_end_idx].to_vec();
+    rewritten.extend_from_slice(&body);
+    Ok(Some((rewritten, Extended::List { subscribed_only })))
+}
+
+fn apply_extended(command: Command, extended: Option<Extended>) -> Command {
+    match (command, extended) {
+        (Command::Search { key, uid, .. }, Some(Extended::SearchReturn(returns))) => {
+            Command::Search {
+                key,
+                uid,
+                returns: Some(returns),
+            }
+        }
+        (
+            Command::List {
+                reference, pattern, ..
+            },
+            Some(Extended::List { subscribed_only }),
+        ) => Command::List {
+            reference,
+            pattern,
+            kind: if subscribed_only {
+                ListKind::Subscribed
+            } else {
+                ListKind::All
+            },
+        },
+        (command, _) => command,
     }
 }
 
@@ -709,7 +858,7 @@ fn convert(body: CommandBody<'_>) -> Result<Command, ProtoError> {
         } => Command::List {
             reference: folder(&reference)?,
             pattern: list_pattern(&mailbox_wildcard)?,
-            subscribed_only: false,
+            kind: ListKind::All,
         },
         CommandBody::Lsub {
             reference,
@@ -717,7 +866,7 @@ fn convert(body: CommandBody<'_>) -> Result<Command, ProtoError> {
         } => Command::List {
             reference: folder(&reference)?,
             pattern: list_pattern(&mailbox_wildcard)?,
-            subscribed_only: true,
+            kind: ListKind::Lsub,
         },
         CommandBody::Status {
             mailbox,
@@ -755,6 +904,7 @@ fn convert(body: CommandBody<'_>) -> Result<Command, ProtoError> {
         CommandBody::Search { criteria, uid, .. } => Command::Search {
             key: search_key(&criteria, 0)?,
             uid,
+            returns: None,
         },
         CommandBody::Fetch {
             sequence_set,
@@ -1219,6 +1369,44 @@ mod tests {
                             ),
                         ]),
                         uid: false,
+                        returns: None,
+                    },
+                )],
+            ),
+            (
+                "a1 UID SEARCH RETURN (MIN count) DELETED\r\n",
+                vec![command(
+                    "a1",
+                    Command::Search {
+                        key: SearchKey::Flag("\\Deleted".into(), true),
+                        uid: true,
+                        returns: Some(vec![SearchReturn::Min, SearchReturn::Count]),
+                    },
+                )],
+            ),
+            (
+                "a1 SEARCH RETURN (FOO) ALL\r\n",
+                vec![rejected(Some("a1"), ProtoError::Syntax)],
+            ),
+            (
+                "a1 LIST (SUBSCRIBED) \"\" \"*\" RETURN (CHILDREN STATUS (MESSAGES))\r\n",
+                vec![command(
+                    "a1",
+                    Command::List {
+                        reference: String::new(),
+                        pattern: "*".into(),
+                        kind: ListKind::Subscribed,
+                    },
+                )],
+            ),
+            (
+                "a1 LIST \"\" % RETURN (SPECIAL-USE)\r\n",
+                vec![command(
+                    "a1",
+                    Command::List {
+                        reference: String::new(),
+                        pattern: "%".into(),
+                        kind: ListKind::All,
                     },
                 )],
             ),

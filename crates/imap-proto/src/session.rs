@@ -17,8 +17,8 @@ use crate::limits::{
     IMAP_BAD_COMMANDS_MAX, IMAP_BODIES_PER_STEP_MAX, IMAP_LOGIN_FAILURES_MAX, PASSWORD_BYTES_MAX,
 };
 use crate::parser::{
-    Command, Expect, FetchItem, Parsed, Parser, Rejected, SearchKey, Secret, SeqSet, StatusItem,
-    StoreMode,
+    Command, Expect, FetchItem, ListKind, Parsed, Parser, Rejected, SearchKey, SearchReturn,
+    Secret, SeqSet, StatusItem, StoreMode,
 };
 use crate::response::{Status, push_status, push_string, push_untagged, sanitize_text};
 use crate::search;
@@ -232,8 +232,14 @@ struct Scan {
 
 #[derive(Debug)]
 enum ScanKind {
-    Fetch { items: Vec<FetchItem> },
-    Search { key: SearchKey, matches: Vec<u32> },
+    Fetch {
+        items: Vec<FetchItem>,
+    },
+    Search {
+        key: SearchKey,
+        matches: Vec<u32>,
+        returns: Option<Vec<SearchReturn>>,
+    },
 }
 
 /// What the session waits for, besides the next command.
@@ -272,7 +278,7 @@ enum Awaiting {
         tag: String,
         reference: String,
         pattern: String,
-        subscribed_only: bool,
+        kind: ListKind,
     },
     Status {
         tag: String,
@@ -672,7 +678,7 @@ impl<Id: Clone + PartialEq + fmt::Debug> Session<Id> {
                 Command::List {
                     reference,
                     pattern,
-                    subscribed_only,
+                    kind,
                 },
             ) => {
                 if pattern.is_empty() {
@@ -685,7 +691,7 @@ impl<Id: Clone + PartialEq + fmt::Debug> Session<Id> {
                     tag,
                     reference,
                     pattern,
-                    subscribed_only,
+                    kind,
                 });
                 Ok(Step {
                     output: out,
@@ -907,7 +913,7 @@ impl<Id: Clone + PartialEq + fmt::Debug> Session<Id> {
                 }
                 Ok(self.scan(scan, out))
             }
-            (State::Selected { selected, .. }, Command::Search { key, uid }) => {
+            (State::Selected { selected, .. }, Command::Search { key, uid, returns }) => {
                 let uids = selected.messages.iter().map(|entry| entry.uid).collect();
                 let scan = Scan {
                     tag,
@@ -917,6 +923,9 @@ impl<Id: Clone + PartialEq + fmt::Debug> Session<Id> {
                     kind: ScanKind::Search {
                         key,
                         matches: Vec::new(),
+                        // RFC 9051 §6.4.4: an IMAP4rev2 client gets ESEARCH, ALL
+                        // when it asked for nothing in particular.
+                        returns: returns.or_else(|| self.rev2.then(Vec::new)),
                     },
                 };
                 Ok(self.scan(scan, out))
@@ -1237,7 +1246,7 @@ impl<Id: Clone + PartialEq + fmt::Debug> Session<Id> {
                     tag,
                     reference,
                     pattern,
-                    subscribed_only,
+                    kind,
                 },
                 Answer::Folders(result),
             ) => {
@@ -1249,9 +1258,13 @@ impl<Id: Clone + PartialEq + fmt::Debug> Session<Id> {
                     }
                 };
                 let full_pattern = format!("{reference}{pattern}");
-                let verb = if subscribed_only { "LSUB" } else { "LIST" };
+                let verb = if kind == ListKind::Lsub {
+                    "LSUB"
+                } else {
+                    "LIST"
+                };
                 for folder in &folders {
-                    if subscribed_only && !folder.subscribed {
+                    if kind != ListKind::All && !folder.subscribed {
                         continue;
                     }
                     let matches = if folder.name == "INBOX" {
@@ -1272,7 +1285,7 @@ impl<Id: Clone + PartialEq + fmt::Debug> Session<Id> {
                         }
                         .to_owned(),
                     ];
-                    if folder.subscribed && !subscribed_only {
+                    if folder.subscribed && kind != ListKind::Lsub {
                         attributes.push("\\Subscribed".to_owned());
                     }
                     attributes.extend(folder.special_use.clone());
@@ -1522,7 +1535,7 @@ impl<Id: Clone + PartialEq + fmt::Debug> Session<Id> {
                 ScanKind::Fetch { items } => {
                     fetch::render(&mut out, msg_idx + 1, entry, items, body.as_deref())
                 }
-                ScanKind::Search { key, matches } => {
+                ScanKind::Search { key, matches, .. } => {
                     let context = search::Context {
                         seq: msg_idx as u32 + 1,
                         n_messages,
@@ -1546,29 +1559,62 @@ impl<Id: Clone + PartialEq + fmt::Debug> Session<Id> {
             ScanKind::Fetch { .. } => {
                 push_status(&mut out, &scan.tag, Status::Ok, None, "FETCH completed");
             }
-            ScanKind::Search { matches, .. } => {
-                if self.rev2 {
-                    // RFC 9051 §7.3.4: ESEARCH with ALL as a sequence set.
-                    let mut line = format!("ESEARCH (TAG \"{}\")", scan.tag);
-                    if scan.uid {
-                        line.push_str(" UID");
+            ScanKind::Search {
+                matches, returns, ..
+            } => {
+                match returns {
+                    Some(returns) => {
+                        push_esearch(&mut out, &scan.tag, scan.uid, &matches, &returns)
                     }
-                    if !matches.is_empty() {
-                        line.push_str(&format!(" ALL {}", uid_list(&matches)));
+                    None => {
+                        let mut line = "SEARCH".to_owned();
+                        for number in &matches {
+                            line.push_str(&format!(" {number}"));
+                        }
+                        push_untagged(&mut out, &line);
                     }
-                    push_untagged(&mut out, &line);
-                } else {
-                    let mut line = "SEARCH".to_owned();
-                    for number in &matches {
-                        line.push_str(&format!(" {number}"));
-                    }
-                    push_untagged(&mut out, &line);
                 }
                 push_status(&mut out, &scan.tag, Status::Ok, None, "SEARCH completed");
             }
         }
         Step::read(out)
     }
+}
+
+/// RFC 9051 §7.3.4 ESEARCH; an empty option list means ALL (RFC 4731 §3.1).
+/// MIN, MAX and ALL are left out when nothing matched, COUNT never is.
+fn push_esearch(
+    out: &mut Vec<u8>,
+    tag: &str,
+    uid: bool,
+    matches: &[u32],
+    returns: &[SearchReturn],
+) {
+    let mut line = String::from("ESEARCH (TAG ");
+    let mut quoted_tag = Vec::new();
+    push_string(&mut quoted_tag, tag.as_bytes());
+    line.push_str(&String::from_utf8_lossy(&quoted_tag));
+    line.push(')');
+    if uid {
+        line.push_str(" UID");
+    }
+    let returns = if returns.is_empty() {
+        &[SearchReturn::All][..]
+    } else {
+        returns
+    };
+    for option in returns {
+        match (option, matches.first(), matches.last()) {
+            (SearchReturn::Min, Some(min), _) => line.push_str(&format!(" MIN {min}")),
+            (SearchReturn::Max, _, Some(max)) => line.push_str(&format!(" MAX {max}")),
+            (SearchReturn::All, Some(_), _) => {
+                line.push_str(&format!(" ALL {}", uid_list(matches)))
+            }
+            (SearchReturn::Count, _, _) => line.push_str(&format!(" COUNT {}", matches.len())),
+            _ => {}
+        }
+    }
+    push_untagged(out, &line);
 }
 
 fn push_failure(out: &mut Vec<u8>, tag: &str, failure: Failure, verb: &str, try_create: bool) {

@@ -694,6 +694,18 @@ fn select_fetch_store_search_expunge() {
                 "x SEARCH DELETED\r\n",
                 "* ESEARCH (TAG \"x\")\r\nx OK SEARCH completed\r\n",
             ),
+            (
+                "x UID SEARCH RETURN (MIN MAX COUNT) ALL\r\n",
+                "* ESEARCH (TAG \"x\") UID MIN 1 MAX 2 COUNT 2\r\nx OK SEARCH completed\r\n",
+            ),
+            (
+                "x SEARCH RETURN (COUNT MIN) DELETED\r\n",
+                "* ESEARCH (TAG \"x\") COUNT 0\r\nx OK SEARCH completed\r\n",
+            ),
+            (
+                "l LIST (SUBSCRIBED) \"\" * RETURN (SPECIAL-USE)\r\n",
+                "* LIST (\\HasNoChildren \\Subscribed) \"/\" \"INBOX\"\r\n* LIST (\\HasNoChildren \\Subscribed \\Sent) \"/\" \"Sent\"\r\nl OK LIST completed\r\n",
+            ),
             ("c CLOSE\r\n", "c OK CLOSE completed\r\n"),
             (
                 "f FETCH 1 FLAGS\r\n",
