@@ -30,6 +30,7 @@ pub mod response;
 pub mod search;
 pub mod selected;
 pub mod session;
+pub mod utf7;
 
 pub use parser::{Command, Parser, Secret, SeqSet};
 pub use selected::{Entry, Snapshot};

@@ -23,6 +23,7 @@ use crate::parser::{
 use crate::response::{Status, push_status, push_string, push_untagged, sanitize_text};
 use crate::search;
 use crate::selected::{Selected, Snapshot, has_flag, write_flags};
+use crate::utf7;
 
 /// What the shell knows about the connection when it starts.
 #[derive(Debug, Clone, Default)]
@@ -513,6 +514,15 @@ impl<Id: Clone + PartialEq + fmt::Debug> Session<Id> {
         Step::read(out)
     }
 
+    /// A stored (UTF-8) folder name as this client reads names.
+    fn folder_out(&self, name: &str) -> String {
+        if self.rev2 {
+            name.to_owned()
+        } else {
+            utf7::encode(name)
+        }
+    }
+
     fn plaintext_ok(&self) -> bool {
         self.config.plaintext_allowed || self.tls == Tls::Active
     }
@@ -551,6 +561,11 @@ impl<Id: Clone + PartialEq + fmt::Debug> Session<Id> {
     fn dispatch(&mut self, tag: &str, command: Command) -> Result<Step<Id>, ProtoError> {
         let tag = tag.to_owned();
         let mut out = Vec::new();
+        let command = if self.rev2 {
+            command
+        } else {
+            folders_from_utf7(command)
+        };
         // Commands valid in every state.
         match command {
             Command::Capability => {
@@ -1291,7 +1306,7 @@ impl<Id: Clone + PartialEq + fmt::Debug> Session<Id> {
                     attributes.extend(folder.special_use.clone());
                     let mut line =
                         format!("* {verb} ({}) \"/\" ", attributes.join(" ")).into_bytes();
-                    push_string(&mut line, folder.name.as_bytes());
+                    push_string(&mut line, self.folder_out(&folder.name).as_bytes());
                     out.extend_from_slice(&line);
                     out.extend_from_slice(b"\r\n");
                 }
@@ -1324,7 +1339,7 @@ impl<Id: Clone + PartialEq + fmt::Debug> Session<Id> {
                     })
                     .collect();
                 let mut line = b"* STATUS ".to_vec();
-                push_string(&mut line, folder.as_bytes());
+                push_string(&mut line, self.folder_out(&folder).as_bytes());
                 line.extend_from_slice(format!(" ({})\r\n", values.join(" ")).as_bytes());
                 out.extend_from_slice(&line);
                 push_status(&mut out, &tag, Status::Ok, None, "STATUS completed");
@@ -1578,6 +1593,63 @@ impl<Id: Clone + PartialEq + fmt::Debug> Session<Id> {
             }
         }
         Step::read(out)
+    }
+}
+
+/// The folder names of an IMAP4rev1 client's command, from modified UTF-7 to
+/// UTF-8. A name that is not valid modified UTF-7 is taken as sent: some clients
+/// send UTF-8 anyway, and refusing them would help nobody.
+fn folders_from_utf7(command: Command) -> Command {
+    let name = |name: String| utf7::decode(&name).unwrap_or(name);
+    match command {
+        Command::Select { folder, read_only } => Command::Select {
+            folder: name(folder),
+            read_only,
+        },
+        Command::Create(folder) => Command::Create(name(folder)),
+        Command::Delete(folder) => Command::Delete(name(folder)),
+        Command::Rename { from, to } => Command::Rename {
+            from: name(from),
+            to: name(to),
+        },
+        Command::Subscribe(folder) => Command::Subscribe(name(folder)),
+        Command::Unsubscribe(folder) => Command::Unsubscribe(name(folder)),
+        Command::List {
+            reference,
+            pattern,
+            kind,
+        } => Command::List {
+            reference: name(reference),
+            pattern: name(pattern),
+            kind,
+        },
+        Command::Status { folder, items } => Command::Status {
+            folder: name(folder),
+            items,
+        },
+        Command::Append {
+            folder,
+            flags,
+            internal_date_s,
+            message,
+        } => Command::Append {
+            folder: name(folder),
+            flags,
+            internal_date_s,
+            message,
+        },
+        Command::Copy {
+            set,
+            folder,
+            uid,
+            remove_source,
+        } => Command::Copy {
+            set,
+            folder: name(folder),
+            uid,
+            remove_source,
+        },
+        other => other,
     }
 }
 

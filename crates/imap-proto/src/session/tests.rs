@@ -1020,6 +1020,30 @@ fn imap4rev2_select_sends_list_and_no_recent() {
 }
 
 #[test]
+fn imap4rev1_clients_name_folders_in_modified_utf7() {
+    let mut driver = Driver::logged_in();
+    transcript(
+        &mut driver,
+        &[
+            ("c CREATE Entw&APw-rfe\r\n", "c OK CREATE completed\r\n"),
+            (
+                "l LIST \"\" Entw*\r\n",
+                "* LIST (\\HasNoChildren) \"/\" \"Entw&APw-rfe\"\r\nl OK LIST completed\r\n",
+            ),
+            (
+                "e ENABLE IMAP4rev2\r\n",
+                "* ENABLED IMAP4rev2\r\ne OK ENABLE completed\r\n",
+            ),
+            (
+                "l LIST \"\" Entw*\r\n",
+                "* LIST (\\HasNoChildren) \"/\" {9}\r\nEntw\u{fc}rfe\r\nl OK LIST completed\r\n",
+            ),
+        ],
+    );
+    assert!(driver.store.folders.contains_key("Entw\u{fc}rfe"));
+}
+
+#[test]
 fn byte_split_input_gives_the_same_transcript() {
     let script: &[u8] = b"a LOGIN alice {5}\r\nright\r\nb SELECT INBOX\r\nc FETCH 1:2 (UID FLAGS BODY.PEEK[HEADER.FIELDS (SUBJECT)])\r\n\
         d STORE 1 +FLAGS (\\Deleted)\r\ne APPEND Sent {4+}\r\nabcd\r\nf UID SEARCH FROM ann\r\ng EXPUNGE\r\nh IDLE\r\nDONE\r\ni LOGOUT\r\n";
