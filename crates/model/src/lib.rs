@@ -14,12 +14,20 @@
 
 pub mod account;
 pub mod clock;
+pub mod flags;
+pub mod folders;
+pub mod lww;
 pub mod mailbox;
 pub mod message;
 pub mod outbound;
+pub mod uids;
 
 pub use account::{Account, PasswordError};
 pub use clock::{HybridClock, Version};
+pub use flags::{FlagError, FlagName, Flags};
+pub use folders::{FolderError, FolderId, FolderRecord, FolderView, Folders, SpecialUse};
+pub use lww::Lww;
 pub use mailbox::Mailbox;
 pub use message::{Message, MessageId, MessageIdError};
 pub use outbound::{Attempt, Outbound, Outcome};
+pub use uids::{Resolved, UidClaim, UidError, UidMap};
