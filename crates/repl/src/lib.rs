@@ -35,7 +35,7 @@ mod deletion;
 mod lease;
 mod local;
 mod mailbox;
-mod outbound;
+pub mod outbound;
 pub mod placement;
 mod quorum;
 pub mod remote;

@@ -12,6 +12,17 @@ use cm_types::Address;
 
 use crate::{Mail, MailError, now_ms};
 
+/// What [`Mail::outbound_due`] found among the entries this node coordinates.
+#[derive(Debug, Default)]
+pub struct OutboundScan {
+    /// The entries to try now, with their octets.
+    pub due: Vec<(Outbound, Bytes)>,
+    /// Live entries this node coordinates, due or not (the queue depth).
+    pub n_coordinated: usize,
+    /// When the oldest of them arrived.
+    pub oldest_created_ms: Option<u64>,
+}
+
 impl Mail {
     /// Queues `message` from `sender` (`None` for `<>`) to `recipients`; `Ok` once
     /// a write quorum of the entry's replica set holds it.
@@ -68,21 +79,18 @@ impl Mail {
 
     /// The entries this node should try now, with their octets: held here, not
     /// removed, due by `now_ms`, and coordinated by this node (the first live node
-    /// of their replica set). An entry whose body has not reached this replica yet
-    /// waits for anti-entropy.
+    /// of their replica set), at most `n_due_max`. An entry whose body has not
+    /// reached this replica yet waits for anti-entropy.
     pub async fn outbound_due(
         &self,
         now_ms: u64,
-        n_max: usize,
-    ) -> Result<Vec<(Outbound, Bytes)>, MailError> {
+        n_due_max: usize,
+    ) -> Result<OutboundScan, MailError> {
         let store = self.store().clone();
         let held = crate::local::blocking(move || store.outbound_entries(usize::MAX)).await??;
-        let mut due = Vec::new();
+        let mut scan = OutboundScan::default();
         for (key, entry) in held {
-            if due.len() == n_max {
-                break;
-            }
-            if entry.removed_ms.is_some() || entry.next_attempt.1 > now_ms {
+            if entry.removed_ms.is_some() {
                 continue;
             }
             let coordinates = self
@@ -93,11 +101,19 @@ impl Mail {
             if !coordinates {
                 continue;
             }
+            scan.n_coordinated += 1;
+            scan.oldest_created_ms = Some(
+                scan.oldest_created_ms
+                    .map_or(entry.created_ms, |oldest| oldest.min(entry.created_ms)),
+            );
+            if scan.due.len() == n_due_max || entry.next_attempt.1 > now_ms {
+                continue;
+            }
             if let Some(body) = self.store().outbound_body(key, entry.id)? {
-                due.push((entry, body));
+                scan.due.push((entry, body));
             }
         }
-        Ok(due)
+        Ok(scan)
     }
 
     /// Makes the entry `id` due now (an operator's retry); `Ok(false)` if this node

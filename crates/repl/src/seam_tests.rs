@@ -274,7 +274,7 @@ async fn a_refused_deletion_leaves_no_tombstone_anywhere() {
     assert_eq!(coordinator.list(&lock).await.unwrap().len(), 1);
     coordinator.delete(&lock, &ids).await.unwrap();
     assert!(coordinator.list(&lock).await.unwrap().is_empty());
-    assert_eq!(ring.n_tombstone_holders(&alice).await, 3);
+    assert!(ring.n_tombstone_holders(&alice).await >= 2, "acknowledged below W");
 }
 
 /// Regression test for fault seed 753: a session on a node outside the replica set
@@ -560,7 +560,7 @@ async fn outbound_entries_are_replicated_due_at_their_coordinator_and_taken_over
     let later = now_ms() + 1_000;
     let due_at = |node_idx: usize| {
         let mail = ring.mail[node_idx].clone();
-        async move { mail.outbound_due(later, 10).await.unwrap() }
+        async move { mail.outbound_due(later, 10).await.unwrap().due }
     };
     let due = due_at(0).await;
     assert_eq!(due.len(), 1);
@@ -592,6 +592,23 @@ async fn outbound_entries_are_replicated_due_at_their_coordinator_and_taken_over
     assert!(ring.mail[0].outbound_held(10).await.unwrap().is_empty());
 }
 
+/// Waits until the three members hold the same copy of the outbound entry `id`:
+/// a write returns at `W` = 2, and the third member's copy may still be on its way.
+async fn outbound_everywhere(ring: &TestRing, id: MessageId) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let digests: Vec<Option<u64>> = ring.mail[..REPLICAS]
+            .iter()
+            .map(|mail| mail.local().outbound_digest_of(id).unwrap())
+            .collect();
+        if digests[0].is_some() && digests.iter().all(|digest| *digest == digests[0]) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the members' copies differ: {digests:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// Goal: an operator's retry makes a deferred entry due at once, and a delete
 /// removes it without delivery; both need a copy on the node asked. Method: defer
 /// the entry an hour, retry through a member, then delete through another.
@@ -607,28 +624,34 @@ async fn outbound_entries_are_retried_and_deleted_by_operators() {
         )
         .await
         .unwrap();
+    outbound_everywhere(&ring, id).await;
     let (mut entry, _) = ring.mail[0]
         .outbound_due(now_ms(), 10)
         .await
         .unwrap()
+        .due
         .pop()
         .unwrap();
     assert_eq!(entry.sender, "", "the null sender");
     entry.next_attempt = (ring.mail[0].next_version(), now_ms() + 3_600_000);
     ring.mail[0].update_outbound(entry).await.unwrap();
+    outbound_everywhere(&ring, id).await;
     assert!(
         ring.mail[0]
             .outbound_due(now_ms(), 10)
             .await
             .unwrap()
+            .due
             .is_empty()
     );
     assert!(ring.mail[1].retry_outbound(id).await.unwrap());
+    outbound_everywhere(&ring, id).await;
     assert_eq!(
         ring.mail[0]
             .outbound_due(now_ms() + 10, 10)
             .await
             .unwrap()
+            .due
             .len(),
         1
     );
@@ -637,11 +660,13 @@ async fn outbound_entries_are_retried_and_deleted_by_operators() {
         "node 3 holds no copy"
     );
     assert!(ring.mail[2].delete_outbound(id).await.unwrap());
+    outbound_everywhere(&ring, id).await;
     assert!(
         ring.mail[0]
             .outbound_due(now_ms() + 10, 10)
             .await
             .unwrap()
+            .due
             .is_empty()
     );
 }
