@@ -48,7 +48,10 @@ pub trait Shell: Send + Sync + 'static {
 /// connections to end (a delivery or an UPDATE in progress completes first).
 pub async fn serve<S: Shell>(listener: TcpListener, shell: Arc<S>, shutdown: CancellationToken) {
     let n_connections_max = shell.connections_max();
-    assert!(n_connections_max > 0, "a shell serves at least one connection");
+    assert!(
+        n_connections_max > 0,
+        "a shell serves at least one connection"
+    );
     let permits = Arc::new(Semaphore::new(n_connections_max));
     loop {
         let accepted = tokio::select! {
