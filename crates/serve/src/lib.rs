@@ -8,10 +8,13 @@
 //! returns the handshake's `std::io::Error` for the shell to wrap.
 //!
 //! Reading order: [`serve`] and [`Shell`], then [`UpgradableStream`], then
-//! [`auth_failure_delay`].
+//! [`auth_failure_delay`]. With the `test-support` feature, `testing` holds what
+//! the shells' tests share.
 
 mod accept;
 mod stream;
+#[cfg(any(test, feature = "test-support"))]
+pub mod testing;
 
 pub use accept::{ACCEPT_ERROR_BACKOFF, Shell, serve};
 pub use stream::UpgradableStream;

@@ -139,9 +139,7 @@ mod tests {
         assert!(!server.is_tls());
 
         let client_task = tokio::spawn(async move {
-            let connector = tokio_rustls::TlsConnector::from(trusting_client(dir.path()));
-            let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-            let mut tls = connector.connect(name, client).await.unwrap();
+            let mut tls = crate::testing::connect_tls(dir.path(), client).await;
             tls.write_all(b"secret\r\n").await.unwrap();
             tls.flush().await.unwrap();
             let mut answer = [0u8; 4];
@@ -176,21 +174,5 @@ mod tests {
         assert_eq!(error.kind(), io::ErrorKind::TimedOut);
         let error = server.write_all(b"x").await.unwrap_err();
         assert_eq!(error.kind(), io::ErrorKind::NotConnected);
-    }
-
-    fn trusting_client(dir: &std::path::Path) -> Arc<rustls::ClientConfig> {
-        use rustls::pki_types::pem::PemObject as _;
-        let mut roots = rustls::RootCertStore::empty();
-        let pem = std::fs::read(dir.join("tls/self-signed.crt")).unwrap();
-        for cert in rustls::pki_types::CertificateDer::pem_slice_iter(&pem) {
-            roots.add(cert.unwrap()).unwrap();
-        }
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        Arc::new(config)
     }
 }
