@@ -212,6 +212,16 @@ async fn login_eventually(addr: SocketAddr) -> Client<TcpStream> {
     }
 }
 
+/// Logs in as soon as the maildrop is free and checks that the one message
+/// delivered, `MESSAGE_ONE`, was not removed.
+async fn assert_message_one_kept(addr: SocketAddr) {
+    let mut client = login_eventually(addr).await;
+    assert_eq!(
+        client.command("STAT").await,
+        format!("+OK 1 {}", MESSAGE_ONE.len())
+    );
+}
+
 const MESSAGE_ONE: &[u8] = b"Subject: one\r\nFrom: bob@example.org\r\n\r\nfirst body\r\n";
 const MESSAGE_TWO: &[u8] = b"Subject: two\r\n\r\nline 1\r\nline 2\r\nline 3\r\nline 4\r\n";
 
@@ -298,11 +308,7 @@ async fn dele_then_dropped_connection_keeps_mail() {
     let mut client = Client::logged_in(server.addr).await;
     assert_eq!(client.command("DELE 1").await, "+OK message 1 deleted");
     drop(client);
-    let mut client = login_eventually(server.addr).await;
-    assert_eq!(
-        client.command("STAT").await,
-        format!("+OK 1 {}", MESSAGE_ONE.len())
-    );
+    assert_message_one_kept(server.addr).await;
 }
 
 // Goal: QUIT after DELE removes exactly the marked messages. Method: two
@@ -476,11 +482,7 @@ async fn idle_session_is_logged_out_and_removes_nothing() {
     let mut client = Client::logged_in(server.addr).await;
     assert_eq!(client.command("DELE 1").await, "+OK message 1 deleted");
     assert!(client.closed().await);
-    let mut client = login_eventually(server.addr).await;
-    assert_eq!(
-        client.command("STAT").await,
-        format!("+OK 1 {}", MESSAGE_ONE.len())
-    );
+    assert_message_one_kept(server.addr).await;
 }
 
 // Goal: shutdown ends open sessions and `serve` returns. Method: cancel the token
@@ -600,11 +602,7 @@ async fn autologout_after_ten_minutes_over_duplex() {
         session.await.unwrap(),
         Err(Pop3ServerError::IdleTimeout)
     ));
-    let mut client = login_eventually(server.addr).await;
-    assert_eq!(
-        client.command("STAT").await,
-        format!("+OK 1 {}", MESSAGE_ONE.len())
-    );
+    assert_message_one_kept(server.addr).await;
 }
 
 // Goal: failed logins are answered after a growing delay. Method: a 150 ms step;

@@ -98,6 +98,12 @@ impl Client {
         reply
     }
 
+    /// Starts a transaction from x@y.net to `recipient`, both accepted.
+    async fn mail_to(&mut self, recipient: &str) {
+        self.expect("MAIL FROM:<x@y.net>", 250).await;
+        self.expect(&format!("RCPT TO:<{recipient}>"), 250).await;
+    }
+
     async fn is_closed(&mut self) -> bool {
         self.line().await.is_none()
     }
@@ -449,8 +455,7 @@ async fn oversized_bodies_are_drained_and_refused() {
     let too_big = "0123456789\r\n".repeat(200);
     let long_line = format!("{}\r\n", "y".repeat(1200));
     for (body, code) in [(too_big, 552), (long_line, 500)] {
-        client.expect("MAIL FROM:<x@y.net>", 250).await;
-        client.expect(&format!("RCPT TO:<{ALICE}>"), 250).await;
+        client.mail_to(ALICE).await;
         client.expect("DATA", 354).await;
         client
             .send(&cm_smtp_proto::data::dot_stuff(body.as_bytes()))
@@ -472,8 +477,7 @@ async fn too_many_recipients() {
     };
     let server = start_with_limits(limits).await;
     let mut client = greeted(&server).await;
-    client.expect("MAIL FROM:<x@y.net>", 250).await;
-    client.expect(&format!("RCPT TO:<{ALICE}>"), 250).await;
+    client.mail_to(ALICE).await;
     let reply = client.expect(&format!("RCPT TO:<{BOB}>"), 452).await;
     assert!(reply.lines[0].starts_with("4.5.3"));
     assert!(server.stored(ALICE).await.is_empty());
@@ -489,12 +493,10 @@ async fn too_many_recipients() {
 async fn rset_mid_transaction() {
     let server = start(fast_config()).await;
     let mut client = greeted(&server).await;
-    client.expect("MAIL FROM:<x@y.net>", 250).await;
-    client.expect(&format!("RCPT TO:<{ALICE}>"), 250).await;
+    client.mail_to(ALICE).await;
     client.expect("RSET", 250).await;
     client.expect("DATA", 503).await;
-    client.expect("MAIL FROM:<x@y.net>", 250).await;
-    client.expect(&format!("RCPT TO:<{BOB}>"), 250).await;
+    client.mail_to(BOB).await;
     client.expect("DATA", 354).await;
     client.send(b"x\r\n.\r\n").await;
     assert_eq!(client.reply().await.code, 250);

@@ -13,6 +13,19 @@ fn config() -> SessionConfig {
     }
 }
 
+/// A session under `limits` past EHLO and MAIL FROM:<a@example.org>, with the
+/// recipients `local_parts` (at example.org) accepted.
+fn in_transaction(limits: SmtpLimits, local_parts: &[&str]) -> Session {
+    let mut session = Session::new(SessionConfig { limits, ..config() });
+    assert_eq!(say(&mut session, "EHLO client.test\r\n"), 250);
+    assert_eq!(say(&mut session, "MAIL FROM:<a@example.org>\r\n"), 250);
+    for local_part in local_parts {
+        let rcpt = format!("RCPT TO:<{local_part}@example.org>\r\n");
+        assert_eq!(say(&mut session, &rcpt), 250, "{rcpt}");
+    }
+    session
+}
+
 const ARRIVAL: Arrival = Arrival {
     unix_seconds: 951_782_400,
     nonce: 0xabc,
@@ -168,11 +181,7 @@ fn too_many_recipients_is_temporary() {
         recipients_max: 2,
         ..SmtpLimits::default()
     };
-    let mut session = Session::new(SessionConfig { limits, ..config() });
-    say(&mut session, "EHLO c\r\n");
-    say(&mut session, "MAIL FROM:<a@example.org>\r\n");
-    assert_eq!(say(&mut session, "RCPT TO:<r1@example.org>\r\n"), 250);
-    assert_eq!(say(&mut session, "RCPT TO:<r2@example.org>\r\n"), 250);
+    let mut session = in_transaction(limits, &["r1", "r2"]);
     assert_eq!(say(&mut session, "RCPT TO:<r3@example.org>\r\n"), 452);
     assert_eq!(
         say(&mut session, "RCPT TO:<r1@example.org>\r\n"),
@@ -280,10 +289,7 @@ fn after_the_end_of_data() {
         message_bytes_max: 4,
         ..SmtpLimits::default()
     };
-    let mut session = Session::new(SessionConfig { limits, ..config() });
-    say(&mut session, "EHLO client.test\r\n");
-    say(&mut session, "MAIL FROM:<a@example.org>\r\n");
-    say(&mut session, "RCPT TO:<b@example.org>\r\n");
+    let mut session = in_transaction(limits, &["b"]);
     assert!(
         matches!(send_message(&mut session, b"too long\r\n.\r\n", 3), Step::Reply(ref reply) if reply.code == 552)
     );
