@@ -55,6 +55,19 @@ async fn start_with(config: Pop3Config) -> Server {
     }
 }
 
+/// A server that offers STLS with a self-signed certificate kept in the returned
+/// directory.
+async fn start_with_tls() -> (Server, tempfile::TempDir) {
+    let cert_dir = tempfile::tempdir().unwrap();
+    let tls = cm_tls::server_config(cert_dir.path(), None, None, "localhost").unwrap();
+    let server = start_with(Pop3Config {
+        tls: Some(tls),
+        ..Pop3Config::default()
+    })
+    .await;
+    (server, cert_dir)
+}
+
 async fn start() -> Server {
     start_with(Pop3Config {
         auth_failure_delay: Duration::from_millis(10),
@@ -527,13 +540,7 @@ async fn connections_over_the_limit_are_refused() {
 // all over an in-memory stream.
 #[tokio::test]
 async fn stls_upgrades_the_connection() {
-    let cert_dir = tempfile::tempdir().unwrap();
-    let tls = cm_tls::server_config(cert_dir.path(), None, None, "localhost").unwrap();
-    let server = start_with(Pop3Config {
-        tls: Some(tls),
-        ..Pop3Config::default()
-    })
-    .await;
+    let (server, cert_dir) = start_with_tls().await;
     server.deliver(MESSAGE_ONE).await;
     let (mut client, session) = server.duplex().await;
     assert!(client.lines("CAPA").await.contains(&"STLS".to_owned()));
@@ -562,13 +569,7 @@ async fn stls_upgrades_the_connection() {
 // server answers nothing in clear text, it waits for a TLS handshake.
 #[tokio::test]
 async fn plaintext_after_stls_is_dropped() {
-    let cert_dir = tempfile::tempdir().unwrap();
-    let tls = cm_tls::server_config(cert_dir.path(), None, None, "localhost").unwrap();
-    let server = start_with(Pop3Config {
-        tls: Some(tls),
-        ..Pop3Config::default()
-    })
-    .await;
+    let (server, _cert_dir) = start_with_tls().await;
     let (mut client, _session) = server.duplex().await;
     client.send(b"STLS\r\nSTAT\r\n").await;
     assert_eq!(client.line().await, "+OK begin TLS negotiation");

@@ -152,6 +152,19 @@ fn fast_config() -> SmtpConfig {
     }
 }
 
+/// A server that offers STARTTLS with a self-signed certificate kept in the
+/// returned directory.
+async fn start_with_tls() -> (Server, tempfile::TempDir) {
+    let tls_dir = tempfile::tempdir().unwrap();
+    let tls = cm_tls::server_config(tls_dir.path(), None, None, "localhost").unwrap();
+    let server = start(SmtpConfig {
+        tls: Some(tls),
+        ..fast_config()
+    })
+    .await;
+    (server, tls_dir)
+}
+
 async fn start_with_limits(limits: SmtpLimits) -> Server {
     start(SmtpConfig {
         limits,
@@ -574,13 +587,7 @@ async fn tls_client(server: &Server, tls_dir: &std::path::Path) -> Client {
 /// trace header says ESMTPSA (RFC 3848).
 #[tokio::test]
 async fn starttls_then_auth_plain() {
-    let tls_dir = tempfile::tempdir().unwrap();
-    let tls = cm_tls::server_config(tls_dir.path(), None, None, "localhost").unwrap();
-    let server = start(SmtpConfig {
-        tls: Some(tls),
-        ..fast_config()
-    })
-    .await;
+    let (server, tls_dir) = start_with_tls().await;
     let mut client = tls_client(&server, tls_dir.path()).await;
     client.expect("MAIL FROM:<x@y.net>", 503).await;
     let ehlo = client.expect("EHLO tls.test", 250).await;
@@ -611,13 +618,7 @@ async fn starttls_then_auth_plain() {
 /// Goal: commands pipelined behind STARTTLS in clear text are dropped (RFC 3207 §4.2).
 #[tokio::test]
 async fn plaintext_after_starttls_is_dropped() {
-    let tls_dir = tempfile::tempdir().unwrap();
-    let tls = cm_tls::server_config(tls_dir.path(), None, None, "localhost").unwrap();
-    let server = start(SmtpConfig {
-        tls: Some(tls),
-        ..fast_config()
-    })
-    .await;
+    let (server, _tls_dir) = start_with_tls().await;
     let mut client = greeted(&server).await;
     client.send(b"STARTTLS\r\nMAIL FROM:<x@y.net>\r\n").await;
     assert_eq!(client.reply().await.code, 220);
