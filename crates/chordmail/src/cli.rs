@@ -26,7 +26,7 @@ pub enum Command {
     /// Show the ring as a node sees it.
     Ring(RingArgs),
     /// Request/reply between programs over mail (DESIGN.md §7).
-    Rpc(cm_rpc::cli::RpcArgs),
+    Rpc(crate::rpc_cli::RpcArgs),
 }
 
 /// `chordmail node`: every option may also come from `--config FILE`; flags win.

@@ -75,7 +75,7 @@ def main():
         (work / "password").write_text(PASSWORD + "\n")
         node = lambda idx: f"127.0.0.1:{args.base_port + idx + 10000}"  # noqa: E731
         runner = subprocess.Popen(
-            [str(EXAMPLES / "rpc_cli"), "serve", "--server", node(1), "--server", node(2),
+            [BIN, "rpc", "serve", "--server", node(1), "--server", node(2),
              "--account", "bench-svc@localhost", "--password-file", str(work / "password"),
              "--state", str(work / "state"), "--poll-ms", str(args.poll_ms), "--concurrency", "16", "--", "cat"],
             stdout=open(work / "serve.log", "wb"), stderr=subprocess.STDOUT)

@@ -5,9 +5,11 @@
 //! - [`RingKey`] and [`key_of_address`]: where an address lives on the Chord circle;
 //! - [`limits`]: every bound on an input, as named constants with the unit last;
 //! - [`Address`]: a validated, lower-cased mail address;
+//! - [`date`]: the RFC 5322 date of mail headers;
 //! - [`metrics`]: the node's counters, rendered by the admin API.
 
 pub mod address;
+pub mod date;
 pub mod limits;
 pub mod metrics;
 
