@@ -1,10 +1,11 @@
 //! Mail to other domains: everything of the outbound queue that talks to the
 //! outside world (DESIGN.md §12).
 //!
-//! The crate is deliberately not the queue: it stores nothing, schedules nothing and
-//! knows nothing of the ring. The node keeps queue entries as replicated ring data
-//! and calls in here to decide when to try, to try, and to write a bounce. It depends
-//! on `cm-types` only.
+//! The queue's entries are replicated ring data kept by `cm-repl`
+//! (`Mail::enqueue`, `Mail::outbound_due`); this crate stores nothing itself. Its
+//! [`queue`] worker takes the entries this node coordinates and calls the rest of
+//! the crate to decide when to try, to try, and to write a bounce; only that worker
+//! knows the ring (through `cm_repl::Mail`), the rest depends on `cm-types` only.
 //!
 //! In reading order:
 //! - [`config`]: [`RelayConfig`], the `[relay]` table, with the retry policy
@@ -17,6 +18,7 @@
 //!   opportunistic STARTTLS, dot-stuffing);
 //! - [`dsn`]: [`dsn()`], RFC 3464 bounces, and [`should_bounce`], which keeps
 //!   bounces from looping;
+//! - [`queue`]: the worker that drives the replicated queue through the above;
 //! - [`limits`]: every bound, as named constants.
 
 mod client;
@@ -25,6 +27,7 @@ pub mod deliver;
 pub mod dsn;
 mod error;
 pub mod limits;
+pub mod queue;
 pub mod route;
 
 pub use config::{HostPort, RelayConfig};
