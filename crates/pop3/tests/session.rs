@@ -1,5 +1,5 @@
 //! The POP3 shell over loopback TCP against a real one-node mail service: each
-//! semantic rule of DESIGN.md §6 and issue 4 is one test. Raw lines go over a real
+//! semantic rule of docs/DESIGN.md §6 and issue 4 is one test. Raw lines go over a real
 //! socket; waits poll against a deadline.
 
 use std::net::SocketAddr;
@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 const ALICE: &str = "alice@example.org";
 const PASSWORD: &str = "correct horse";
-/// How long a released maildrop lock may take to be free again (DESIGN.md §9.3).
+/// How long a released maildrop lock may take to be free again (docs/DESIGN.md §9.3).
 const LOCK_RELEASE_DEADLINE: Duration = Duration::from_secs(10);
 
 struct Server {

@@ -964,7 +964,7 @@ impl Mail {
 
     /// Deletes messages of the locked maildrop as tombstones on a write quorum. On
     /// `Err` the deletion was not acknowledged and, as far as this node can tell,
-    /// removed nothing (DESIGN.md §6):
+    /// removed nothing (docs/DESIGN.md §6):
     /// - before writing, a write quorum of the replica set must answer a ring call, so
     ///   the common refusal (replicas crashed or cut off) writes nothing anywhere;
     /// - this node's own copy, if it is a replica, is written only after `W - 1`

@@ -1,4 +1,4 @@
-//! `chordmail rpc call|serve`: the middleware from the shell (DESIGN.md §7).
+//! `chordmail rpc call|serve`: the middleware from the shell (docs/DESIGN.md §7).
 //!
 //! `call` reads the request body from stdin, prints the reply's body and exits with
 //! the reply's status; `serve` runs a command per request with the body on stdin and
