@@ -25,11 +25,12 @@ import pytest
 
 from conftest import BIN, ROOT
 from tools.chordlab import wait_until
+from tools.chordlab.node import target_dir
 
 PASSWORD = "rpc secret"
 SERVICE = "svc@localhost"
 CALLER = "me@localhost"
-EXAMPLES = Path(os.environ.get("CM_RPC_EXAMPLES", ROOT / "target" / "debug" / "examples"))
+EXAMPLES = Path(os.environ.get("CM_RPC_EXAMPLES", target_dir() / "debug" / "examples"))
 # A reply travels SMTP -> poll -> handler -> SMTP -> poll; on a loaded 2-core machine
 # a few seconds each is plenty.
 CALL_TIMEOUT_S = 60

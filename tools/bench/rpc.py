@@ -22,10 +22,10 @@ import time
 from pathlib import Path
 
 from tools.chordlab import Node, default_binary, wait_until
-from tools.chordlab.node import REPO
+from tools.chordlab.node import target_dir
 
 BIN = default_binary()
-EXAMPLES = Path(os.environ.get("CM_RPC_EXAMPLES", REPO / "target" / "debug" / "examples"))
+EXAMPLES = Path(os.environ.get("CM_RPC_EXAMPLES", target_dir() / "debug" / "examples"))
 PASSWORD = "bench secret"
 
 

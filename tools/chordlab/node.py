@@ -31,9 +31,14 @@ FAST_TIMING = {
 }
 
 
+def target_dir():
+    """Where cargo builds: $CARGO_TARGET_DIR, else target/ of this checkout."""
+    return Path(os.environ.get("CARGO_TARGET_DIR") or REPO / "target")
+
+
 def default_binary():
     """$CHORDMAIL_BIN, else the debug build of this checkout."""
-    return os.environ.get("CHORDMAIL_BIN", str(REPO / "target" / "debug" / "chordmail"))
+    return os.environ.get("CHORDMAIL_BIN", str(target_dir() / "debug" / "chordmail"))
 
 
 def write_config(path, options):
