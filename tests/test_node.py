@@ -7,7 +7,7 @@ import poplib
 import socket
 import subprocess
 
-from conftest import BIN, Node, http, run_cli, wait_until
+from conftest import Node, run_cli
 
 
 def pop3_login_works(node, address, password):

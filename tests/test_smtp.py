@@ -1,4 +1,4 @@
-"""SMTP (DESIGN.md §5, issue 3) against a running `chordmail node`, with real clients.
+"""SMTP (docs/DESIGN.md §5, issue 3) against a running `chordmail node`, with real clients.
 
 Goal: what Python's smtplib and swaks send is stored byte for byte (after
 dot-unstuffing) behind our trace headers, and every refused input leaves the

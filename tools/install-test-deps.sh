@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the tests need on a fresh Debian machine; does nothing when it is
-# all there already. Rust (cargo) and Python 3 are expected on the machine.
+# all there already. Rust (cargo) and Python 3 are expected on the machine. (The
+# benchmark's peers, Postfix and Dovecot, are installed by
+# tools/bench/peers/peers-setup.sh when tools/bench/compare.sh first runs.)
 set -euo pipefail
 
 packages=()

@@ -1,4 +1,4 @@
-//! The admin HTTP API of a node (DESIGN.md §8): JSON endpoints for accounts and the
+//! The admin HTTP API of a node (docs/DESIGN.md §8): JSON endpoints for accounts and the
 //! ring, `/healthz`, Prometheus `/metrics` and a small HTML status page at `/`.
 //!
 //! A thin layer: handlers translate HTTP into calls on [`cm_repl::Mail`] and a

@@ -1,4 +1,4 @@
-//! The command line (DESIGN.md §2) and its mapping onto a resolved configuration.
+//! The command line (docs/DESIGN.md §2) and its mapping onto a resolved configuration.
 
 use std::path::PathBuf;
 
@@ -25,7 +25,7 @@ pub enum Command {
     User(UserArgs),
     /// Show the ring as a node sees it.
     Ring(RingArgs),
-    /// Request/reply between programs over mail (DESIGN.md §7).
+    /// Request/reply between programs over mail (docs/DESIGN.md §7).
     Rpc(crate::rpc_cli::RpcArgs),
 }
 

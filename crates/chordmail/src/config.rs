@@ -7,7 +7,7 @@ use serde::Deserialize;
 
 use crate::cli::NodeArgs;
 
-/// Service ports default to the ring port plus these offsets (DESIGN.md §2), so that
+/// Service ports default to the ring port plus these offsets (docs/DESIGN.md §2), so that
 /// the seed's two commands (ring ports 5000 and 5002) run side by side on one host.
 pub const SMTP_PORT_OFFSET: u16 = 10_000;
 pub const POP3_PORT_OFFSET: u16 = 20_000;

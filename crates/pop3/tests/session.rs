@@ -1,5 +1,5 @@
 //! The POP3 shell against a real one-node mail service: each semantic rule of
-//! DESIGN.md §6 and issue 4 is one test. A session's rules are tested over
+//! docs/DESIGN.md §6 and issue 4 is one test. A session's rules are tested over
 //! `tokio::io::duplex` (`Server::duplex`); what needs the accept loop (several
 //! sessions, the connection limit, shutdown) over loopback TCP. Waits poll
 //! against a deadline.
@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 const ALICE: &str = "alice@example.org";
 const PASSWORD: &str = "correct horse";
-/// How long a released maildrop lock may take to be free again (DESIGN.md §9.3).
+/// How long a released maildrop lock may take to be free again (docs/DESIGN.md §9.3).
 const LOCK_RELEASE_DEADLINE: Duration = Duration::from_secs(10);
 
 struct Server {

@@ -11,7 +11,7 @@ use crate::limits::{
     TIMEOUT_S_MAX,
 };
 
-/// The `[relay]` table (DESIGN.md §12). Missing keys take the defaults below, unknown
+/// The `[relay]` table (docs/DESIGN.md §12). Missing keys take the defaults below, unknown
 /// keys are refused so that a misspelt `retry_max_s` does not silently do nothing.
 ///
 /// Deserialising checks only the shape; call [`RelayConfig::validate`] before use,

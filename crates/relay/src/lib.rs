@@ -1,5 +1,5 @@
 //! Mail to other domains: everything of the outbound queue that talks to the
-//! outside world (DESIGN.md §12).
+//! outside world (docs/DESIGN.md §12).
 //!
 //! The queue's entries are replicated ring data kept by `cm-repl`
 //! (`Mail::enqueue`, `Mail::outbound_due`); this crate stores nothing itself. Its
