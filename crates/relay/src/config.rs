@@ -27,6 +27,9 @@ pub struct RelayConfig {
     /// The name we give in EHLO and in DSNs (`Reporting-MTA`, `MAILER-DAEMON@`). The
     /// binary should set it to the node's public name; receivers check it.
     pub hostname: String,
+    /// The port of hosts found through DNS MX or A/AAAA: 25 (RFC 5321 §4.5.4.2)
+    /// except where a test points DNS at a server on loopback.
+    pub mx_port: u16,
     /// How long to wait for a TCP connection to one address.
     pub connect_timeout_s: u64,
     /// How long to wait for the reply to one command (greeting, EHLO, MAIL, RCPT,
@@ -50,6 +53,7 @@ impl Default for RelayConfig {
             routes: BTreeMap::new(),
             smarthost: None,
             hostname: "localhost".to_string(),
+            mx_port: crate::route::SMTP_PORT,
             connect_timeout_s: 30,
             command_timeout_s: 300,
             data_timeout_s: 600,
@@ -149,6 +153,9 @@ impl RelayConfig {
                 format!("{:?} is not a host name", self.hostname),
             );
         }
+        if self.mx_port == 0 {
+            return bad("mx_port", "must not be 0".to_string());
+        }
         for (key, value) in [
             ("connect_timeout_s", self.connect_timeout_s),
             ("command_timeout_s", self.command_timeout_s),
@@ -247,7 +254,8 @@ mod tests {
 
     #[test]
     fn validate_refuses_values_past_their_limits() {
-        let cases: [(&str, fn(&mut RelayConfig)); 7] = [
+        type Spoil = fn(&mut RelayConfig);
+        let cases: [(&str, Spoil); 8] = [
             ("routes", |c| {
                 c.routes.insert("B.test".into(), "h:25".into());
             }),
@@ -256,6 +264,7 @@ mod tests {
             }),
             ("smarthost", |c| c.smarthost = Some("h:0".into())),
             ("hostname", |c| c.hostname = "a b".into()),
+            ("mx_port", |c| c.mx_port = 0),
             ("data_timeout_s", |c| c.data_timeout_s = 0),
             ("retry_max_s", |c| c.retry_max_s = c.retry_first_s - 1),
             ("lifetime_s", |c| c.lifetime_s = LIFETIME_S_MAX + 1),

@@ -80,7 +80,7 @@ pub async fn route<R: Resolver>(
         return match resolver.ips(domain).await {
             Ok(ips) if !ips.is_empty() => Ok(vec![HostPort {
                 host: domain.to_ascii_lowercase(),
-                port: SMTP_PORT,
+                port: config.mx_port,
             }]),
             Ok(_) | Err(DnsFailure::NoSuchDomain) => Err(no_such_domain(domain)),
             Err(DnsFailure::Temporary(reason)) => Err(RecipientOutcome::Deferred {
@@ -93,7 +93,7 @@ pub async fn route<R: Resolver>(
     for record in records {
         let hop = HostPort {
             host: record.exchange.to_ascii_lowercase(),
-            port: SMTP_PORT,
+            port: config.mx_port,
         };
         if !hops.contains(&hop) && hops.len() < MX_HOSTS_MAX {
             hops.push(hop);
