@@ -56,6 +56,9 @@ impl Resolver for FakeDns {
     }
 }
 
+/// The RCPT reply for a recipient; `None` closes the connection instead.
+pub type RcptReply = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
+
 /// How the scripted server answers.
 #[derive(Clone)]
 pub struct Script {
@@ -66,8 +69,7 @@ pub struct Script {
     /// Closes the connection right after answering 220 to STARTTLS.
     pub break_tls: bool,
     pub mail_reply: String,
-    /// The RCPT reply for a recipient; `None` closes the connection instead.
-    pub rcpt_reply: Arc<dyn Fn(&str) -> Option<String> + Send + Sync>,
+    pub rcpt_reply: RcptReply,
     pub data_reply: String,
     /// The reply to the final dot; `None` closes the connection instead.
     pub final_reply: Option<String>,
