@@ -547,6 +547,60 @@ mod tests {
         assert_eq!(reply(550, "5.1.1 x").diagnostic(), "550 5.1.1 x");
     }
 
+    /// A session over one end of an in-memory pipe; the test plays the server on the
+    /// other end.
+    fn piped_session() -> (Session, tokio::io::DuplexStream) {
+        let (client_end, server_end) = tokio::io::duplex(64 * 1024);
+        let session = Session {
+            io: Box::new(client_end),
+            unread: Vec::new(),
+            extensions: Extensions::default(),
+            tls: false,
+            peer: "mx.test[127.0.0.1]".to_string(),
+            command_timeout: Duration::from_secs(5),
+            data_timeout: Duration::from_secs(5),
+        };
+        (session, server_end)
+    }
+
+    /// Goal: every way a reply can overrun its bounds ends the session with a reason
+    /// instead of buffering without end or waiting for ever.
+    /// Method: each case writes a hostile reply into a pipe; time is paused so the
+    /// stalled case times out at once and deterministically.
+    #[tokio::test(start_paused = true)]
+    async fn hostile_replies_are_cut_off() {
+        let too_long = format!("250 {}\r\n", "x".repeat(REPLY_LINE_BYTES_MAX));
+        let too_many = "250-x\r\n".repeat(REPLY_LINES_MAX) + "250 x\r\n";
+        let cases: [(&str, &[u8]); 5] = [
+            ("longer than 512", too_long.as_bytes()),
+            ("more than 64 reply lines", too_many.as_bytes()),
+            ("changed the reply code", b"250-a\r\n251 b\r\n"),
+            ("malformed", b"hello\r\n"),
+            ("did not answer", b"250 half a line without its end"),
+        ];
+        for (expected, bytes) in cases {
+            let (mut session, mut server_end) = piped_session();
+            server_end.write_all(bytes).await.unwrap();
+            let Broken(reason) = session
+                .read_reply(Duration::from_secs(300))
+                .await
+                .unwrap_err();
+            assert!(reason.contains(expected), "{expected}: {reason}");
+        }
+
+        let (mut session, mut server_end) = piped_session();
+        let exact = format!("250-{}\r\n250 ok\n", "y".repeat(REPLY_LINE_BYTES_MAX - 6));
+        server_end.write_all(exact.as_bytes()).await.unwrap();
+        let reply = session.read_reply(Duration::from_secs(1)).await.unwrap();
+        assert_eq!((reply.code, reply.lines.len()), (250, 2));
+        drop(server_end);
+        let Broken(reason) = session
+            .read_reply(Duration::from_secs(1))
+            .await
+            .unwrap_err();
+        assert!(reason.contains("closed the connection"), "{reason}");
+    }
+
     #[test]
     fn ehlo_keywords_are_read_after_the_first_line() {
         let reply = Reply {

@@ -266,8 +266,8 @@ async fn failed_tls_handshake_retries_in_plain_text_once() {
     assert!(!connections[1].tls);
 }
 
-/// Goal: a server that does not know EHLO still gets the mail through HELO, and a
-/// SIZE limit is respected before anything is sent.
+/// Goal: a server that does not know EHLO still gets the mail through HELO; a SIZE
+/// limit and a missing SMTPUTF8 fail the message before anything of it is sent.
 #[tokio::test]
 async fn helo_fallback_and_size_limit() {
     let server = start(
@@ -321,6 +321,25 @@ async fn helo_fallback_and_size_limit() {
             .commands
             .iter()
             .any(|command| command.starts_with("MAIL"))
+    );
+
+    // A non-ASCII address needs SMTPUTF8 (RFC 6531 §3.2), which this server lacks.
+    let server = start("127.0.0.1", 0, Script::default()).await;
+    let utf8 = envelope(Some("alice@a.test"), &["j\u{f6}rg@b.test"]);
+    let batch = [OutboundMessage {
+        envelope: &utf8,
+        message: b"Subject: x\r\n\r\nhi\r\n",
+    }];
+    let outcomes = deliver_batch(
+        &routed_to(server.addr),
+        &FakeDns::default(),
+        "b.test",
+        &batch,
+    )
+    .await;
+    assert!(
+        matches!(&outcomes[0][0], RecipientOutcome::Failed { status, .. } if status == "5.6.7"),
+        "{outcomes:?}"
     );
 }
 

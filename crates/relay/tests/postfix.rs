@@ -13,7 +13,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use cm_relay::{Envelope, OutboundMessage, RecipientOutcome, RelayConfig, deliver_batch};
+use cm_relay::{
+    DsnFailure, DsnReport, Envelope, OutboundMessage, RecipientOutcome, RelayConfig, deliver_batch,
+    dsn, is_bounce,
+};
 use cm_types::Address;
 use common::FakeDns;
 
@@ -308,6 +311,30 @@ async fn delivers_to_real_postfix_with_per_recipient_outcomes() {
         matches!(outcomes[1][0], RecipientOutcome::Delivered { .. }),
         "{outcomes:?}"
     );
+
+    // The failure becomes the DSN that goes back to alice.
+    let RecipientOutcome::Failed { reason, status } = &outcomes[0][1] else {
+        unreachable!("matched above")
+    };
+    let failures = [DsnFailure {
+        recipient: &first.recipients[1],
+        status,
+        diagnostic: reason,
+    }];
+    let bounce = dsn(&DsnReport {
+        reporting_host: "relay.a.test",
+        date: "Sun, 29 Nov 2026 16:00:01 +0000",
+        arrival_date: None,
+        sender: first.sender.as_ref().unwrap(),
+        failures: &failures,
+        original_message: first_message,
+    });
+    let bounce_text = String::from_utf8(bounce.clone()).unwrap();
+    assert!(
+        bounce_text.contains("\r\nDiagnostic-Code: smtp; 550 5.1.1 <nobody@bench.test>"),
+        "{bounce_text}"
+    );
+    assert!(is_bounce(&bounce));
 
     let (user0, user1) = tokio::task::spawn_blocking(move || {
         let user0 = postfix.wait_for_mail("user0", 1, Duration::from_secs(30));
