@@ -525,6 +525,43 @@ mod tests {
         }
     }
 
+    /// Undoes the stuffing as a strict receiver does (RFC 5321 §4.5.2): lines end in
+    /// CRLF, a lone dot ends the data, a leading dot is dropped.
+    fn unstuffed(wire: &[u8]) -> Option<Vec<u8>> {
+        let mut data = Vec::new();
+        let mut rest = wire;
+        while let Some(end_idx) = rest.windows(2).position(|window| window == b"\r\n") {
+            let line = &rest[..end_idx + 2];
+            rest = &rest[end_idx + 2..];
+            if line == b".\r\n" {
+                return rest.is_empty().then_some(data);
+            }
+            data.extend_from_slice(line.strip_prefix(b".").unwrap_or(line));
+        }
+        None
+    }
+
+    proptest::proptest! {
+        /// Goal: whatever the message, a strict receiver gets back exactly its lines,
+        /// and no lenient one (bare CR or LF as line end) sees an early end of data.
+        #[test]
+        fn dot_stuffing_round_trips_and_never_ends_early(
+            lines in proptest::collection::vec("[.a]{0,4}", 0..12),
+            noise in proptest::collection::vec(proptest::sample::select(&b".\r\na"[..]), 0..64),
+        ) {
+            let message: Vec<u8> = lines.iter().flat_map(|line| format!("{line}\r\n").into_bytes()).collect();
+            proptest::prop_assert_eq!(unstuffed(&dot_stuffed(&message)), Some(message));
+
+            let wire = dot_stuffed(&noise);
+            let body = &wire[..wire.len() - 3];
+            for terminator in [&b"\n.\r"[..], b"\n.\n", b"\r.\r", b"\r.\n"] {
+                let early = body.windows(terminator.len()).any(|window| window == terminator);
+                proptest::prop_assert!(!early, "{:?} in {:?}", terminator, wire);
+            }
+            proptest::prop_assert!(!body.starts_with(b".\r") && !body.starts_with(b".\n"));
+        }
+    }
+
     #[test]
     fn reply_lines_parse_and_status_prefers_the_enhanced_code() {
         assert_eq!(
