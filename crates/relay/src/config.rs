@@ -248,6 +248,18 @@ mod tests {
         assert_eq!(config.retry_first_s, 5);
         config.validate().unwrap();
 
+        // As the binary reads it: a `[relay]` table in the node's configuration file.
+        #[derive(Deserialize)]
+        struct File {
+            #[serde(default)]
+            relay: RelayConfig,
+        }
+        let file: File = toml::from_str("[relay]\nhostname = \"relay.a.test\"\n").unwrap();
+        assert_eq!(file.relay.hostname, "relay.a.test");
+        assert_eq!(file.relay.lifetime_s, 432_000);
+        let file: File = toml::from_str("").unwrap();
+        assert_eq!(file.relay, RelayConfig::default());
+
         let misspelt = toml::from_str::<RelayConfig>("retry_maximum_s = 10");
         assert!(misspelt.unwrap_err().to_string().contains("unknown field"));
     }

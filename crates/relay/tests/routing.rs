@@ -139,3 +139,25 @@ async fn deliver_batch_applies_the_route_outcome_to_every_recipient() {
         }
     }
 }
+
+/// Goal: when we are an MX host of the domain ourselves, only better hosts are tried,
+/// and with none better the message fails as a loop (RFC 5321 §5.1) instead of
+/// coming back to us.
+#[tokio::test]
+async fn our_own_mx_record_cuts_the_list() {
+    let config = RelayConfig {
+        hostname: "mx2.b.test".to_string(),
+        ..RelayConfig::default()
+    };
+    let dns = FakeDns::default()
+        .with_mx(
+            "b.test",
+            &[(10, "mx1.b.test"), (20, "MX2.b.test"), (30, "mx3.b.test")],
+        )
+        .with_mx("c.test", &[(10, "mx2.b.test"), (20, "mx1.b.test")]);
+    assert_eq!(
+        route(&config, &dns, "b.test").await.unwrap(),
+        hops(&["mx1.b.test"])
+    );
+    failed_with(route(&config, &dns, "c.test").await, "5.4.6");
+}
