@@ -504,6 +504,15 @@ impl Session {
     }
 
     pub fn recipient_verdict(&mut self, recipient: Address, verdict: RecipientVerdict) -> Step {
+        // An authenticated client may send to any domain: the shell queues that
+        // copy for delivery elsewhere (docs/DESIGN.md §12). Anyone else is refused
+        // there, so the ring is never an open relay.
+        let verdict = match verdict {
+            RecipientVerdict::DomainNotServed if self.authenticated.is_some() => {
+                RecipientVerdict::Accepted
+            }
+            other => other,
+        };
         let reply = match verdict {
             RecipientVerdict::Accepted => {
                 match std::mem::replace(&mut self.phase, Phase::Moved) {

@@ -583,8 +583,10 @@ async fn tls_client(server: &Server, tls_dir: &std::path::Path) -> Client {
     }
 }
 
-/// Goal: STARTTLS (RFC 3207) resets the session, AUTH works inside TLS, and the
-/// trace header says ESMTPSA (RFC 3848).
+/// Goal: STARTTLS (RFC 3207) resets the session, AUTH works inside TLS, the trace
+/// header says ESMTPSA (RFC 3848), and an authenticated session may send to another
+/// domain: that copy goes to the outbound queue (unauthenticated, it is refused:
+/// `refused_inputs_store_nothing`).
 #[tokio::test]
 async fn starttls_then_auth_plain() {
     let (server, tls_dir) = start_with_tls().await;
@@ -605,7 +607,7 @@ async fn starttls_then_auth_plain() {
         )
         .await;
     client.expect(&format!("MAIL FROM:<{BOB}>"), 250).await;
-    client.expect("RCPT TO:<friend@elsewhere.net>", 550).await;
+    client.expect("RCPT TO:<friend@elsewhere.net>", 250).await;
     client.expect(&format!("RCPT TO:<{ALICE}>"), 250).await;
     client.expect("DATA", 354).await;
     client.send(b"Subject: secure\r\n\r\nhello\r\n.\r\n").await;
@@ -613,6 +615,15 @@ async fn starttls_then_auth_plain() {
     let stored = server.stored(ALICE).await;
     let trace = split_trace(&stored[0], b"Subject: secure\r\n\r\nhello\r\n");
     assert!(trace.contains("with ESMTPSA"), "{trace}");
+
+    // The copy for the other domain is queued (docs/DESIGN.md §12), with the same
+    // octets as the local one, from the authenticated sender.
+    let queued = server.mail.outbound_held(10).await.unwrap();
+    assert_eq!(queued.len(), 1, "the authenticated relay queued nothing");
+    assert_eq!(queued[0].recipients, vec!["friend@elsewhere.net"]);
+    assert_eq!(queued[0].sender, BOB);
+    let due = server.mail.outbound_due(u64::MAX, 10).await.unwrap().due;
+    assert_eq!(due[0].1, stored[0], "the queued octets differ from the stored ones");
 }
 
 /// Goal: commands pipelined behind STARTTLS in clear text are dropped (RFC 3207 §4.2).
