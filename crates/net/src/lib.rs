@@ -5,6 +5,7 @@
 //!   `proto/replica.proto`); the replica service itself is implemented in `cm-repl`.
 //! - [`Peers`]: one lazily connected, reused channel per peer address; every call has
 //!   a deadline, and a call that misses it is [`cm_ring::Unreachable`].
+//! - [`ClusterTls`]: mutual TLS on the ring port with the cluster's certificates.
 //! - [`RingDriver`] / [`RingHandle`]: joins or starts a ring, serves the ring RPCs,
 //!   runs the periodic maintenance (stabilize, fix_fingers, fix_successors,
 //!   check_predecessor, probing remembered peers) and answers lookups.
@@ -25,6 +26,8 @@ mod convert;
 mod driver;
 mod peers;
 mod server;
+pub mod tls;
 
 pub use driver::{RingDriver, RingHandle, RingOptions, StartError, Timing};
 pub use peers::{MESSAGE_BYTES_MAX_ON_WIRE, Peers};
+pub use tls::{ClusterTls, ClusterTlsError};

@@ -5,12 +5,13 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use cm_ring::{LeaveNotice, LookupStep, NodeRef, RemoteState, Unreachable};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 use crate::convert::{leave_to_pb, state_from_pb, step_from_pb};
 use crate::pb;
 use crate::pb::ring_client::RingClient;
 use crate::replica_pb::replica_client::ReplicaClient;
+use crate::tls::ClusterTls;
 
 /// The largest gRPC message either side accepts: a whole message body (up to
 /// `MESSAGE_BYTES_MAX`) plus framing. tonic's default of 4 MiB would refuse big mail.
@@ -24,13 +25,21 @@ const CHANNELS_MAX: usize = 1024;
 pub struct Peers {
     rpc_timeout: Duration,
     channels: Mutex<HashMap<String, Channel>>,
+    /// Cluster TLS for every channel; `None` dials in plaintext (loopback or
+    /// `--insecure-ring` nodes).
+    tls: Option<ClientTlsConfig>,
 }
 
 impl Peers {
     pub fn new(rpc_timeout: Duration) -> Peers {
+        Peers::with_tls(rpc_timeout, None)
+    }
+
+    pub fn with_tls(rpc_timeout: Duration, tls: Option<&ClusterTls>) -> Peers {
         Peers {
             rpc_timeout,
             channels: Mutex::new(HashMap::new()),
+            tls: tls.map(ClusterTls::client_config),
         }
     }
 
@@ -50,10 +59,14 @@ impl Peers {
         if channels.len() >= CHANNELS_MAX {
             channels.clear();
         }
-        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))
             .map_err(|_| Unreachable)?
             .connect_timeout(self.rpc_timeout)
             .tcp_nodelay(true);
+        if let Some(tls) = &self.tls {
+            endpoint = endpoint.tls_config(tls.clone()).map_err(|_| Unreachable)?;
+        }
         let channel = endpoint.connect_lazy();
         channels.insert(addr.to_owned(), channel.clone());
         Ok(channel)

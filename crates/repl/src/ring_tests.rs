@@ -128,6 +128,7 @@ async fn start_node(
             rpc_timeout: Duration::from_millis(500),
         },
         on_peers_changed: Box::new(|_| {}),
+        tls: None,
     };
     let ring = RingDriver::start(options, listener, shutdown.clone(), tasks, routes)
         .await
