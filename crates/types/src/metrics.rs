@@ -131,6 +131,14 @@ pub static REPLICAS_RESTORE_MS_LAST: Metric = Metric::gauge(
     "chordmail_replicas_restore_ms_last",
     "Milliseconds from the first anti-entropy round that found missing copies to the first that found none, last time",
 );
+pub static ADMIN_UNAUTHORIZED: Metric = Metric::counter(
+    "chordmail_admin_unauthorized_total",
+    "Admin API requests refused for a missing or wrong token",
+);
+pub static REPLICA_WRITES_REFUSED: Metric = Metric::counter(
+    "chordmail_replica_writes_refused_total",
+    "Write batches from peers refused by the checks on replica data",
+);
 
 /// Every metric above, in the order they are rendered.
 pub static ALL: &[&Metric] = &[
@@ -151,6 +159,8 @@ pub static ALL: &[&Metric] = &[
     &ANTI_ENTROPY_ROUNDS,
     &ADDRESSES_OUT_OF_SYNC,
     &REPLICAS_RESTORE_MS_LAST,
+    &ADMIN_UNAUTHORIZED,
+    &REPLICA_WRITES_REFUSED,
 ];
 
 /// The Prometheus text exposition (version 0.0.4) of `metrics`.
