@@ -107,6 +107,11 @@ impl AdminToken {
         Ok(AdminToken(text.into()))
     }
 
+    /// The token itself, for a client that sends it.
+    pub fn secret(&self) -> &str {
+        &self.0
+    }
+
     /// Whether `headers` carry `Authorization: Bearer <this token>`. The comparison
     /// takes the same time wherever the first differing byte is, so that a caller
     /// cannot find the token byte by byte from response times.
