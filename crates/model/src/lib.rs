@@ -15,7 +15,7 @@ pub mod clock;
 pub mod mailbox;
 pub mod message;
 
-pub use account::{Account, PasswordError};
+pub use account::{Account, HashError, PasswordError, check_password_hash};
 pub use clock::{HybridClock, Version};
 pub use mailbox::Mailbox;
 pub use message::{Message, MessageId, MessageIdError};

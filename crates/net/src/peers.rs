@@ -5,7 +5,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use cm_ring::{LeaveNotice, LookupStep, NodeRef, RemoteState, Unreachable};
-use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+use tonic::transport::{Channel, Endpoint};
 
 use crate::convert::{leave_to_pb, state_from_pb, step_from_pb};
 use crate::pb;
@@ -27,7 +27,7 @@ pub struct Peers {
     channels: Mutex<HashMap<String, Channel>>,
     /// Cluster TLS for every channel; `None` dials in plaintext (loopback or
     /// `--insecure-ring` nodes).
-    tls: Option<ClientTlsConfig>,
+    tls: Option<ClusterTls>,
 }
 
 impl Peers {
@@ -39,7 +39,7 @@ impl Peers {
         Peers {
             rpc_timeout,
             channels: Mutex::new(HashMap::new()),
-            tls: tls.map(ClusterTls::client_config),
+            tls: tls.cloned(),
         }
     }
 
@@ -65,7 +65,9 @@ impl Peers {
             .connect_timeout(self.rpc_timeout)
             .tcp_nodelay(true);
         if let Some(tls) = &self.tls {
-            endpoint = endpoint.tls_config(tls.clone()).map_err(|_| Unreachable)?;
+            endpoint = endpoint
+                .tls_config_with_verifier(tls.client_config(), tls.verifier_for(addr))
+                .map_err(|_| Unreachable)?;
         }
         let channel = endpoint.connect_lazy();
         channels.insert(addr.to_owned(), channel.clone());

@@ -1,14 +1,21 @@
 //! Mutual TLS on the ring port (DESIGN.md §10): the server asks every peer for a
 //! certificate that chains to the cluster CA, and every outgoing channel presents this
 //! node's certificate and accepts only a server whose certificate chains to that CA
-//! and names the dialled host.
+//! and covers the whole ring address dialled (host and port), so that a member cannot
+//! answer for another member on the same host.
 //!
 //! The certificates themselves are made by `cm_tls::cluster`; this module loads them
 //! and hands them to tonic (rustls with the `ring` provider, no OpenSSL).
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::WebPkiServerVerifier;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
 
 /// A peer that has not finished its TLS handshake after this long is dropped, so that
@@ -21,6 +28,8 @@ pub enum ClusterTlsError {
     Read { path: PathBuf, reason: String },
     #[error(transparent)]
     Key(#[from] cm_tls::TlsError),
+    #[error("{path} holds no usable CA certificate: {reason}")]
+    Ca { path: PathBuf, reason: String },
 }
 
 /// The three cluster files of a node: the CA it trusts, its certificate and its key.
@@ -29,6 +38,8 @@ pub struct ClusterTls {
     ca_pem: Vec<u8>,
     cert_pem: Vec<u8>,
     key_pem: Vec<u8>,
+    /// The CA-checking half of every outgoing channel's verifier.
+    webpki: Arc<WebPkiServerVerifier>,
 }
 
 impl ClusterTls {
@@ -41,10 +52,30 @@ impl ClusterTls {
                 reason: error.to_string(),
             })
         };
+        let ca_pem = read(ca)?;
+        let ca_error = |reason: String| ClusterTlsError::Ca {
+            path: ca.to_path_buf(),
+            reason,
+        };
+        let mut roots = RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(&ca_pem) {
+            let cert = cert.map_err(|error| ca_error(error.to_string()))?;
+            roots
+                .add(cert)
+                .map_err(|error| ca_error(error.to_string()))?;
+        }
+        if roots.is_empty() {
+            return Err(ca_error("no certificate in the file".to_owned()));
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
+            .build()
+            .map_err(|error| ca_error(error.to_string()))?;
         Ok(ClusterTls {
-            ca_pem: read(ca)?,
+            ca_pem,
             cert_pem: read(cert)?,
             key_pem: read(key)?,
+            webpki,
         })
     }
 
@@ -57,13 +88,77 @@ impl ClusterTls {
             .timeout(TLS_HANDSHAKE_TIMEOUT)
     }
 
-    /// An outgoing channel's side: the CA is the only trust anchor, and the server's
-    /// certificate must name the host of the address dialled.
+    /// An outgoing channel's side: this node's identity; the server is checked by
+    /// [`ClusterTls::verifier_for`].
     pub fn client_config(&self) -> ClientTlsConfig {
         ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(&self.ca_pem))
             .identity(Identity::from_pem(&self.cert_pem, &self.key_pem))
             .timeout(TLS_HANDSHAKE_TIMEOUT)
+    }
+
+    /// The verifier of the channel to `ring_addr`: the CA is the only trust anchor,
+    /// and the server's certificate must cover `ring_addr`.
+    pub fn verifier_for(&self, ring_addr: &str) -> Arc<dyn ServerCertVerifier> {
+        Arc::new(RingAddrVerifier {
+            webpki: self.webpki.clone(),
+            ring_addr: ring_addr.to_owned(),
+        })
+    }
+}
+
+/// WebPKI's checks (chain to the cluster CA, validity, the host as a subject name)
+/// plus the whole ring address.
+#[derive(Debug)]
+struct RingAddrVerifier {
+    webpki: Arc<WebPkiServerVerifier>,
+    ring_addr: String,
+}
+
+impl ServerCertVerifier for RingAddrVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let verified = self.webpki.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        )?;
+        if !cm_tls::cluster::covers(end_entity, &self.ring_addr) {
+            return Err(rustls::Error::General(format!(
+                "the certificate of the node at {} is made for another ring address",
+                self.ring_addr
+            )));
+        }
+        Ok(verified)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.webpki.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.webpki.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.webpki.supported_verify_schemes()
     }
 }
 

@@ -20,6 +20,7 @@
 //! duplicate, never lose). It knows nothing of SMTP or POP3 syntax.
 
 pub mod antientropy;
+pub mod checks;
 mod convert;
 mod lease;
 mod local;

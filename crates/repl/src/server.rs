@@ -50,6 +50,7 @@ impl pb::replica_server::Replica for ReplicaService {
     async fn apply(&self, request: Request<pb::WriteBatch>) -> Result<Response<pb::Ack>, Status> {
         let writes = writes_from_pb(request.into_inner(), |address| self.local.key(address))
             .map_err(status)?;
+        crate::checks::check_writes(&writes, crate::now_ms()).map_err(status)?;
         cm_types::metrics::REPLICA_WRITES_RECEIVED.add(writes.len() as u64);
         self.local.apply(writes).await.map_err(status)?;
         Ok(Response::new(pb::Ack {}))
@@ -150,6 +151,7 @@ impl pb::replica_server::Replica for ReplicaService {
         &self,
         request: Request<pb::HandoffRequest>,
     ) -> Result<Response<pb::HandoffReply>, Status> {
+        crate::checks::check_claimed_addr(&request, &request.get_ref().addr)?;
         let request = request.into_inner();
         let mail = self
             .mail
