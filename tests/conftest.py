@@ -11,6 +11,7 @@ import socket
 import subprocess
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -19,7 +20,26 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 BIN = os.environ.get("CHORDMAIL_BIN", str(ROOT / "target" / "debug" / "chordmail"))
 READY_TIMEOUT_S = 30.0
-SMTP_OFFSET, POP3_OFFSET, HTTP_OFFSET = 10_000, 20_000, 30_000
+SMTP_OFFSET, POP3_OFFSET, HTTP_OFFSET = 10_000, 20_000, 3_000
+
+# The admin token file of each admin listener ("host:port"), read by `http` for every
+# /api/ call (DESIGN.md §8). A node makes DATA/admin.token on its first start, so
+# the file is read at call time, not when the node is registered.
+_token_files = {}
+
+
+def register_token_file(http_url, path):
+    """Makes `http` send the token in `path` to the admin API at `http_url`."""
+    _token_files[urllib.parse.urlsplit(http_url).netloc] = Path(path)
+
+
+def token_for(url):
+    """The admin token of the node serving `url`, or None when none is known yet."""
+    path = _token_files.get(urllib.parse.urlsplit(url).netloc)
+    try:
+        return path.read_text().strip() if path else None
+    except FileNotFoundError:
+        return None
 
 
 def port_is_free(port):
@@ -47,12 +67,18 @@ def free_ring_port():
     raise RuntimeError("no free group of loopback ports")
 
 
-def http(method, url, body=None, timeout=30):
-    """(status, parsed JSON or text) of one admin API call."""
+def http(method, url, body=None, timeout=30, token=...):
+    """(status, parsed JSON or text) of one admin API call. The node's admin token is
+    sent (see `register_token_file`) unless `token` says otherwise: None sends no
+    Authorization header, a string sends that token."""
     data = None if body is None else json.dumps(body).encode()
     request = urllib.request.Request(url, data=data, method=method)
     if data is not None:
         request.add_header("Content-Type", "application/json")
+    if token is ...:
+        token = token_for(url)
+    if token is not None:
+        request.add_header("Authorization", f"Bearer {token}")
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             status, raw = response.status, response.read()
@@ -82,7 +108,7 @@ def wait_until(predicate, timeout, what, interval=0.1):
 class Node:
     """One `chordmail node` process on 127.0.0.1."""
 
-    def __init__(self, workdir, ring_port=None, data=None, args=(), replicas=1, domains=("localhost", "example.org")):
+    def __init__(self, workdir, ring_port=None, data=None, args=(), replicas=1, domains=("localhost", "example.org"), token_file=None):
         self.ring_port = ring_port or free_ring_port()
         self.addr = f"127.0.0.1:{self.ring_port}"
         self.smtp_port = self.ring_port + SMTP_OFFSET
@@ -90,6 +116,8 @@ class Node:
         self.http_port = self.ring_port + HTTP_OFFSET
         self.http = f"http://127.0.0.1:{self.http_port}"
         self.data = Path(data) if data else Path(workdir) / f"data-{self.ring_port}"
+        self.token_file = Path(token_file) if token_file else self.data / "admin.token"
+        register_token_file(self.http, self.token_file)
         self.log_path = Path(workdir) / f"node-{self.ring_port}.log"
         self.args = list(args)
         self.replicas = replicas
@@ -152,8 +180,8 @@ class Node:
         self.kill()
         return self.start()
 
-    def api(self, method, path, body=None):
-        return http(method, self.http + path, body)
+    def api(self, method, path, body=None, **kwargs):
+        return http(method, self.http + path, body, **kwargs)
 
     def add_user(self, address, password):
         status, body = self.api("POST", "/api/users", {"address": address, "password": password})
@@ -181,7 +209,16 @@ def node(make_node):
     return make_node()
 
 
-def run_cli(*args, input=None, timeout=60):
+def private_file(path, text):
+    """Writes a secret file (a password, a token) readable by its owner only, as the
+    chordmail commands demand."""
+    path = Path(path)
+    path.write_text(text)
+    path.chmod(0o600)
+    return path
+
+
+def run_cli(*args, input=None, timeout=60, env=None):
     """Runs the chordmail binary to completion: (exit status, stdout, stderr)."""
-    result = subprocess.run([BIN, *args], input=input, capture_output=True, text=True, timeout=timeout)
+    result = subprocess.run([BIN, *args], input=input, capture_output=True, text=True, timeout=timeout, env=env)
     return result.returncode, result.stdout, result.stderr

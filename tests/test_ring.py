@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BIN, HTTP_OFFSET, POP3_OFFSET, SMTP_OFFSET, Node, free_ring_port, http, port_is_free, run_cli, wait_until
+from conftest import BIN, HTTP_OFFSET, POP3_OFFSET, SMTP_OFFSET, Node, free_ring_port, http, port_is_free, private_file, run_cli, wait_until
 
 # Maintenance intervals for the tests that do not test the defaults.
 FAST_TIMING = {
@@ -433,19 +433,20 @@ def test_ring_command_prints_table_and_json(make_node, tmp_path):
     members = [{"id": 100, "addr": a.addr}, {"id": 40000, "addr": b.addr}, {"id": 65535, "addr": c.addr}]
     wait_for_ring(loopback_fetch([a, b, c]), members, FORM_BOUND_S, "a ring of 3")
 
-    code, out, err = run_cli("ring", "--node", b.http)
+    token = ["--token-file", str(b.token_file)]
+    code, out, err = run_cli("ring", "--node", b.http, *token)
     assert code == 0, err
     rows = [line.split() for line in out.splitlines() if line.split()[:1] in (["100"], ["40000"], ["65535"])]
     assert [row[:2] for row in rows] == [["40000", b.addr], ["65535", c.addr], ["100", a.addr]], out
     assert "this node" in " ".join(rows[0]) and "this node" not in " ".join(rows[1] + rows[2]), out
     assert "3 nodes" in out, out
 
-    code, out, err = run_cli("ring", "--node", b.http, "--json")
+    code, out, err = run_cli("ring", "--node", b.http, "--json", *token)
     assert code == 0, err
     assert json.loads(out) == b.api("GET", "/api/cluster")[1]
     assert [ref(node) for node in json.loads(out)["nodes"]] == [members[1], members[2], members[0]]
 
-    code, out, err = run_cli("ring", "--node", "http://127.0.0.1:1")
+    code, out, err = run_cli("ring", "--node", "http://127.0.0.1:1", *token)
     assert code == 1 and "127.0.0.1:1" in err, (code, out, err)
 
 
@@ -489,7 +490,7 @@ def test_up_forms_a_ring_and_sigint_stops_every_node(tmp_path):
     try:
         wait_until(lambda: "Ctrl-C" in log_path.read_text(errors="replace") or up.poll() is not None, 60, "`up` to start 3 nodes")
         assert up.poll() is None, log_path.read_text()
-        nodes = [Node(tmp_path, ring_port=base + i, data=data / f"node-{i}") for i in range(3)]
+        nodes = [Node(tmp_path, ring_port=base + i, data=data / f"node-{i}", token_file=data / "admin.token") for i in range(3)]
         members = [member_of(node) for node in nodes]
         took = wait_for_ring(loopback_fetch(nodes), members, FORM_BOUND_S, "the ring of `up`")
         report("`up`: ring of 3 correct after `up` printed its directions", took)
@@ -522,9 +523,11 @@ NETNS_RING_PORT = 7000
 # Helper run inside the bridge's namespace: reads one URL a line, prints one JSON line.
 FETCH_HELPER = r"""
 import json, sys, urllib.request, urllib.error
+token = open(sys.argv[1]).read().strip()
 for line in sys.stdin:
     try:
-        with urllib.request.urlopen(line.strip(), timeout=2) as response:
+        request = urllib.request.Request(line.strip(), headers={"Authorization": "Bearer " + token})
+        with urllib.request.urlopen(request, timeout=2) as response:
             out = {"status": response.status, "body": response.read().decode()}
     except urllib.error.HTTPError as error:
         out = {"status": error.code, "body": error.read().decode()}
@@ -577,8 +580,14 @@ class NetnsLab:
             run("ip", "-n", self.bridge_ns, "link", "set", f"port{i}", "master", "br0", "up")
             run("ip", "-n", self.ns(i), "addr", "add", f"{self.ip(i)}/24", "dev", "eth0")
             run("ip", "-n", self.ns(i), "link", "set", "eth0", "up")
+        # One admin token for every node, and a cluster CA: the nodes' ring addresses
+        # are not loopback, so they run with mutual TLS (DESIGN.md §10).
+        self.token_file = self.workdir / "netns-admin.token"
+        private_file(self.token_file, os.urandom(32).hex() + "\n")
+        self.ca_dir = self.workdir / "netns-ca"
+        run(BIN, "cert", "ca", "--dir", str(self.ca_dir))
         self.helper = subprocess.Popen(
-            ["ip", "netns", "exec", self.bridge_ns, "python3", "-u", "-c", FETCH_HELPER],
+            ["ip", "netns", "exec", self.bridge_ns, "python3", "-u", "-c", FETCH_HELPER, str(self.token_file)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
         )
         self.processes.append(self.helper)
@@ -598,10 +607,19 @@ class NetnsLab:
 
     def start_node(self, i, node_id, extra):
         log = open(self.workdir / f"netns-node-{i}.log", "ab")
+        addr = f"{self.ip(i)}:{NETNS_RING_PORT}"
+        cert_dir = self.workdir / f"netns-cert-{i}"
+        if not cert_dir.exists():
+            run(BIN, "cert", "node", "--ca-dir", str(self.ca_dir), "--addr", addr, "--out", str(cert_dir))
         command = [
             "ip", "netns", "exec", self.ns(i), BIN, "node",
-            "--addr", f"{self.ip(i)}:{NETNS_RING_PORT}", "--id", str(node_id),
-            "--data", str(self.workdir / f"netns-data-{i}"), "--replicas", "3", *extra,
+            "--addr", addr, "--id", str(node_id),
+            "--data", str(self.workdir / f"netns-data-{i}"), "--replicas", "3",
+            "--http", f"{self.ip(i)}:{NETNS_RING_PORT + HTTP_OFFSET}",
+            "--admin-token-file", str(self.token_file),
+            "--cluster-ca", str(self.ca_dir / "ca.crt"),
+            "--cluster-cert", str(cert_dir / "node.crt"), "--cluster-key", str(cert_dir / "node.key"),
+            *extra,
         ]
         env = dict(os.environ, RUST_LOG=os.environ.get("RUST_LOG", "info"))
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)

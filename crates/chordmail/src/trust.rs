@@ -1,6 +1,7 @@
 //! What a node checks and prepares before it binds anything (DESIGN.md §10): a private
 //! data directory, the admin token, and the cluster certificates of the ring port.
-//! Every failure here is a usage error (exit 2) naming the file and the fix.
+//! A refused file is a usage error (exit 2) naming the file and the fix; a data
+//! directory that cannot be made is a runtime failure (exit 1), as before.
 
 use std::io::Write as _;
 use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _};
@@ -21,16 +22,16 @@ const DATA_DEPTH_MAX: usize = 2;
 /// Makes every file and directory this process creates private to its user (0600 and
 /// 0700), then creates `--data` 0700, or narrows an existing one and its files, which
 /// an earlier version left world-readable.
-pub fn prepare_data_dir(data: &Path) -> Result<(), UsageError> {
+pub fn prepare_data_dir(data: &Path) -> anyhow::Result<()> {
     // SAFETY: umask(2) only sets this process's file mode mask; it cannot fail.
     unsafe { libc::umask(0o077) };
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(data)
-        .map_err(|error| UsageError(format!("cannot create --data {}: {error}", data.display())))?;
+        .map_err(|error| anyhow::anyhow!("cannot create --data {}: {error}", data.display()))?;
     make_private(data, DATA_DEPTH_MAX)
-        .map_err(|error| UsageError(format!("cannot restrict {}: {error}", data.display())))
+        .map_err(|error| anyhow::anyhow!("cannot restrict {}: {error}", data.display()))
 }
 
 fn make_private(path: &Path, depth_left: usize) -> std::io::Result<()> {
@@ -49,22 +50,32 @@ fn make_private(path: &Path, depth_left: usize) -> std::io::Result<()> {
     Ok(())
 }
 
-/// The admin token: from `--admin-token-file`, else `DATA/admin.token`, which is made
-/// (0600) on first start. Returns the token and the file it came from.
-pub fn admin_token(config: &NodeConfig) -> Result<(AdminToken, PathBuf), UsageError> {
-    let (path, configured) = match &config.admin_token_file {
-        Some(path) => (path.clone(), true),
-        None => (config.data.join(ADMIN_TOKEN_FILE), false),
-    };
-    if !configured && !path.exists() {
-        let token = new_token_text();
-        write_new_private(&path, format!("{token}\n").as_bytes()).map_err(|error| {
-            UsageError(format!("cannot create the admin token {}: {error}", path.display()))
-        })?;
-        tracing::info!(path = %path.display(), "generated the admin API token");
+/// The admin token's file: `--admin-token-file`, else `DATA/admin.token`; and the
+/// token, unless that default file does not exist yet (see [`make_admin_token`]).
+pub fn admin_token(config: &NodeConfig) -> Result<(Option<AdminToken>, PathBuf), UsageError> {
+    match &config.admin_token_file {
+        Some(path) => Ok((
+            Some(read_token_file(path, "--admin-token-file")?),
+            path.clone(),
+        )),
+        None => {
+            let path = config.data.join(ADMIN_TOKEN_FILE);
+            if path.exists() {
+                Ok((Some(read_token_file(&path, "the admin token")?), path))
+            } else {
+                Ok((None, path))
+            }
+        }
     }
-    let token = read_token_file(&path, "--admin-token-file")?;
-    Ok((token, path))
+}
+
+/// Makes the admin token file (0600) of a node's first start, in its data directory.
+pub fn make_admin_token(path: &Path) -> anyhow::Result<AdminToken> {
+    let token = new_token_text();
+    write_new_private(path, format!("{token}\n").as_bytes())
+        .map_err(|error| anyhow::anyhow!("cannot create the admin token {}: {error}", path.display()))?;
+    tracing::info!(path = %path.display(), "generated the admin API token");
+    Ok(AdminToken::new(&token).expect("a generated token has the accepted shape"))
 }
 
 /// Reads a token file that only its owner may read.

@@ -39,7 +39,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let n_nodes = args.nodes;
     let replicas = n_nodes.min(3);
     let exe = std::env::current_exe().context("cannot find the chordmail executable")?;
-    crate::trust::prepare_data_dir(&args.data).map_err(|error| anyhow::anyhow!("{error}"))?;
+    crate::trust::prepare_data_dir(&args.data)?;
     let token_path = args.data.join(crate::trust::ADMIN_TOKEN_FILE);
     if !token_path.exists() {
         let token = crate::trust::new_token_text();
