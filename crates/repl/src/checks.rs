@@ -172,4 +172,75 @@ mod tests {
         };
         assert!(check_writes(&[meta], NOW_MS).is_err());
     }
+
+    /// Goal: forged account records sent through the real `Apply` RPC change nothing
+    /// and panic nothing, and a later password change still wins. Method: a one-node
+    /// service on loopback; an account; `Apply` batches with a version near `u64::MAX`
+    /// and with an argon2 hash of absurd cost (the rest of the record genuine); then
+    /// the stored record, a login, and a password change.
+    #[tokio::test]
+    async fn forged_apply_calls_change_nothing() {
+        use crate::Mail;
+        use crate::convert::writes_to_pb;
+        use crate::server::ReplicaService;
+
+        let dir = tempfile::tempdir().unwrap();
+        let mail = Mail::open_for_tests(dir.path());
+        let alice = Address::parse("alice@example.org").unwrap();
+        mail.create_account(&alice, "secret").await.unwrap();
+        let before = mail.local().account(&alice).await.unwrap().unwrap();
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let cell = std::sync::Arc::new(std::sync::OnceLock::new());
+        assert!(cell.set(mail.clone()).is_ok());
+        let service = ReplicaService::server(mail.local().clone(), cell);
+        let server = tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+        );
+        let peers = cm_net::Peers::new(std::time::Duration::from_secs(5));
+
+        let far_future = Account {
+            version: Version {
+                wall_ms: u64::MAX,
+                counter: u32::MAX,
+                node: u64::MAX,
+            },
+            password_hash: cm_model::account::hash_password("mallory").unwrap(),
+            ..before.clone()
+        };
+        let (_, params_and_rest) = before.password_hash.split_once("$m=").unwrap();
+        let (_, rest) = params_and_rest.split_once('$').unwrap();
+        let absurd_cost = Account {
+            version: Version {
+                wall_ms: crate::now_ms(),
+                counter: 0,
+                node: 2,
+            },
+            password_hash: format!("$argon2id$v=19$m=4294967295,t=4294967295,p=1${rest}"),
+            ..before.clone()
+        };
+        for forged in [far_future, absurd_cost] {
+            let key = mail.key(&alice);
+            let batch = writes_to_pb(&[Write::Account {
+                key,
+                account: forged,
+            }]);
+            let outcome = peers
+                .replica(&addr, "apply", std::time::Duration::from_secs(5), |mut client| async move {
+                    client.apply(batch).await
+                })
+                .await;
+            assert!(outcome.is_err(), "the forged write was accepted");
+            let stored = mail.local().account(&alice).await.unwrap().unwrap();
+            assert_eq!(stored, before, "the stored account changed");
+        }
+        assert!(mail.authenticate(&alice, b"secret").await.unwrap());
+        mail.set_password(&alice, "changed").await.unwrap();
+        assert!(mail.authenticate(&alice, b"changed").await.unwrap());
+        assert!(!mail.authenticate(&alice, b"secret").await.unwrap());
+        server.abort();
+    }
 }
