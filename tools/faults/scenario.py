@@ -31,7 +31,10 @@ import netns
 import workload
 
 RING_PORT = 7000
-HTTP_PORT = RING_PORT + 30_000
+HTTP_PORT = RING_PORT + 3_000
+# The admin token of every node of this process's scenarios (DESIGN.md §8); each
+# scenario writes it to a 0600 file in its workdir for --admin-token-file.
+ADMIN_TOKEN = os.urandom(32).hex()
 READY_TIMEOUT_S = 30.0
 CONVERGE_TIMEOUT_S = 120.0
 STABLE_CONFIRM_S = 2.5  # one anti-entropy period (2 s) and a bit: out_of_sync is per round
@@ -47,6 +50,7 @@ ACTIVE = set()
 def http_json(ip, path, method="GET", body=None, timeout=3.0):
     data = None if body is None else json.dumps(body).encode()
     request = urllib.request.Request(f"http://{ip}:{HTTP_PORT}{path}", data=data, method=method)
+    request.add_header("Authorization", f"Bearer {ADMIN_TOKEN}")
     if data is not None:
         request.add_header("Content-Type", "application/json")
     try:
@@ -77,7 +81,8 @@ class NodeProc:
     def command(self, entry):
         command = ["ip", "netns", "exec", self.scenario.net.ns(self.index), str(self.scenario.binary), "node",
                    "--addr", self.addr, "--data", str(self.data), "--replicas", str(self.scenario.replicas),
-                   "--domain", workload.DOMAIN]
+                   "--domain", workload.DOMAIN, "--http", f"{self.ip}:{HTTP_PORT}",
+                   *self.scenario.trust_args(self.index, self.addr)]
         if entry:
             command += ["--entry-addr", entry]
         if self.scenario.config_path:
@@ -198,11 +203,27 @@ class Scenario:
         node.start(entry)
         return node
 
+    def trust_args(self, index, addr):
+        """The admin token and the cluster certificates of node `index` (made once):
+        the nodes' ring addresses are not loopback, so they run with mutual TLS."""
+        cert_dir = self.workdir / f"cert-{index}"
+        if not (cert_dir / "node.key").exists():
+            subprocess.run([str(self.binary), "cert", "node", "--ca-dir", str(self.workdir / "ca"), "--addr", addr,
+                            "--out", str(cert_dir)], check=True, capture_output=True)
+        return ["--admin-token-file", str(self.workdir / "admin.token"),
+                "--cluster-ca", str(self.workdir / "ca" / "ca.crt"),
+                "--cluster-cert", str(cert_dir / "node.crt"), "--cluster-key", str(cert_dir / "node.key")]
+
     # Set-up -----------------------------------------------------------------
 
     def setup(self):
         ACTIVE.add(self)
         self.workdir.mkdir(parents=True, exist_ok=True)
+        token_path = self.workdir / "admin.token"
+        token_path.write_text(ADMIN_TOKEN + "\n")
+        token_path.chmod(0o600)
+        if not (self.workdir / "ca" / "ca.key").exists():
+            subprocess.run([str(self.binary), "cert", "ca", "--dir", str(self.workdir / "ca")], check=True, capture_output=True)
         self.net.create()
         if self.use_proxy:
             import proxy
