@@ -37,7 +37,10 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-SMTP_OFFSET, POP3_OFFSET, HTTP_OFFSET = 10_000, 20_000, 30_000
+SMTP_OFFSET, POP3_OFFSET, HTTP_OFFSET = 10_000, 20_000, 3_000
+# One admin token for every node of the run (DESIGN.md §8), written 0600 to the
+# workdir and passed with --admin-token-file.
+ADMIN_TOKEN = os.urandom(32).hex()
 FAST_TIMING = {
     "anti_entropy_ms": 500,
     "stabilize_ms": 100,
@@ -50,8 +53,9 @@ FAST_TIMING = {
 
 
 def http_get(url, timeout=30):
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
             status, raw = response.status, response.read()
     except urllib.error.HTTPError as error:
         status, raw = error.code, error.read()
@@ -64,6 +68,7 @@ def http_get(url, timeout=30):
 def http_post(url, body, timeout=30):
     request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST")
     request.add_header("Content-Type", "application/json")
+    request.add_header("Authorization", f"Bearer {ADMIN_TOKEN}")
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             return response.status
@@ -106,8 +111,13 @@ class Node:
         self.addr = f"127.0.0.1:{port}"
         self.smtp_port = port + SMTP_OFFSET
         self.http = f"http://127.0.0.1:{port + HTTP_OFFSET}"
+        token_file = workdir / "admin.token"
+        token_file.touch(mode=0o600)
+        token_file.chmod(0o600)
+        token_file.write_text(ADMIN_TOKEN + "\n")
         self.command = [binary, "node", "--addr", self.addr, "--data", str(workdir / f"data-{port}"),
-                        "--replicas", str(replicas), "--domain", "example.org", *extra]
+                        "--replicas", str(replicas), "--domain", "example.org",
+                        "--admin-token-file", str(token_file), *extra]
         self.log = workdir / f"node-{port}.log"
         self.process = None
         self.id = None

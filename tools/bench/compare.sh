@@ -22,7 +22,9 @@
 #
 # Env: ROUNDS [3] N [5000] SIZE [4096] K [100] P [8] SYSTEMS ["peers one ring"]
 #      BIN [target-bench/release/chordmail] OUT [/tmp/cm-compare-<time>]
-#      ONE_PORT [17301] RING_PORT [17311] (ring ports +10000 SMTP, +20000 POP3, +30000 admin)
+#      ONE_PORT [17301] RING_PORT [17311] (ring ports +10000 SMTP, +20000 POP3, +3000 admin)
+# The nodes run as a real cluster would: mutual TLS on the ring port (a CA and node
+# certificates made in $OUT) and the admin token on /api/*.
 #      MAILPEERS_DIR [/tmp/mailpeers-ingest]  CM_RUST_LOG [unset = chordmail default, info]
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -60,9 +62,19 @@ start_peers() {
   SMTP_PORT=2526 POP3_PORT=1111 WAIT=(--wait-maildir "$MAILPEERS_DIR/maildirs")
 }
 
+TOKEN_FILE=$OUT/admin.token CA_DIR=$OUT/ca
+make_trust() {  # one admin token and a cluster CA for every node of the sitting
+  [ -s "$TOKEN_FILE" ] || (umask 077; head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$TOKEN_FILE")
+  [ -s "$CA_DIR/ca.key" ] || "$BIN" cert ca --dir "$CA_DIR" >>"$LOG"
+}
+
 start_node() {  # start_node DATA PORT REPLICAS [ENTRY]
   local data=$1 port=$2 replicas=$3 entry=${4:-}
-  local args=(node --addr "127.0.0.1:$port" --replicas "$replicas" --domain bench.test --data "$data")
+  make_trust
+  [ -s "$data.cert/node.key" ] || "$BIN" cert node --ca-dir "$CA_DIR" --addr "127.0.0.1:$port" --out "$data.cert" >>"$LOG"
+  local args=(node --addr "127.0.0.1:$port" --replicas "$replicas" --domain bench.test --data "$data"
+    --admin-token-file "$TOKEN_FILE" --cluster-ca "$CA_DIR/ca.crt"
+    --cluster-cert "$data.cert/node.crt" --cluster-key "$data.cert/node.key")
   [ -z "$entry" ] || args+=(--entry-addr "$entry")
   mkdir -p "$data"
   if [ -n "${CM_RUST_LOG:-}" ]; then
@@ -71,18 +83,19 @@ start_node() {  # start_node DATA PORT REPLICAS [ENTRY]
     "$BIN" "${args[@]}" >"$data.log" 2>&1 </dev/null &
   fi
   CM_PIDS+=($!); ROOTS+=($!)
-  wait_http "http://127.0.0.1:$((port + 30000))/healthz" || { echo "compare: node :$port did not come up" >&2; exit 1; }
+  wait_http "http://127.0.0.1:$((port + 3000))/healthz" || { echo "compare: node :$port did not come up" >&2; exit 1; }
 }
 
 add_users() {  # add_users ADMIN_PORT
   seq 0 $((K - 1)) | xargs -P 4 -I{} curl -fs -o /dev/null -X POST -H 'content-type: application/json' \
+    -H "authorization: Bearer $(cat "$TOKEN_FILE")" \
     -d '{"address":"user{}@bench.test","password":"pass"}' "http://127.0.0.1:$1/api/users"
 }
 
 start_one() {
   local d=$OUT/data/one-$1; rm -rf "$d"; ROOTS=()
   start_node "$d" "$ONE_PORT" 1
-  add_users $((ONE_PORT + 30000))
+  add_users $((ONE_PORT + 3000))
   SMTP_PORT=$((ONE_PORT + 10000)) POP3_PORT=$((ONE_PORT + 20000)) WAIT=()
 }
 
@@ -95,13 +108,13 @@ start_ring() {
   for ((i = 0; i < 600; i++)); do
     local ok=1 n
     for n in 0 1 2; do
-      [ "$(curl -fs "http://127.0.0.1:$((RING_PORT + 30000 + n))/api/cluster" | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["nodes"]))' 2>/dev/null)" = 3 ] || ok=0
+      [ "$(curl -fs -H "authorization: Bearer $(cat "$TOKEN_FILE")" "http://127.0.0.1:$((RING_PORT + 3000 + n))/api/cluster" | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["nodes"]))' 2>/dev/null)" = 3 ] || ok=0
     done
     [ $ok = 1 ] && break; sleep 0.2
   done
   [ $ok = 1 ] || { echo "compare: ring did not converge" >&2; exit 1; }
   sleep 3   # a few more stabilisation rounds (successor lists, fingers)
-  add_users $((RING_PORT + 30000))
+  add_users $((RING_PORT + 3000))
   SMTP_PORT=$((RING_PORT + 10000)) POP3_PORT=$((RING_PORT + 20000)) WAIT=()
 }
 
