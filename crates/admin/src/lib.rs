@@ -138,11 +138,24 @@ struct AppState {
     mail: Mail,
     ring: Arc<dyn RingStatus>,
     token: AdminToken,
+    host_names: Arc<[String]>,
 }
 
-/// The router of the admin API; the binary binds it to `--http`.
-pub fn router(mail: Mail, ring: Arc<dyn RingStatus>, token: AdminToken) -> Router {
-    let state = AppState { mail, ring, token };
+/// The router of the admin API; the binary binds it to `--http`. `host_names` are
+/// the DNS names (lower case) under which operators reach the API besides IP
+/// addresses and `localhost`.
+pub fn router(
+    mail: Mail,
+    ring: Arc<dyn RingStatus>,
+    token: AdminToken,
+    host_names: Vec<String>,
+) -> Router {
+    let state = AppState {
+        mail,
+        ring,
+        token,
+        host_names: host_names.into(),
+    };
     let api = Router::new()
         .route("/api/ring", get(ring_view))
         .route("/api/cluster", get(cluster_view))
@@ -162,8 +175,51 @@ pub fn router(mail: Mail, ring: Arc<dyn RingStatus>, token: AdminToken) -> Route
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .merge(api)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            refuse_foreign_hosts,
+        ))
         .layer(DefaultBodyLimit::max(ADMIN_BODY_BYTES_MAX))
         .with_state(state)
+}
+
+/// Refuses a request whose `Host` is a DNS name this node does not answer to: a web
+/// page that rebinds its own name to this address (DNS rebinding) can make a browser
+/// send requests here, and they carry that page's name. IP literals and `localhost`
+/// are always accepted; requests without `Host` come from no browser.
+async fn refuse_foreign_hosts(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .map(|value| value.to_str().unwrap_or("\u{0}"));
+    match host {
+        Some(host) if !host_is_ours(host, &state.host_names) => ApiError(
+            StatusCode::MISDIRECTED_REQUEST,
+            "this node does not answer to that host name".to_owned(),
+        )
+        .into_response(),
+        _ => next.run(request).await,
+    }
+}
+
+/// Whether `host` (a `Host` header: name or address, maybe with a port) is an IP
+/// literal, `localhost`, or one of `names`.
+fn host_is_ours(host: &str, names: &[String]) -> bool {
+    let name = if let Some(rest) = host.strip_prefix('[') {
+        // An IPv6 literal: "[::1]:8000".
+        return rest
+            .split_once(']')
+            .is_some_and(|(address, _)| address.parse::<std::net::Ipv6Addr>().is_ok());
+    } else {
+        host.rsplit_once(':').map_or(host, |(name, _)| name)
+    };
+    name.parse::<std::net::IpAddr>().is_ok()
+        || name.eq_ignore_ascii_case("localhost")
+        || names.iter().any(|known| known.eq_ignore_ascii_case(name))
 }
 
 /// Runs before every `/api/*` handler (and before its body is read): 401 with
@@ -475,6 +531,7 @@ mod tests {
             mail.clone(),
             Arc::new(LoneRing),
             AdminToken::new(TOKEN).unwrap(),
+            Vec::new(),
         );
         let wrong = format!("Bearer {}", TOKEN.replace('0', "1"));
         let prefix = format!("Bearer {}", &TOKEN[..TOKEN.len() - 1]);
@@ -539,6 +596,7 @@ mod tests {
             Mail::open_for_tests(dir.path()),
             Arc::new(LoneRing),
             AdminToken::new(TOKEN).unwrap(),
+            vec!["mail.example.org".to_owned()],
         );
         for path in ["/healthz", "/metrics", "/"] {
             let response = app
@@ -567,6 +625,35 @@ mod tests {
                 .await
                 .contains("127.0.0.1:5000")
         );
+    }
+
+    /// Goal: a rebound DNS name cannot reach the API, even with the token. Method:
+    /// the same request under several `Host` headers.
+    #[tokio::test]
+    async fn foreign_host_names_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let app = router(
+            Mail::open_for_tests(dir.path()),
+            Arc::new(LoneRing),
+            AdminToken::new(TOKEN).unwrap(),
+            vec!["mail.example.org".to_owned()],
+        );
+        for (host, expected) in [
+            ("127.0.0.1:8000", StatusCode::OK),
+            ("[::1]:8000", StatusCode::OK),
+            ("localhost:8000", StatusCode::OK),
+            ("Mail.Example.org:8000", StatusCode::OK),
+            ("mail.example.org", StatusCode::OK),
+            ("attacker.example:8000", StatusCode::MISDIRECTED_REQUEST),
+            ("[evil]:8000", StatusCode::MISDIRECTED_REQUEST),
+        ] {
+            let mut request = request("GET", "/api/users", "", Some(&format!("Bearer {TOKEN}")));
+            request
+                .headers_mut()
+                .insert(header::HOST, host.parse().unwrap());
+            let status = app.clone().oneshot(request).await.unwrap().status();
+            assert_eq!(status, expected, "{host}");
+        }
     }
 
     #[test]

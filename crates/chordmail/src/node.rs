@@ -147,6 +147,7 @@ pub async fn run(config: NodeConfig, prepared: Prepared) -> anyhow::Result<()> {
         mail.clone(),
         Arc::new(RingAdmin(ring.clone())),
         admin_token,
+        vec![config.hostname.to_lowercase()],
     );
     let admin_shutdown = shutdown.clone();
     tasks.spawn(async move {

@@ -44,6 +44,13 @@ impl Default for Timing {
 
 /// Stabilize rounds run back to back at most when successors keep turning out dead.
 const STABILIZE_RETRIES_MAX: usize = cm_ring::SUCCESSOR_LIST_LEN_MAX;
+/// Concurrent gRPC calls a peer may have open on one connection: every node keeps one
+/// connection per peer and multiplexes all its calls on it, so this bounds what one
+/// peer can make this node work on at once, far above what SMTP/POP3 sessions need.
+const RING_STREAMS_PER_CONNECTION_MAX: u32 = 1024;
+/// The server-side deadline of every call on the ring port: longer than any caller's
+/// own deadline (a hand-off's is 60 s), so it only ends work nobody waits for.
+const RING_CALL_SERVER_TIMEOUT: Duration = Duration::from_secs(180);
 /// Nodes a cluster walk visits at most.
 const CLUSTER_WALK_NODES_MAX: usize = 4096;
 /// Fingers refreshed per fix_fingers period.
@@ -321,7 +328,9 @@ impl RingDriver {
         });
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
         let server_shutdown = shutdown.clone();
-        let mut builder = tonic::transport::Server::builder();
+        let mut builder = tonic::transport::Server::builder()
+            .max_concurrent_streams(RING_STREAMS_PER_CONNECTION_MAX)
+            .timeout(RING_CALL_SERVER_TIMEOUT);
         if let Some(tls) = &tls {
             builder = builder
                 .tls_config(tls.server_config())
