@@ -176,3 +176,137 @@ pub fn peer_covers<T>(request: &tonic::Request<T>, tls_on: bool, addr: &str) -> 
         .first()
         .is_some_and(|leaf| cm_tls::cluster::covers(leaf, addr))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use cm_ring::{LeaveNotice, NodeRef, RingConfig};
+    use tokio::net::TcpListener;
+    use tokio_util::sync::CancellationToken;
+
+    use super::*;
+    use crate::{Peers, RingDriver, RingOptions, Timing};
+
+    const RPC_TIMEOUT: Duration = Duration::from_millis(1000);
+
+    fn certificates(root: &Path, ca_name: &str, addr: &str, out_name: &str) -> ClusterTls {
+        let ca = root.join(ca_name);
+        if !ca.join(cm_tls::cluster::CA_KEY_FILE).exists() {
+            cm_tls::cluster::create_ca(&ca).unwrap();
+        }
+        let out = root.join(out_name);
+        cm_tls::cluster::create_node_cert(&ca, addr, &out).unwrap();
+        ClusterTls::load(
+            &ca.join(cm_tls::cluster::CA_CERT_FILE),
+            &out.join(cm_tls::cluster::NODE_CERT_FILE),
+            &out.join(cm_tls::cluster::NODE_KEY_FILE),
+        )
+        .unwrap()
+    }
+
+    async fn free_addr() -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        listener.local_addr().unwrap().to_string()
+    }
+
+    fn options(me: NodeRef, tls: ClusterTls) -> RingOptions {
+        RingOptions {
+            me,
+            config: RingConfig::new(16, 1),
+            entry: None,
+            remembered: Vec::new(),
+            timing: Timing::default(),
+            on_peers_changed: Box::new(|_| {}),
+            tls: Some(tls),
+        }
+    }
+
+    /// Goal: every ring RPC needs a certificate of the cluster CA, a member cannot
+    /// claim another ring address, and a caller trusts only the server whose
+    /// certificate covers the address it dialled. Method: a one-node TLS ring; call
+    /// all four ring methods in plaintext and with a certificate of another CA, and
+    /// notify/leave claiming a third address with a member certificate (all refused,
+    /// the node's predecessor stays unset); then the same calls as a member (the
+    /// positive control); then a second node serving on the third address with a
+    /// member certificate made for another address, which its caller refuses.
+    #[tokio::test]
+    async fn ring_calls_need_a_cluster_certificate_covering_the_claim() {
+        let dir = tempfile::tempdir().unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let node_addr = listener.local_addr().unwrap().to_string();
+        let member_addr = free_addr().await;
+        let node_tls = certificates(dir.path(), "ca", &node_addr, "node");
+        let member_tls = certificates(dir.path(), "ca", &member_addr, "member");
+        let stranger_tls = certificates(dir.path(), "other-ca", &member_addr, "stranger");
+
+        let shutdown = CancellationToken::new();
+        let mut tasks = tokio::task::JoinSet::new();
+        let me = NodeRef {
+            id: 1000,
+            addr: node_addr.clone(),
+        };
+        let ring = RingDriver::start(
+            options(me.clone(), node_tls),
+            listener,
+            shutdown.clone(),
+            &mut tasks,
+            tonic::service::Routes::default(),
+        )
+        .await
+        .unwrap();
+
+        let member = Peers::with_tls(RPC_TIMEOUT, Some(&member_tls));
+        let plaintext = Peers::new(RPC_TIMEOUT);
+        let stranger = Peers::with_tls(RPC_TIMEOUT, Some(&stranger_tls));
+        let claimed = NodeRef {
+            id: 500,
+            addr: member_addr.clone(),
+        };
+        let third = NodeRef {
+            id: 600,
+            addr: free_addr().await,
+        };
+        let leave = |leaving: &NodeRef| LeaveNotice {
+            leaving: leaving.clone(),
+            predecessor: None,
+            successors: Vec::new(),
+        };
+
+        for (peers, what) in [(&plaintext, "plaintext"), (&stranger, "another CA")] {
+            assert!(peers.get_state(&node_addr).await.is_err(), "{what}");
+            assert!(peers.next_hop(&me, 7).await.is_err(), "{what}");
+            assert!(peers.notify(&me, &claimed).await.is_err(), "{what}");
+            assert!(peers.leave(&me, &leave(&claimed)).await.is_err(), "{what}");
+            assert_eq!(ring.predecessor(), None, "{what}");
+        }
+        assert!(
+            member.notify(&me, &third).await.is_err(),
+            "a claim of a third address"
+        );
+        assert!(member.leave(&me, &leave(&third)).await.is_err());
+        assert_eq!(ring.predecessor(), None);
+
+        assert!(member.get_state(&node_addr).await.is_ok());
+        assert!(member.next_hop(&me, 7).await.is_ok());
+        assert!(member.notify(&me, &claimed).await.is_ok());
+        assert_eq!(ring.predecessor(), Some(claimed.clone()));
+        assert!(member.leave(&me, &leave(&claimed)).await.is_ok());
+
+        let impostor_listener = TcpListener::bind(&third.addr).await.unwrap();
+        let impostor_tls = certificates(dir.path(), "ca", &member_addr, "impostor");
+        RingDriver::start(
+            options(third.clone(), impostor_tls),
+            impostor_listener,
+            shutdown.clone(),
+            &mut tasks,
+            tonic::service::Routes::default(),
+        )
+        .await
+        .unwrap();
+        let dialler = Peers::with_tls(RPC_TIMEOUT, Some(&member_tls));
+        assert!(dialler.get_state(&third.addr).await.is_err());
+        assert!(dialler.get_state(&node_addr).await.is_ok());
+        shutdown.cancel();
+    }
+}
