@@ -659,14 +659,14 @@ mod tests {
     #[test]
     fn short_or_odd_tokens_are_refused() {
         assert!(AdminToken::new(&format!("{TOKEN}\n")).is_ok());
-        assert_eq!(
-            AdminToken::new("short").unwrap_err(),
-            TokenError::Length(5)
-        );
+        assert_eq!(AdminToken::new("short").unwrap_err(), TokenError::Length(5));
         assert_eq!(
             AdminToken::new(&format!("{TOKEN} {TOKEN}")).unwrap_err(),
             TokenError::Characters
         );
-        assert_eq!(format!("{:?}", AdminToken::new(TOKEN).unwrap()), "AdminToken(..)");
+        assert_eq!(
+            format!("{:?}", AdminToken::new(TOKEN).unwrap()),
+            "AdminToken(..)"
+        );
     }
 }

@@ -72,7 +72,10 @@ fn call(
     let bearer = format!("Bearer {token}");
     let response = match (method, body) {
         ("GET", _) => agent.get(&target).header("Authorization", &bearer).call(),
-        ("DELETE", _) => agent.delete(&target).header("Authorization", &bearer).call(),
+        ("DELETE", _) => agent
+            .delete(&target)
+            .header("Authorization", &bearer)
+            .call(),
         ("POST", Some(body)) => agent
             .post(&target)
             .header("Authorization", &bearer)
@@ -143,7 +146,8 @@ pub fn user(args: UserArgs) -> anyhow::Result<()> {
         bail!("--node URL is required, e.g. --node http://127.0.0.1:8000");
     };
     let token = token(&args.token)?;
-    let call = |method: &str, path: &str, body: Option<Value>| call(node, &token, method, path, body);
+    let call =
+        |method: &str, path: &str, body: Option<Value>| call(node, &token, method, path, body);
     match args.action {
         UserAction::Add(UserWithPassword {
             address,

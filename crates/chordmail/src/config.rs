@@ -143,7 +143,11 @@ impl NodeConfig {
         };
         let smtp = service("--smtp", args.smtp.clone().or(file.smtp), SMTP_PORT_OFFSET)?;
         let pop3 = service("--pop3", args.pop3.clone().or(file.pop3), POP3_PORT_OFFSET)?;
-        let mut http = service("--http", args.http.clone().or(file.http.clone()), HTTP_PORT_OFFSET)?;
+        let mut http = service(
+            "--http",
+            args.http.clone().or(file.http.clone()),
+            HTTP_PORT_OFFSET,
+        )?;
         if args.http.is_none() && file.http.is_none() {
             // The admin API stays on the host unless asked otherwise (DESIGN.md §2).
             http.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
@@ -152,8 +156,14 @@ impl NodeConfig {
             addr,
             [
                 ("--cluster-ca", args.cluster_ca.clone().or(file.cluster_ca)),
-                ("--cluster-cert", args.cluster_cert.clone().or(file.cluster_cert)),
-                ("--cluster-key", args.cluster_key.clone().or(file.cluster_key)),
+                (
+                    "--cluster-cert",
+                    args.cluster_cert.clone().or(file.cluster_cert),
+                ),
+                (
+                    "--cluster-key",
+                    args.cluster_key.clone().or(file.cluster_key),
+                ),
             ],
             args.insecure_ring || file.insecure_ring.unwrap_or(false),
         )?;
@@ -452,7 +462,12 @@ mod tests {
             insecure_ring: true,
             ..with_files
         };
-        assert!(NodeConfig::resolve(&both).unwrap_err().0.contains("exclude"));
+        assert!(
+            NodeConfig::resolve(&both)
+                .unwrap_err()
+                .0
+                .contains("exclude")
+        );
         let loopback = NodeConfig::resolve(&args("127.0.0.2:5000")).unwrap();
         assert_eq!(loopback.cluster, None);
     }

@@ -73,15 +73,14 @@ fn cert(args: cli::CertArgs) -> ExitCode {
                 dir.join(cluster::CA_KEY_FILE).display()
             )
         }),
-        cli::CertAction::Node { ca_dir, addr, out } => {
-            cluster::create_node_cert(ca_dir, addr, out).map(|()| {
+        cli::CertAction::Node { ca_dir, addr, out } => cluster::create_node_cert(ca_dir, addr, out)
+            .map(|()| {
                 println!(
                     "wrote {} and {} for ring address {addr}",
                     out.join(cluster::NODE_CERT_FILE).display(),
                     out.join(cluster::NODE_KEY_FILE).display()
                 )
-            })
-        }
+            }),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

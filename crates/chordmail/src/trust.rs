@@ -72,8 +72,9 @@ pub fn admin_token(config: &NodeConfig) -> Result<(Option<AdminToken>, PathBuf),
 /// Makes the admin token file (0600) of a node's first start, in its data directory.
 pub fn make_admin_token(path: &Path) -> anyhow::Result<AdminToken> {
     let token = new_token_text();
-    write_new_private(path, format!("{token}\n").as_bytes())
-        .map_err(|error| anyhow::anyhow!("cannot create the admin token {}: {error}", path.display()))?;
+    write_new_private(path, format!("{token}\n").as_bytes()).map_err(|error| {
+        anyhow::anyhow!("cannot create the admin token {}: {error}", path.display())
+    })?;
     tracing::info!(path = %path.display(), "generated the admin API token");
     Ok(AdminToken::new(&token).expect("a generated token has the accepted shape"))
 }
@@ -84,7 +85,8 @@ pub fn read_token_file(path: &Path, what: &str) -> Result<AdminToken, UsageError
         .map_err(|error| UsageError(format!("{what}: {error}")))?;
     let text = std::fs::read_to_string(path)
         .map_err(|error| UsageError(format!("cannot read {what} {}: {error}", path.display())))?;
-    AdminToken::new(&text).map_err(|error| UsageError(format!("{what} {}: {error}", path.display())))
+    AdminToken::new(&text)
+        .map_err(|error| UsageError(format!("{what} {}: {error}", path.display())))
 }
 
 /// 256 random bits as lower-case hex.

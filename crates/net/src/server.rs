@@ -82,7 +82,11 @@ impl pb::ring_server::Ring for RingService {
 /// A peer claimed a ring address its certificate does not cover: it is a member of
 /// the cluster impersonating another node, or a misconfigured one.
 fn refuse_claim(op: &str, addr: &str) -> Status {
-    tracing::warn!(op, claimed = addr, "refused a ring address the peer's certificate does not cover");
+    tracing::warn!(
+        op,
+        claimed = addr,
+        "refused a ring address the peer's certificate does not cover"
+    );
     Status::permission_denied(format!(
         "the peer's certificate does not cover the ring address {addr} it claims"
     ))

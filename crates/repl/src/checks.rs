@@ -130,7 +130,10 @@ mod tests {
     #[test]
     fn forged_accounts_are_refused() {
         let good = account(NOW_MS, real_hash());
-        assert_eq!(check_writes(std::slice::from_ref(&good), NOW_MS).map_err(|_| ()), Ok(()));
+        assert_eq!(
+            check_writes(std::slice::from_ref(&good), NOW_MS).map_err(|_| ()),
+            Ok(())
+        );
         let skewed = account(NOW_MS + VERSION_FUTURE_MS_MAX, real_hash());
         assert!(check_writes(&[skewed], NOW_MS).is_ok(), "at the bound");
         for bad in [
@@ -229,9 +232,12 @@ mod tests {
                 account: forged,
             }]);
             let outcome = peers
-                .replica(&addr, "apply", std::time::Duration::from_secs(5), |mut client| async move {
-                    client.apply(batch).await
-                })
+                .replica(
+                    &addr,
+                    "apply",
+                    std::time::Duration::from_secs(5),
+                    |mut client| async move { client.apply(batch).await },
+                )
                 .await;
             assert!(outcome.is_err(), "the forged write was accepted");
             let stored = mail.local().account(&alice).await.unwrap().unwrap();

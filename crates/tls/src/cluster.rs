@@ -11,8 +11,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
-    IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
 
 use crate::TlsError;
@@ -251,7 +251,10 @@ mod tests {
         assert!(covers(&der, "127.0.0.1:5000"));
         assert!(!covers(&der, "127.0.0.1:5001"), "same host, another port");
         assert!(!covers(&der, "127.0.0.2:5000"), "another host");
-        assert!(!covers(&der, "localhost:5000"), "an IP certificate names no DNS host");
+        assert!(
+            !covers(&der, "localhost:5000"),
+            "an IP certificate names no DNS host"
+        );
         assert!(!covers(&der, "garbage"));
         assert!(!covers(b"not a certificate", "127.0.0.1:5000"));
 
