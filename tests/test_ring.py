@@ -25,7 +25,8 @@ from pathlib import Path
 import pytest
 
 from conftest import BIN, Node, run_cli
-from tools.chordlab import fetcher, free_port_block, free_ring_port, netns, wait_for_ring, wait_until, write_config
+from tools.chordlab import (ClusterCa, fetcher, free_port_block, free_ring_port, netns, new_token_file, wait_for_ring,
+                            wait_until, write_config)
 from tools.chordlab.ring import ref
 
 # Maintenance intervals for the tests that do not test the defaults.
@@ -357,19 +358,20 @@ def test_ring_command_prints_table_and_json(make_node, tmp_path):
     members = [{"id": 100, "addr": a.addr}, {"id": 40000, "addr": b.addr}, {"id": 65535, "addr": c.addr}]
     wait_for_ring(fetcher([a, b, c]), members, FORM_BOUND_S, "a ring of 3")
 
-    code, out, err = run_cli("ring", "--node", b.http)
+    token = ["--token-file", str(b.token_file)]
+    code, out, err = run_cli("ring", "--node", b.http, *token)
     assert code == 0, err
     rows = [line.split() for line in out.splitlines() if line.split()[:1] in (["100"], ["40000"], ["65535"])]
     assert [row[:2] for row in rows] == [["40000", b.addr], ["65535", c.addr], ["100", a.addr]], out
     assert "this node" in " ".join(rows[0]) and "this node" not in " ".join(rows[1] + rows[2]), out
     assert "3 nodes" in out, out
 
-    code, out, err = run_cli("ring", "--node", b.http, "--json")
+    code, out, err = run_cli("ring", "--node", b.http, "--json", *token)
     assert code == 0, err
     assert json.loads(out) == b.api("GET", "/api/cluster")[1]
     assert [ref(node) for node in json.loads(out)["nodes"]] == [members[1], members[2], members[0]]
 
-    code, out, err = run_cli("ring", "--node", "http://127.0.0.1:1")
+    code, out, err = run_cli("ring", "--node", "http://127.0.0.1:1", *token)
     assert code == 1 and "127.0.0.1:1" in err, (code, out, err)
 
 
@@ -469,13 +471,19 @@ def test_partition_in_namespaces_splits_and_heals(netns_lab, tmp_path):
     assert shutil.which("iptables"), "iptables is missing: run tools/install-test-deps.sh"
     net = netns_lab.net
     config = write_fast_config(tmp_path)
+    # The nodes' ring addresses are not loopback, so they run with mutual TLS and
+    # one admin token (docs/DESIGN.md §10).
+    ca = ClusterCa(BIN, tmp_path / "netns-ca")
+    token_file = new_token_file(tmp_path / "netns-admin.token")
     ids = {1: 10, 2: 50, 3: 90, 4: 30, 5: 70, 6: 110}
     nodes = {}
     for i in range(1, NETNS_NODES + 1):
         net.add_node(i)
+        addr = f"{net.node_ip(i)}:{NETNS_RING_PORT}"
+        trust = [*ca.node_args(addr, tmp_path / f"netns-cert-{i}"), "--admin-token-file", str(token_file)]
         nodes[i] = Node(tmp_path, ring_port=NETNS_RING_PORT, host=net.node_ip(i), netns=net.ns(i), replicas=3,
                         data=tmp_path / f"netns-data-{i}", log_path=tmp_path / f"netns-node-{i}.log",
-                        args=["--id", str(ids[i]), "--bits", "8", "--config", str(config)])
+                        args=["--id", str(ids[i]), "--bits", "8", "--config", str(config), *trust])
         netns_lab.nodes.append(nodes[i])
         nodes[i].start(entry=nodes[1].addr if i > 1 else None)
     member = {i: {"id": ids[i], "addr": nodes[i].addr} for i in ids}

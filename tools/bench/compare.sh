@@ -24,7 +24,9 @@
 # Env: ROUNDS [3] N [5000] SIZE [4096] K [100] P [8] SYSTEMS ["peers one ring"]
 #      BIN [target-bench/release/chordmail] OUT [/tmp/cm-compare-<time>]
 #      ONE_PORT [17301] RING_PORT [17311] (ring ports; SMTP +10000, POP3 +20000, admin
-#      +30000, passed to the nodes explicitly)
+#      +3000, passed to the nodes explicitly)
+# The nodes run as a real cluster would: mutual TLS on the ring port (a CA and node
+# certificates made in $OUT) and the admin token on /api/*.
 #      MAILPEERS_DIR [/tmp/mailpeers-ingest]  CM_RUST_LOG [unset = chordmail default, info]
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -55,7 +57,7 @@ load1() { cut -d' ' -f1 /proc/loadavg; }
 
 # ---- servers --------------------------------------------------------------
 ROOTS=() SMTP_PORT= POP3_PORT= WAIT=()
-SMTP_OFFSET=10000 POP3_OFFSET=20000 HTTP_OFFSET=30000
+SMTP_OFFSET=10000 POP3_OFFSET=20000 HTTP_OFFSET=3000
 wait_http() { for ((t = 0; t < 300; t++)); do curl -fs "$1" >/dev/null 2>&1 && return 0; sleep 0.1; done; return 1; }
 api() {  # api DATA CURL_ARGS...: an admin API call to the node of DATA, with its token if it has one
   local data=$1 auth=(); shift
@@ -69,11 +71,15 @@ start_peers() {
   SMTP_PORT=2526 POP3_PORT=1111 WAIT=(--wait-maildir "$MAILPEERS_DIR/maildirs")
 }
 
+CA_DIR=$OUT/ca
 start_node() {  # start_node DATA PORT REPLICAS [ENTRY]
   local data=$1 port=$2 replicas=$3 entry=${4:-}
+  [ -s "$CA_DIR/ca.key" ] || "$BIN" cert ca --dir "$CA_DIR" >>"$LOG"
+  [ -s "$data.cert/node.key" ] || "$BIN" cert node --ca-dir "$CA_DIR" --addr "127.0.0.1:$port" --out "$data.cert" >>"$LOG"
   local args=(node --addr "127.0.0.1:$port" --smtp "127.0.0.1:$((port + SMTP_OFFSET))"
               --pop3 "127.0.0.1:$((port + POP3_OFFSET))" --http "127.0.0.1:$((port + HTTP_OFFSET))"
-              --replicas "$replicas" --domain bench.test --data "$data")
+              --replicas "$replicas" --domain bench.test --data "$data"
+              --cluster-ca "$CA_DIR/ca.crt" --cluster-cert "$data.cert/node.crt" --cluster-key "$data.cert/node.key")
   [ -z "$entry" ] || args+=(--entry-addr "$entry")
   mkdir -p "$data"
   if [ -n "${CM_RUST_LOG:-}" ]; then

@@ -41,6 +41,29 @@ def default_binary():
     return os.environ.get("CHORDMAIL_BIN", str(target_dir() / "debug" / "chordmail"))
 
 
+class ClusterCa:
+    """A cluster CA made by `chordmail cert ca` in `directory`, and node certificates
+    made from it on demand: what a ring of non-loopback nodes needs (docs/DESIGN.md
+    §10), and what the tests use to run rings with mutual TLS."""
+
+    def __init__(self, binary, directory):
+        self.binary = str(binary)
+        self.directory = Path(directory)
+        if not (self.directory / "ca.key").exists():
+            subprocess.run([self.binary, "cert", "ca", "--dir", str(self.directory)], check=True,
+                           capture_output=True)
+
+    def node_args(self, addr, out):
+        """The --cluster-* flags of the node at ring address `addr`, with its
+        certificate in `out` (made once)."""
+        out = Path(out)
+        if not (out / "node.key").exists():
+            subprocess.run([self.binary, "cert", "node", "--ca-dir", str(self.directory), "--addr", addr,
+                            "--out", str(out)], check=True, capture_output=True)
+        return ["--cluster-ca", str(self.directory / "ca.crt"), "--cluster-cert", str(out / "node.crt"),
+                "--cluster-key", str(out / "node.key")]
+
+
 def write_config(path, options):
     """Writes `options` ({name: number}) as a node's TOML --config file; returns the path."""
     path = Path(path)
@@ -225,9 +248,11 @@ class Node:
             return Path(self.args[self.args.index("--admin-token-file") + 1])
         return self.data / "admin.token"
 
-    def api(self, method, path, body=None, timeout=30.0):
-        """(status, parsed body) of one admin API call to this node."""
-        return admin.request(method, self.http + path, body, timeout=timeout, token_file=self.token_file)
+    def api(self, method, path, body=None, timeout=30.0, token=...):
+        """(status, parsed body) of one admin API call to this node, with its token
+        unless `token` says otherwise (see `admin.request`)."""
+        return admin.request(method, self.http + path, body, timeout=timeout, token_file=self.token_file,
+                             token=token)
 
     def get(self, path, timeout=5.0):
         """The body of a GET that must answer 200 (ApiError otherwise)."""

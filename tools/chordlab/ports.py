@@ -9,11 +9,11 @@ seed's verbatim command lines) do the DEFAULT_* offsets below apply.
 import random
 import socket
 
-SMTP_OFFSET, POP3_OFFSET, HTTP_OFFSET = 10_000, 20_000, 30_000
+SMTP_OFFSET, POP3_OFFSET, HTTP_OFFSET = 10_000, 20_000, 3_000
 
 # The binary's own defaults (crates/chordmail/src/config.rs), for nodes whose ports
 # the binary chooses: `chordmail up` and command lines given verbatim.
-DEFAULT_SMTP_OFFSET, DEFAULT_POP3_OFFSET, DEFAULT_HTTP_OFFSET = 10_000, 20_000, 30_000
+DEFAULT_SMTP_OFFSET, DEFAULT_POP3_OFFSET, DEFAULT_HTTP_OFFSET = 10_000, 20_000, 3_000
 
 RING_PORT_RANGE = (20_000, 35_000)
 

@@ -21,7 +21,7 @@ import threading
 import time
 from pathlib import Path
 
-from tools.chordlab import ApiError, Node, NodeError, netns, replica_set, ring_problems
+from tools.chordlab import ApiError, ClusterCa, Node, NodeError, netns, new_token_file, replica_set, ring_problems
 from tools.faults import checker, proxy, workload
 
 RING_PORT = workload.RING_PORT
@@ -42,6 +42,11 @@ class NodeProc(Node):
 
     def __init__(self, scenario, index):
         args = ["--config", str(scenario.config_path)] if scenario.config_path else []
+        # The nodes' ring addresses are not loopback: mutual TLS and one admin token,
+        # as a real cluster runs (docs/DESIGN.md §10).
+        addr = f"{scenario.net.node_ip(index)}:{RING_PORT}"
+        args += [*scenario.ca.node_args(addr, scenario.workdir / f"cert-{index}"),
+                 "--admin-token-file", str(scenario.token_file)]
         super().__init__(scenario.binary, scenario.workdir, ring_port=RING_PORT, host=scenario.net.node_ip(index),
                          data=scenario.workdir / f"data-{index}", log_path=scenario.workdir / f"node-{index}.log",
                          args=args, replicas=scenario.replicas, domains=(workload.DOMAIN,),
@@ -146,6 +151,8 @@ class Scenario:
     def setup(self):
         ACTIVE.add(self)
         self.workdir.mkdir(parents=True, exist_ok=True)
+        self.ca = ClusterCa(self.binary, self.workdir / "ca")
+        self.token_file = new_token_file(self.workdir / "admin.token")
         self.net.create()
         if self.use_proxy:
             self.proxy = proxy.FaultProxy(self.net, RING_PORT, seed=self.seed)

@@ -4,14 +4,19 @@
 //! A thin layer: handlers translate HTTP into calls on [`cm_repl::Mail`] and a
 //! [`RingStatus`], and their answers back into the fixed JSON shapes. This is the only
 //! crate that defines wire DTOs for operators; it holds no state of its own.
-//! The API has no authentication: bind it to a loopback or management address.
+//!
+//! Every `/api/*` route needs `Authorization: Bearer TOKEN` with the node's
+//! [`AdminToken`] (DESIGN.md §8, §10); `/healthz` and `/metrics` stay open for probes
+//! and scrapers, and the status page at `/` shows the ring only to a caller that
+//! presents the token.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use axum::extract::{DefaultBodyLimit, Path, State};
-use axum::http::{StatusCode, header};
+use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, put};
 use axum::{Json, Router};
@@ -68,26 +73,176 @@ pub trait RingStatus: Send + Sync + 'static {
     fn cluster(&self) -> Pin<Box<dyn Future<Output = Vec<NodeRef>> + Send + '_>>;
 }
 
+/// The shortest admin token accepted: 128 bits as hex. A generated token has 256.
+pub const ADMIN_TOKEN_CHARS_MIN: usize = 32;
+/// The longest admin token accepted (a token file is read whole).
+pub const ADMIN_TOKEN_CHARS_MAX: usize = 1024;
+
+/// The secret every `/api/*` request must present. Its `Debug` hides it, so that it
+/// never reaches a log.
+#[derive(Clone)]
+pub struct AdminToken(Arc<str>);
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    #[error(
+        "the admin token must be {ADMIN_TOKEN_CHARS_MIN} to {ADMIN_TOKEN_CHARS_MAX} characters, got {0}"
+    )]
+    Length(usize),
+    #[error("the admin token may hold only printable ASCII without spaces")]
+    Characters,
+}
+
+impl AdminToken {
+    /// A token as read from a file (surrounding whitespace and the final newline
+    /// dropped). It must be printable ASCII, as it travels in an HTTP header.
+    pub fn new(text: &str) -> Result<AdminToken, TokenError> {
+        let text = text.trim();
+        if !(ADMIN_TOKEN_CHARS_MIN..=ADMIN_TOKEN_CHARS_MAX).contains(&text.len()) {
+            return Err(TokenError::Length(text.len()));
+        }
+        if !text.bytes().all(|byte| byte.is_ascii_graphic()) {
+            return Err(TokenError::Characters);
+        }
+        Ok(AdminToken(text.into()))
+    }
+
+    /// The token itself, for a client that sends it.
+    pub fn secret(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether `headers` carry `Authorization: Bearer <this token>`. The comparison
+    /// takes the same time wherever the first differing byte is, so that a caller
+    /// cannot find the token byte by byte from response times.
+    pub fn admits(&self, headers: &HeaderMap) -> bool {
+        use subtle::ConstantTimeEq as _;
+        let Some(value) = headers.get(header::AUTHORIZATION) else {
+            return false;
+        };
+        let Some(presented) = value.as_bytes().strip_prefix(b"Bearer ") else {
+            return false;
+        };
+        bool::from(presented.ct_eq(self.0.as_bytes()))
+    }
+}
+
+impl std::fmt::Debug for AdminToken {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str("AdminToken(..)")
+    }
+}
+
 #[derive(Clone)]
 struct AppState {
     mail: Mail,
     ring: Arc<dyn RingStatus>,
+    token: AdminToken,
+    host_names: Arc<[String]>,
 }
 
-/// The router of the admin API; the binary binds it to `--http`.
-pub fn router(mail: Mail, ring: Arc<dyn RingStatus>) -> Router {
-    Router::new()
-        .route("/", get(status_page))
-        .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics))
+/// The router of the admin API; the binary binds it to `--http`. `host_names` are
+/// the DNS names (lower case) under which operators reach the API besides IP
+/// addresses and `localhost`.
+pub fn router(
+    mail: Mail,
+    ring: Arc<dyn RingStatus>,
+    token: AdminToken,
+    host_names: Vec<String>,
+) -> Router {
+    let state = AppState {
+        mail,
+        ring,
+        token,
+        host_names: host_names.into(),
+    };
+    let api = Router::new()
         .route("/api/ring", get(ring_view))
         .route("/api/cluster", get(cluster_view))
         .route("/api/users", get(list_users).post(create_user))
         .route("/api/users/{address}", axum::routing::delete(delete_user))
         .route("/api/users/{address}/password", put(set_password))
         .route("/api/replicas/{address}", get(local_replica))
+        // Any other `/api/` path too: an unknown route must not tell a caller without
+        // the token which routes exist.
+        .route("/api/{*rest}", axum::routing::any(not_found))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            require_token,
+        ));
+    Router::new()
+        .route("/", get(status_page))
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .merge(api)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            refuse_foreign_hosts,
+        ))
         .layer(DefaultBodyLimit::max(ADMIN_BODY_BYTES_MAX))
-        .with_state(AppState { mail, ring })
+        .with_state(state)
+}
+
+/// Refuses a request whose `Host` is a DNS name this node does not answer to: a web
+/// page that rebinds its own name to this address (DNS rebinding) can make a browser
+/// send requests here, and they carry that page's name. IP literals and `localhost`
+/// are always accepted; requests without `Host` come from no browser.
+async fn refuse_foreign_hosts(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .map(|value| value.to_str().unwrap_or("\u{0}"));
+    match host {
+        Some(host) if !host_is_ours(host, &state.host_names) => ApiError(
+            StatusCode::MISDIRECTED_REQUEST,
+            "this node does not answer to that host name".to_owned(),
+        )
+        .into_response(),
+        _ => next.run(request).await,
+    }
+}
+
+/// Whether `host` (a `Host` header: name or address, maybe with a port) is an IP
+/// literal, `localhost`, or one of `names`.
+fn host_is_ours(host: &str, names: &[String]) -> bool {
+    let name = if let Some(rest) = host.strip_prefix('[') {
+        // An IPv6 literal: "[::1]:8000".
+        return rest
+            .split_once(']')
+            .is_some_and(|(address, _)| address.parse::<std::net::Ipv6Addr>().is_ok());
+    } else {
+        host.rsplit_once(':').map_or(host, |(name, _)| name)
+    };
+    name.parse::<std::net::IpAddr>().is_ok()
+        || name.eq_ignore_ascii_case("localhost")
+        || names.iter().any(|known| known.eq_ignore_ascii_case(name))
+}
+
+/// Runs before every `/api/*` handler (and before its body is read): 401 with
+/// `WWW-Authenticate: Bearer` unless the request carries the token.
+async fn require_token(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    if state.token.admits(request.headers()) {
+        return next.run(request).await;
+    }
+    cm_types::metrics::ADMIN_UNAUTHORIZED.increment();
+    let mut response = ApiError(
+        StatusCode::UNAUTHORIZED,
+        "this API needs the node's admin token: send Authorization: Bearer TOKEN (see --admin-token-file, DATA/admin.token)".to_owned(),
+    )
+    .into_response();
+    response.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        header::HeaderValue::from_static("Bearer"),
+    );
+    response
+}
+
+async fn not_found() -> ApiError {
+    ApiError(StatusCode::NOT_FOUND, "no such API route".to_owned())
 }
 
 /// An error answer: `{"error": "..."}` with a status code.
@@ -253,7 +408,18 @@ async fn local_replica(
     })))
 }
 
-async fn status_page(State(state): State<AppState>) -> Html<String> {
+/// The status page shows the ring only to a caller with the token; a browser, which
+/// cannot send it, gets a page that says where to look instead.
+async fn status_page(State(state): State<AppState>, headers: HeaderMap) -> Html<String> {
+    if !state.token.admits(&headers) {
+        return Html(
+            "<!doctype html><meta charset=utf-8><title>chordmail node</title>\
+             <h1>chordmail node</h1><p>The ring view needs the node's admin token \
+             (<code>Authorization: Bearer</code>); try <code>chordmail ring --node URL</code>. \
+             Open to all: <a href=/healthz>/healthz</a> · <a href=/metrics>/metrics</a></p>"
+                .to_owned(),
+        );
+    }
     let view = state.ring.view();
     let cluster = state.ring.cluster().await;
     let row = |node: &NodeRef| {
@@ -288,4 +454,219 @@ fn escape(text: &str) -> String {
     text.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use tower::ServiceExt as _;
+
+    const TOKEN: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    struct LoneRing;
+
+    impl RingStatus for LoneRing {
+        fn view(&self) -> RingView {
+            RingView {
+                id: 1,
+                addr: "127.0.0.1:5000".to_owned(),
+                predecessor: None,
+                successors: Vec::new(),
+                fingers: Vec::new(),
+                keys: 0,
+                replicas: 1,
+                out_of_sync: 0,
+            }
+        }
+
+        fn cluster(&self) -> Pin<Box<dyn Future<Output = Vec<NodeRef>> + Send + '_>> {
+            Box::pin(async { Vec::new() })
+        }
+    }
+
+    fn request(method: &str, path: &str, body: &str, authorization: Option<&str>) -> Request {
+        let mut builder = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(header::CONTENT_TYPE, "application/json");
+        if let Some(value) = authorization {
+            builder = builder.header(header::AUTHORIZATION, value);
+        }
+        builder.body(Body::from(body.to_owned())).unwrap()
+    }
+
+    /// Every `/api/*` route, with a body that would change something if it ran.
+    const ROUTES: &[(&str, &str, &str)] = &[
+        ("GET", "/api/ring", ""),
+        ("GET", "/api/cluster", ""),
+        ("GET", "/api/users", ""),
+        (
+            "POST",
+            "/api/users",
+            r#"{"address":"mallory@example.org","password":"pw"}"#,
+        ),
+        (
+            "PUT",
+            "/api/users/alice@example.org/password",
+            r#"{"password":"taken over"}"#,
+        ),
+        ("DELETE", "/api/users/alice@example.org", ""),
+        ("GET", "/api/replicas/alice@example.org", ""),
+        ("GET", "/api/no-such-route", ""),
+    ];
+
+    /// Goal: no `/api/*` route runs without the token. Method: call every route with
+    /// no header, a wrong token, a token that is a prefix of the right one, the right
+    /// one under another scheme, and check 401 + `WWW-Authenticate: Bearer`; then
+    /// check the account is as before (same password, no new account), and that the
+    /// same calls with the token are answered by their handlers.
+    #[tokio::test]
+    async fn every_api_route_needs_the_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let mail = Mail::open_for_tests(dir.path());
+        let alice = Address::parse("alice@example.org").unwrap();
+        mail.create_account(&alice, "secret").await.unwrap();
+        let app = router(
+            mail.clone(),
+            Arc::new(LoneRing),
+            AdminToken::new(TOKEN).unwrap(),
+            Vec::new(),
+        );
+        let wrong = format!("Bearer {}", TOKEN.replace('0', "1"));
+        let prefix = format!("Bearer {}", &TOKEN[..TOKEN.len() - 1]);
+        let longer = format!("Bearer {TOKEN}0");
+        let other_scheme = format!("Basic {TOKEN}");
+        let refusals = [
+            None,
+            Some(wrong.as_str()),
+            Some(prefix.as_str()),
+            Some(longer.as_str()),
+            Some(other_scheme.as_str()),
+            Some("Bearer "),
+        ];
+        for (method, path, body) in ROUTES {
+            for authorization in refusals {
+                let response = app
+                    .clone()
+                    .oneshot(request(method, path, body, authorization))
+                    .await
+                    .unwrap();
+                assert_eq!(
+                    response.status(),
+                    StatusCode::UNAUTHORIZED,
+                    "{method} {path} with {authorization:?}"
+                );
+                assert_eq!(
+                    response.headers().get(header::WWW_AUTHENTICATE).unwrap(),
+                    "Bearer"
+                );
+            }
+        }
+        assert_eq!(mail.list_accounts().await.unwrap(), vec![alice.clone()]);
+        assert!(
+            mail.authenticate(&alice, b"secret").await.unwrap(),
+            "the password is unchanged"
+        );
+
+        let bearer = format!("Bearer {TOKEN}");
+        for (method, path, body) in ROUTES {
+            let status = app
+                .clone()
+                .oneshot(request(method, path, body, Some(&bearer)))
+                .await
+                .unwrap()
+                .status();
+            let expected = match (*method, *path) {
+                ("POST", _) => StatusCode::CREATED,
+                ("DELETE", _) | ("PUT", _) => StatusCode::NO_CONTENT,
+                (_, "/api/no-such-route") => StatusCode::NOT_FOUND,
+                _ => StatusCode::OK,
+            };
+            assert_eq!(status, expected, "{method} {path} with the token");
+        }
+    }
+
+    /// Goal: probes and scrapers need no token, and the status page leaks nothing
+    /// without it. Method: GET each without a header and look at status and body.
+    #[tokio::test]
+    async fn health_metrics_and_an_empty_status_page_are_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let app = router(
+            Mail::open_for_tests(dir.path()),
+            Arc::new(LoneRing),
+            AdminToken::new(TOKEN).unwrap(),
+            vec!["mail.example.org".to_owned()],
+        );
+        for path in ["/healthz", "/metrics", "/"] {
+            let response = app
+                .clone()
+                .oneshot(request("GET", path, "", None))
+                .await
+                .unwrap();
+            assert_eq!(response.status(), StatusCode::OK, "{path}");
+        }
+        let page = |authorization: Option<String>| {
+            let app = app.clone();
+            async move {
+                let response = app
+                    .oneshot(request("GET", "/", "", authorization.as_deref()))
+                    .await
+                    .unwrap();
+                let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+                    .await
+                    .unwrap();
+                String::from_utf8(bytes.to_vec()).unwrap()
+            }
+        };
+        assert!(!page(None).await.contains("127.0.0.1:5000"));
+        assert!(
+            page(Some(format!("Bearer {TOKEN}")))
+                .await
+                .contains("127.0.0.1:5000")
+        );
+    }
+
+    /// Goal: a rebound DNS name cannot reach the API, even with the token. Method:
+    /// the same request under several `Host` headers.
+    #[tokio::test]
+    async fn foreign_host_names_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let app = router(
+            Mail::open_for_tests(dir.path()),
+            Arc::new(LoneRing),
+            AdminToken::new(TOKEN).unwrap(),
+            vec!["mail.example.org".to_owned()],
+        );
+        for (host, expected) in [
+            ("127.0.0.1:8000", StatusCode::OK),
+            ("[::1]:8000", StatusCode::OK),
+            ("localhost:8000", StatusCode::OK),
+            ("Mail.Example.org:8000", StatusCode::OK),
+            ("mail.example.org", StatusCode::OK),
+            ("attacker.example:8000", StatusCode::MISDIRECTED_REQUEST),
+            ("[evil]:8000", StatusCode::MISDIRECTED_REQUEST),
+        ] {
+            let mut request = request("GET", "/api/users", "", Some(&format!("Bearer {TOKEN}")));
+            request
+                .headers_mut()
+                .insert(header::HOST, host.parse().unwrap());
+            let status = app.clone().oneshot(request).await.unwrap().status();
+            assert_eq!(status, expected, "{host}");
+        }
+    }
+
+    #[test]
+    fn short_or_odd_tokens_are_refused() {
+        assert!(AdminToken::new(&format!("{TOKEN}\n")).is_ok());
+        assert_eq!(AdminToken::new("short").unwrap_err(), TokenError::Length(5));
+        assert_eq!(
+            AdminToken::new(&format!("{TOKEN} {TOKEN}")).unwrap_err(),
+            TokenError::Characters
+        );
+        assert_eq!(
+            format!("{:?}", AdminToken::new(TOKEN).unwrap()),
+            "AdminToken(..)"
+        );
+    }
 }

@@ -17,7 +17,34 @@ use crate::config::NodeConfig;
 const META_NODE_ID: &str = "node.id";
 const META_NODE_BITS: &str = "node.bits";
 
-pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
+/// What `prepare` checked and loaded before the runtime starts.
+pub struct Prepared {
+    /// `None` until the node makes `DATA/admin.token` on its first start.
+    admin_token: Option<cm_admin::AdminToken>,
+    admin_token_path: std::path::PathBuf,
+    cluster_tls: Option<cm_net::ClusterTls>,
+}
+
+/// The checks of DESIGN.md §10 that must pass before anything binds or is written:
+/// secret files private, the admin token and the cluster files readable.
+pub fn prepare(config: &NodeConfig) -> Result<Prepared, crate::config::UsageError> {
+    crate::trust::check_tls_key(config)?;
+    let cluster_tls = crate::trust::cluster_tls(config)?;
+    let (admin_token, admin_token_path) = crate::trust::admin_token(config)?;
+    Ok(Prepared {
+        admin_token,
+        admin_token_path,
+        cluster_tls,
+    })
+}
+
+pub async fn run(config: NodeConfig, prepared: Prepared) -> anyhow::Result<()> {
+    crate::trust::prepare_data_dir(&config.data)?;
+    let admin_token = match prepared.admin_token {
+        Some(token) => token,
+        None => crate::trust::make_admin_token(&prepared.admin_token_path)?,
+    };
+    tracing::info!(path = %prepared.admin_token_path.display(), "the admin API (/api/*) needs the token in this file");
     let store = Arc::new(Store::open(&config.data)?);
     let (id, identity_is_new) = node_identity(&store, &config)?;
     tracing::info!(id, addr = %config.addr, bits = config.bits, data = %config.data.display(), "node starting");
@@ -49,6 +76,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         remembered: remembered_peers(&store),
         timing: config.ring_timing,
         on_peers_changed: Box::new(move |peers| save_remembered_peers(&peers_store, &peers)),
+        tls: prepared.cluster_tls,
     };
     let local = Arc::new(LocalReplica::new(store.clone(), config.bits));
     let mail_cell = Arc::new(std::sync::OnceLock::new());
@@ -115,7 +143,12 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         mail.clone(),
         shutdown.clone(),
     ));
-    let admin = cm_admin::router(mail.clone(), Arc::new(RingAdmin(ring.clone())));
+    let admin = cm_admin::router(
+        mail.clone(),
+        Arc::new(RingAdmin(ring.clone())),
+        admin_token,
+        vec![config.hostname.to_lowercase()],
+    );
     let admin_shutdown = shutdown.clone();
     tasks.spawn(async move {
         axum::serve(http, admin)

@@ -22,7 +22,7 @@ pub mod message;
 pub mod outbound;
 pub mod uids;
 
-pub use account::{Account, PasswordError};
+pub use account::{Account, HashError, PasswordError, check_password_hash};
 pub use clock::{HybridClock, Version};
 pub use flags::{FlagError, FlagName, Flags};
 pub use folders::{FolderError, FolderId, FolderRecord, FolderView, Folders, SpecialUse};

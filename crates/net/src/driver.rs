@@ -44,6 +44,13 @@ impl Default for Timing {
 
 /// Stabilize rounds run back to back at most when successors keep turning out dead.
 const STABILIZE_RETRIES_MAX: usize = cm_ring::SUCCESSOR_LIST_LEN_MAX;
+/// Concurrent gRPC calls a peer may have open on one connection: every node keeps one
+/// connection per peer and multiplexes all its calls on it, so this bounds what one
+/// peer can make this node work on at once, far above what SMTP/POP3 sessions need.
+const RING_STREAMS_PER_CONNECTION_MAX: u32 = 1024;
+/// The server-side deadline of every call on the ring port: longer than any caller's
+/// own deadline (a hand-off's is 60 s), so it only ends work nobody waits for.
+const RING_CALL_SERVER_TIMEOUT: Duration = Duration::from_secs(180);
 /// Nodes a cluster walk visits at most.
 const CLUSTER_WALK_NODES_MAX: usize = 4096;
 /// Fingers refreshed per fix_fingers period.
@@ -59,12 +66,14 @@ pub struct RingOptions {
     pub timing: Timing,
     /// Called (from a maintenance task) when the set of remembered peers changed.
     pub on_peers_changed: Box<dyn Fn(Vec<NodeRef>) + Send + Sync>,
+    /// Mutual TLS on the ring port, both directions; `None` runs it in plaintext.
+    pub tls: Option<crate::ClusterTls>,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error(
-        "entry node {addr} does not answer on its ring port; check --entry-addr and that it runs"
+        "entry node {addr} does not answer on its ring port, or refused this node's cluster certificate; check --entry-addr, that it runs, and that both nodes have certificates of the same cluster CA"
     )]
     EntryUnreachable { addr: String },
     #[error(transparent)]
@@ -82,6 +91,8 @@ pub struct Shared {
     peers: Peers,
     /// The last check_predecessor outcome, the failure detector `on_notify` consults.
     predecessor_alive: AtomicBool,
+    /// Whether the ring port runs mutual TLS, so that claimed addresses are checked.
+    pub(crate) tls_on: bool,
 }
 
 impl Shared {
@@ -297,6 +308,7 @@ impl RingDriver {
             remembered,
             timing,
             on_peers_changed,
+            tls,
         } = options;
         let node = Node::new_ring(config, me.clone(), remembered.clone()).map_err(|error| {
             StartError::JoinFailed {
@@ -306,8 +318,9 @@ impl RingDriver {
         })?;
         let shared = Arc::new(Shared {
             node: Mutex::new(node),
-            peers: Peers::new(timing.rpc_timeout),
+            peers: Peers::with_tls(timing.rpc_timeout, tls.as_ref()),
             predecessor_alive: AtomicBool::new(true),
+            tls_on: tls.is_some(),
         });
 
         let service = RingServer::new(RingService {
@@ -315,8 +328,16 @@ impl RingDriver {
         });
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
         let server_shutdown = shutdown.clone();
+        let mut builder = tonic::transport::Server::builder()
+            .max_concurrent_streams(RING_STREAMS_PER_CONNECTION_MAX)
+            .timeout(RING_CALL_SERVER_TIMEOUT);
+        if let Some(tls) = &tls {
+            builder = builder
+                .tls_config(tls.server_config())
+                .map_err(|error| StartError::Serve(error.to_string()))?;
+        }
         tasks.spawn(async move {
-            tonic::transport::Server::builder()
+            builder
                 .add_routes(other_services)
                 .add_service(service)
                 .serve_with_incoming_shutdown(incoming, server_shutdown.cancelled_owned())

@@ -30,6 +30,7 @@
 
 mod accounts;
 pub mod antientropy;
+pub mod checks;
 mod convert;
 mod deletion;
 mod lease;

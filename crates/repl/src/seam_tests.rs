@@ -274,7 +274,10 @@ async fn a_refused_deletion_leaves_no_tombstone_anywhere() {
     assert_eq!(coordinator.list(&lock).await.unwrap().len(), 1);
     coordinator.delete(&lock, &ids).await.unwrap();
     assert!(coordinator.list(&lock).await.unwrap().is_empty());
-    assert!(ring.n_tombstone_holders(&alice).await >= 2, "acknowledged below W");
+    assert!(
+        ring.n_tombstone_holders(&alice).await >= 2,
+        "acknowledged below W"
+    );
 }
 
 /// Regression test for fault seed 753: a session on a node outside the replica set
@@ -604,7 +607,10 @@ async fn outbound_everywhere(ring: &TestRing, id: MessageId) {
         if digests[0].is_some() && digests.iter().all(|digest| *digest == digests[0]) {
             return;
         }
-        assert!(Instant::now() < deadline, "the members' copies differ: {digests:?}");
+        assert!(
+            Instant::now() < deadline,
+            "the members' copies differ: {digests:?}"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }

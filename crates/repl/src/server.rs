@@ -52,6 +52,7 @@ fn status(error: MailError) -> Status {
 impl pb::replica_server::Replica for ReplicaService {
     async fn apply(&self, request: Request<pb::WriteBatch>) -> Result<Response<pb::Ack>, Status> {
         let writes = writes_from_pb(request.into_inner(), self.local.bits()).map_err(status)?;
+        crate::checks::check_writes(&writes, crate::now_ms()).map_err(status)?;
         cm_types::metrics::REPLICA_WRITES_RECEIVED.add(writes.len() as u64);
         self.local.apply(writes).await.map_err(status)?;
         Ok(Response::new(pb::Ack {}))
@@ -163,6 +164,7 @@ impl pb::replica_server::Replica for ReplicaService {
         &self,
         request: Request<pb::HandoffRequest>,
     ) -> Result<Response<pb::HandoffReply>, Status> {
+        crate::checks::check_claimed_addr(&request, &request.get_ref().addr)?;
         let request = request.into_inner();
         let mail = self
             .mail
