@@ -121,6 +121,12 @@ pub async fn run(config: NodeConfig, prepared: Prepared) -> anyhow::Result<()> {
         shutdown.clone(),
     ));
 
+    tasks.spawn(outbound_task(
+        mail.clone(),
+        Arc::new(config.relay.clone()),
+        shutdown.clone(),
+    ));
+
     let smtp_config = cm_smtp::SmtpConfig {
         hostname: config.hostname.clone(),
         tls: Some(tls.clone()),
@@ -185,6 +191,26 @@ async fn anti_entropy_task(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     cm_repl::antientropy::run(mail, period, tombstone_grace, shutdown).await;
+    Ok(())
+}
+
+/// The outbound queue's worker (docs/DESIGN.md §12), with the system's DNS when its
+/// configuration can be read.
+async fn outbound_task(
+    mail: Mail,
+    relay: Arc<cm_relay::RelayConfig>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    match cm_relay::DnsResolver::from_system_conf() {
+        Ok(resolver) => cm_relay::queue::run(mail, relay, Arc::new(resolver), shutdown).await,
+        Err(error) => {
+            tracing::warn!(%error, "no DNS for outbound mail: only [relay] routes and the smarthost are used");
+            let resolver = cm_relay::NoResolver {
+                reason: format!("no DNS resolver: {error}"),
+            };
+            cm_relay::queue::run(mail, relay, Arc::new(resolver), shutdown).await
+        }
+    }
     Ok(())
 }
 

@@ -34,4 +34,4 @@ pub use config::{HostPort, RelayConfig};
 pub use deliver::{Envelope, OutboundMessage, RecipientOutcome, deliver_batch};
 pub use dsn::{DsnFailure, DsnReport, dsn, is_bounce, should_bounce};
 pub use error::RelayError;
-pub use route::{DnsFailure, DnsResolver, MxRecord, Resolver, SMTP_PORT, route};
+pub use route::{DnsFailure, DnsResolver, MxRecord, NoResolver, Resolver, SMTP_PORT, route};

@@ -188,6 +188,23 @@ fn dns_failure(err: hickory_resolver::net::NetError) -> Result<(), DnsFailure> {
     }
 }
 
+/// The resolver of a node whose system DNS configuration could not be read: routes
+/// and the smarthost still work, and a domain that needs DNS is deferred (never
+/// bounced) with the reason, until the node restarts with a working configuration.
+pub struct NoResolver {
+    pub reason: String,
+}
+
+impl Resolver for NoResolver {
+    async fn mx(&self, _domain: &str) -> Result<Vec<MxRecord>, DnsFailure> {
+        Err(DnsFailure::Temporary(self.reason.clone()))
+    }
+
+    async fn ips(&self, _host: &str) -> Result<Vec<IpAddr>, DnsFailure> {
+        Err(DnsFailure::Temporary(self.reason.clone()))
+    }
+}
+
 impl Resolver for DnsResolver {
     async fn mx(&self, domain: &str) -> Result<Vec<MxRecord>, DnsFailure> {
         let lookup = match self.inner.mx_lookup(fully_qualified(domain)).await {
