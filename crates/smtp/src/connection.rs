@@ -6,8 +6,9 @@ use std::time::Duration;
 use cm_repl::Mail;
 use cm_serve::UpgradableStream;
 use cm_smtp_proto::limits::SMTP_READ_CHUNK_BYTES;
-use cm_smtp_proto::session::{Arrival, Delivery};
-use cm_smtp_proto::{CommandReader, InputMode, Reply, Session, SessionConfig, Step, reply};
+use cm_smtp_proto::{
+    Arrival, CommandReader, Delivery, InputMode, Reply, Session, SessionConfig, Step, reply,
+};
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio_util::sync::CancellationToken;
 
