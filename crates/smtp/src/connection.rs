@@ -7,8 +7,9 @@ use cm_repl::{Mail, MailError};
 use cm_types::Address;
 use cm_serve::UpgradableStream;
 use cm_smtp_proto::limits::SMTP_READ_CHUNK_BYTES;
-use cm_smtp_proto::session::{Arrival, Delivery};
-use cm_smtp_proto::{CommandReader, InputMode, Reply, Session, SessionConfig, Step, reply};
+use cm_smtp_proto::{
+    Arrival, CommandReader, Delivery, InputMode, Reply, Session, SessionConfig, Step, reply,
+};
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio_util::sync::CancellationToken;
 

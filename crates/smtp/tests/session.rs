@@ -39,15 +39,23 @@ struct Client {
 }
 
 impl Client {
-    async fn connect(addr: SocketAddr) -> (Client, Reply) {
-        let stream = TcpStream::connect(addr).await.unwrap();
-        let mut client = Client {
+    fn new(stream: impl Io + 'static) -> Client {
+        Client {
             stream: Box::new(stream),
             buffer: Vec::new(),
             read_timeout: READ_TIMEOUT,
-        };
+        }
+    }
+
+    /// A client over `stream` and the server's greeting.
+    async fn greeted_by(stream: impl Io + 'static) -> (Client, Reply) {
+        let mut client = Client::new(stream);
         let greeting = client.reply().await;
         (client, greeting)
+    }
+
+    async fn connect(addr: SocketAddr) -> (Client, Reply) {
+        Client::greeted_by(TcpStream::connect(addr).await.unwrap()).await
     }
 
     async fn send(&mut self, bytes: &[u8]) {
@@ -194,13 +202,7 @@ impl Server {
             )
             .await;
         });
-        let mut client = Client {
-            stream: Box::new(client_side),
-            buffer: Vec::new(),
-            read_timeout: READ_TIMEOUT,
-        };
-        let greeting = client.reply().await;
-        (client, greeting)
+        Client::greeted_by(client_side).await
     }
 
     /// Every message in `address`'s maildrop, oldest first.
@@ -576,11 +578,7 @@ async fn tls_client(server: &Server, tls_dir: &std::path::Path) -> Client {
     client.expect("STARTTLS", 220).await;
     assert!(client.buffer.is_empty());
     let tls = cm_serve::testing::connect_tls(tls_dir, client.stream).await;
-    Client {
-        stream: Box::new(tls),
-        buffer: Vec::new(),
-        read_timeout: READ_TIMEOUT,
-    }
+    Client::new(tls)
 }
 
 /// Goal: STARTTLS (RFC 3207) resets the session, AUTH works inside TLS, the trace
