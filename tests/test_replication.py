@@ -149,6 +149,23 @@ def pop_fetch_when_free(node, address, timeout=LOCK_BOUND_S):
     return wait_until(attempt, timeout, f"the maildrop of {address} on {node.addr}")
 
 
+def pop_login_when_free(node, address, password, timeout=LOCK_BOUND_S):
+    """A POP3 session logged in through `node`, retried while the maildrop is still
+    locked by the previous session (whose lease a remote member releases
+    asynchronously, after that session's QUIT was answered)."""
+    def attempt():
+        client = poplib.POP3("127.0.0.1", node.pop3_port, timeout=30)
+        client.user(address)
+        try:
+            client.pass_(password)
+        except poplib.error_proto as error:
+            client.close()
+            assert b"[IN-USE]" in error.args[0], error
+            return None
+        return client
+    return wait_until(attempt, timeout, f"a POP3 session of {address} on {node.addr}")
+
+
 def assert_bodies(stored, sent):
     """`stored` ({uidl: octets}) holds each body of `sent` exactly once, each whole
     behind the server's trace headers, and nothing else."""
@@ -397,9 +414,7 @@ def test_deletion_while_a_replica_is_down_never_reappears(make_node, tmp_path):
 
     coordinator, _, replica = replica_set(nodes, address)
     replica.kill()
-    client = poplib.POP3("127.0.0.1", coordinator.pop3_port, timeout=30)
-    client.user(address)
-    client.pass_(PASSWORD)
+    client = pop_login_when_free(coordinator, address, PASSWORD)
     _, listing, _ = client.uidl()
     by_number = {int(number): uid.decode() for number, uid in (line.split() for line in listing)}
     _, lines, _ = client.retr(1)
@@ -452,9 +467,7 @@ def test_replica_that_missed_a_message_and_its_deletion_converges(make_node, tmp
     coordinator, _, replica = replica_set(nodes, address)
     replica.kill()
     send(coordinator, [address], message("short-lived"))
-    client = poplib.POP3("127.0.0.1", coordinator.pop3_port, timeout=30)
-    client.user(address)
-    client.pass_(PASSWORD)
+    client = pop_login_when_free(coordinator, address, PASSWORD)
     _, listing, _ = client.uidl()
     [deleted_uid] = [uid.decode() for _, uid in (line.split() for line in listing) if uid.decode() != kept_uid]
     number = next(int(n) for n, uid in (line.split() for line in listing) if uid.decode() == deleted_uid)
@@ -533,9 +546,7 @@ def open_sessions_before_a_crash(make_node, tmp_path, name):
     smtp.ehlo()
     assert smtp.mail("sender@elsewhere.example")[0] == 250
     assert smtp.rcpt(address)[0] == 250
-    pop = poplib.POP3("127.0.0.1", survivor.pop3_port, timeout=30)
-    pop.user(address)
-    pop.pass_(PASSWORD)
+    pop = pop_login_when_free(survivor, address, PASSWORD)
     deleted_uid = pop.uidl(1).split()[2].decode()
     assert pop.dele(1).startswith(b"+OK")
     return nodes, address, bodies, expected, smtp, pop, deleted_uid
