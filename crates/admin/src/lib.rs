@@ -163,6 +163,9 @@ pub fn router(
         .route("/api/users/{address}", axum::routing::delete(delete_user))
         .route("/api/users/{address}/password", put(set_password))
         .route("/api/replicas/{address}", get(local_replica))
+        .route("/api/queue", get(list_queue))
+        .route("/api/queue/{id}", axum::routing::delete(delete_queued))
+        .route("/api/queue/{id}/retry", axum::routing::post(retry_queued))
         // Any other `/api/` path too: an unknown route must not tell a caller without
         // the token which routes exist.
         .route("/api/{*rest}", axum::routing::any(not_found))
@@ -408,6 +411,91 @@ async fn local_replica(
     })))
 }
 
+/// Entries of the outbound queue listed at most by `GET /api/queue`.
+const QUEUE_LIST_ENTRIES_MAX: usize = 10_000;
+
+/// One outbound queue entry as `GET /api/queue` shows it (docs/DESIGN.md §12).
+#[derive(Serialize)]
+struct QueueEntryView {
+    id: String,
+    /// Empty for the null sender `<>`.
+    sender: String,
+    /// The recipients still waiting for delivery.
+    recipients: Vec<String>,
+    attempts: usize,
+    /// Unix milliseconds of the next attempt.
+    next_attempt: u64,
+    last_error: Option<String>,
+    created: u64,
+}
+
+#[derive(Serialize)]
+struct QueueView {
+    entries: Vec<QueueEntryView>,
+}
+
+/// `GET /api/queue`: the entries this node holds a copy of, oldest first.
+async fn list_queue(State(state): State<AppState>) -> Result<Json<QueueView>, ApiError> {
+    let mut held = state.mail.outbound_held(QUEUE_LIST_ENTRIES_MAX).await?;
+    held.sort_by_key(|entry| (entry.created_ms, entry.id));
+    let entries = held
+        .into_iter()
+        .map(|entry| QueueEntryView {
+            id: entry.id.to_string(),
+            sender: entry.sender.clone(),
+            recipients: entry.pending().cloned().collect(),
+            attempts: entry.attempts.len(),
+            next_attempt: entry.next_attempt.1,
+            last_error: entry.last_error().map(ToOwned::to_owned),
+            created: entry.created_ms,
+        })
+        .collect();
+    Ok(Json(QueueView { entries }))
+}
+
+fn parse_queue_id(text: &str) -> Result<cm_model::MessageId, ApiError> {
+    text.parse().map_err(|_| {
+        ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("invalid queue entry id {text:?}: 32 hexadecimal digits"),
+        )
+    })
+}
+
+fn no_such_entry(id: &cm_model::MessageId) -> ApiError {
+    ApiError(
+        StatusCode::NOT_FOUND,
+        format!("no queue entry {id} on this node (GET /api/queue lists the ones it holds)"),
+    )
+}
+
+/// `POST /api/queue/{id}/retry`: the entry is due at once (its next attempt within
+/// a second, at the coordinator of its key).
+async fn retry_queued(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let id = parse_queue_id(&id)?;
+    if !state.mail.retry_outbound(id).await? {
+        return Err(no_such_entry(&id));
+    }
+    tracing::info!(%id, "outbound entry retried by an operator");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `DELETE /api/queue/{id}`: the entry is removed without delivery or bounce.
+async fn delete_queued(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let id = parse_queue_id(&id)?;
+    if !state.mail.delete_outbound(id).await? {
+        return Err(no_such_entry(&id));
+    }
+    tracing::info!(%id, "outbound entry deleted by an operator");
+    Ok(StatusCode::NO_CONTENT)
+}
+
 /// The status page shows the ring only to a caller with the token; a browser, which
 /// cannot send it, gets a page that says where to look instead.
 async fn status_page(State(state): State<AppState>, headers: HeaderMap) -> Html<String> {
@@ -513,6 +601,13 @@ mod tests {
         ),
         ("DELETE", "/api/users/alice@example.org", ""),
         ("GET", "/api/replicas/alice@example.org", ""),
+        ("GET", "/api/queue", ""),
+        (
+            "POST",
+            "/api/queue/00000000000000000000000000000001/retry",
+            "",
+        ),
+        ("DELETE", "/api/queue/00000000000000000000000000000001", ""),
         ("GET", "/api/no-such-route", ""),
     ];
 
@@ -578,6 +673,7 @@ mod tests {
                 .unwrap()
                 .status();
             let expected = match (*method, *path) {
+                (_, path) if path.starts_with("/api/queue/") => StatusCode::NOT_FOUND,
                 ("POST", _) => StatusCode::CREATED,
                 ("DELETE", _) | ("PUT", _) => StatusCode::NO_CONTENT,
                 (_, "/api/no-such-route") => StatusCode::NOT_FOUND,
@@ -625,6 +721,83 @@ mod tests {
                 .await
                 .contains("127.0.0.1:5000")
         );
+    }
+
+    /// Goal: the queue routes show, retry and delete the entries this node holds,
+    /// in the shape of docs/DESIGN.md §12. Method: an entry queued through the mail
+    /// service, deferred an hour; list it, retry it (due now), delete it (gone).
+    #[tokio::test]
+    async fn the_queue_is_listed_retried_and_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let mail = Mail::open_for_tests(dir.path());
+        let app = router(
+            mail.clone(),
+            Arc::new(LoneRing),
+            AdminToken::new(TOKEN).unwrap(),
+            Vec::new(),
+        );
+        let bearer = format!("Bearer {TOKEN}");
+        let call = |method: &'static str, path: String| {
+            let app = app.clone();
+            let bearer = bearer.clone();
+            async move {
+                let response = app
+                    .oneshot(request(method, &path, "", Some(&bearer)))
+                    .await
+                    .unwrap();
+                let status = response.status();
+                let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+                    .await
+                    .unwrap();
+                (
+                    status,
+                    serde_json::from_slice::<serde_json::Value>(&body).ok(),
+                )
+            }
+        };
+        let sender = Address::parse("alice@example.org").unwrap();
+        let recipient = Address::parse("bob@b.test").unwrap();
+        let id = mail
+            .enqueue(
+                Some(&sender),
+                &[recipient],
+                bytes::Bytes::from_static(b"x\r\n"),
+            )
+            .await
+            .unwrap();
+        let mut entry = mail.outbound_held(1).await.unwrap().remove(0);
+        entry.next_attempt = (mail.next_version(), cm_repl::now_ms() + 3_600_000);
+        mail.update_outbound(entry).await.unwrap();
+
+        let (status, listed) = call("GET", "/api/queue".to_owned()).await;
+        assert_eq!(status, StatusCode::OK);
+        let entries = listed.unwrap()["entries"].clone();
+        assert_eq!(entries.as_array().unwrap().len(), 1);
+        assert_eq!(entries[0]["id"], id.to_string());
+        assert_eq!(entries[0]["sender"], "alice@example.org");
+        assert_eq!(entries[0]["recipients"], serde_json::json!(["bob@b.test"]));
+        assert_eq!(entries[0]["attempts"], 0);
+        assert!(entries[0]["next_attempt"].as_u64().unwrap() > cm_repl::now_ms());
+
+        let retried = call("POST", format!("/api/queue/{id}/retry")).await;
+        assert_eq!(retried.0, StatusCode::NO_CONTENT);
+        let due = mail.outbound_due(cm_repl::now_ms() + 10, 10).await.unwrap();
+        assert_eq!(due.due.len(), 1, "a retried entry is due at once");
+        assert_eq!(
+            call("POST", "/api/queue/not-hex/retry".to_owned()).await.0,
+            StatusCode::BAD_REQUEST
+        );
+
+        assert_eq!(
+            call("DELETE", format!("/api/queue/{id}")).await.0,
+            StatusCode::NO_CONTENT
+        );
+        assert_eq!(
+            call("DELETE", format!("/api/queue/{id}")).await.0,
+            StatusCode::NOT_FOUND
+        );
+        let (_, listed) = call("GET", "/api/queue".to_owned()).await;
+        assert_eq!(listed.unwrap()["entries"], serde_json::json!([]));
     }
 
     /// Goal: a rebound DNS name cannot reach the API, even with the token. Method:

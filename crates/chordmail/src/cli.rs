@@ -25,6 +25,8 @@ pub enum Command {
     User(UserArgs),
     /// Show the ring as a node sees it.
     Ring(RingArgs),
+    /// Show, retry and delete outbound mail a node holds (docs/DESIGN.md §12).
+    Queue(QueueArgs),
     /// Make the certificates of a cluster's mutual TLS (docs/DESIGN.md §10).
     Cert(CertArgs),
     /// Request/reply between programs over mail (docs/DESIGN.md §7).
@@ -116,6 +118,27 @@ pub struct UserArgs {
     pub node: Option<String>,
     #[command(flatten)]
     pub token: TokenArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct QueueArgs {
+    #[command(subcommand)]
+    pub action: QueueAction,
+    /// Admin URL of any node, e.g. http://127.0.0.1:8000.
+    #[arg(long, global = true)]
+    pub node: Option<String>,
+    #[command(flatten)]
+    pub token: TokenArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum QueueAction {
+    /// List the outbound entries the node holds a copy of.
+    List,
+    /// Try an entry again now.
+    Retry { id: String },
+    /// Remove an entry without delivering or bouncing it.
+    Delete { id: String },
 }
 
 /// Where the admin API clients find the token: `--token-file`, else the environment

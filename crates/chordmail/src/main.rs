@@ -47,6 +47,7 @@ fn main() -> ExitCode {
         Command::Up(args) => run_async(up::run(args)),
         Command::User(args) => admin_client::user(args),
         Command::Ring(args) => admin_client::ring(args),
+        Command::Queue(args) => admin_client::queue(args),
         // `rpc` runs its own runtime and returns the exit status it wants (the
         // service's status for `call`).
         Command::Rpc(args) => match rpc_cli::run(args) {

@@ -222,9 +222,10 @@ mod tests {
                 .add_service(service)
                 .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
         );
-        let mut client = crate::pb::replica_client::ReplicaClient::connect(format!("http://{addr}"))
-            .await
-            .unwrap();
+        let mut client =
+            crate::pb::replica_client::ReplicaClient::connect(format!("http://{addr}"))
+                .await
+                .unwrap();
 
         let far_future = Account {
             version: Version {

@@ -4,12 +4,12 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use cm_repl::{Mail, MailError};
-use cm_types::Address;
 use cm_serve::UpgradableStream;
 use cm_smtp_proto::limits::SMTP_READ_CHUNK_BYTES;
 use cm_smtp_proto::{
     Arrival, CommandReader, Delivery, InputMode, Reply, Session, SessionConfig, Step, reply,
 };
+use cm_types::Address;
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio_util::sync::CancellationToken;
 
@@ -213,7 +213,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<'_, S> {
         }
         .await;
         let verdict = verdicts::delivery(outcome);
-        tracing::debug!(n_recipients, n_remote = remote.len(), n_bytes, ?verdict, "delivery");
+        tracing::debug!(
+            n_recipients,
+            n_remote = remote.len(),
+            n_bytes,
+            ?verdict,
+            "delivery"
+        );
         verdict
     }
 

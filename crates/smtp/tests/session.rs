@@ -621,7 +621,10 @@ async fn starttls_then_auth_plain() {
     assert_eq!(queued[0].recipients, vec!["friend@elsewhere.net"]);
     assert_eq!(queued[0].sender, BOB);
     let due = server.mail.outbound_due(u64::MAX, 10).await.unwrap().due;
-    assert_eq!(due[0].1, stored[0], "the queued octets differ from the stored ones");
+    assert_eq!(
+        due[0].1, stored[0],
+        "the queued octets differ from the stored ones"
+    );
 }
 
 /// Goal: commands pipelined behind STARTTLS in clear text are dropped (RFC 3207 §4.2).

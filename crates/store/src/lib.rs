@@ -441,8 +441,12 @@ impl Store {
             let mut expired = Vec::new();
             for row in table.iter()? {
                 let (row_key, value) = row?;
-                let entry = decode_outbound(value.value()).map_err(|reason| self.corrupt(reason))?;
-                if entry.removed_ms.is_some_and(|removed_ms| removed_ms < cutoff_ms) {
+                let entry =
+                    decode_outbound(value.value()).map_err(|reason| self.corrupt(reason))?;
+                if entry
+                    .removed_ms
+                    .is_some_and(|removed_ms| removed_ms < cutoff_ms)
+                {
                     expired.push(row_key.value());
                     if expired.len() == n_max {
                         break;

@@ -257,7 +257,13 @@ fn outbound_entries_merge_keep_their_body_until_removed_and_are_collected() {
         counter: 0,
         node: 1,
     };
-    let entry = Outbound::new(id, "a@a.test".into(), ["b@b.test".to_owned()], 1_000, version);
+    let entry = Outbound::new(
+        id,
+        "a@a.test".into(),
+        ["b@b.test".to_owned()],
+        1_000,
+        version,
+    );
     let write = |entry: &Outbound, body: Option<&'static [u8]>| Write::Outbound {
         key,
         entry: Box::new(entry.clone()),
@@ -285,7 +291,11 @@ fn outbound_entries_merge_keep_their_body_until_removed_and_are_collected() {
     removed.removed_ms = Some(5_000);
     store.apply(&[write(&removed, None)]).unwrap();
     assert_eq!(store.outbound_body(key, id).unwrap(), None);
-    assert_eq!(store.collect_outbound(5_000, 10).unwrap(), 0, "inside the grace");
+    assert_eq!(
+        store.collect_outbound(5_000, 10).unwrap(),
+        0,
+        "inside the grace"
+    );
     assert_eq!(store.outbound_entries(10).unwrap().len(), 1);
     assert_eq!(store.collect_outbound(5_001, 10).unwrap(), 1);
     assert!(store.outbound_entries(10).unwrap().is_empty());
