@@ -23,43 +23,26 @@ use axum::{Json, Router};
 use cm_repl::{Mail, MailError};
 use cm_types::Address;
 use cm_types::limits::ADMIN_BODY_BYTES_MAX;
+pub use cm_ring::{NodeRef, RingView};
 use serde::{Deserialize, Serialize};
 
-/// A ring member as the API shows it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NodeRef {
-    pub id: u64,
-    pub addr: String,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Finger {
-    pub start: u64,
-    pub id: u64,
-    pub addr: String,
-}
-
-/// `GET /api/ring`: this node's view of the ring.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RingView {
-    pub id: u64,
-    pub addr: String,
-    pub predecessor: Option<NodeRef>,
-    pub successors: Vec<NodeRef>,
-    pub fingers: Vec<Finger>,
+/// `GET /api/ring`: the ring's own view of this node (`cm_ring::RingView`, the one
+/// type of it), with what only the node's store and replication know.
+#[derive(Serialize)]
+struct RingResponse {
+    #[serde(flatten)]
+    view: RingView,
     /// Ring keys (addresses) with data in this node's store.
-    pub keys: u64,
+    keys: u64,
     /// Copies of every key the ring keeps (`--replicas`).
-    #[serde(default)]
-    pub replicas: u64,
+    replicas: u64,
     /// (address, replica) pairs that differed in the last anti-entropy round: 0 when
     /// every key this node holds has its copies in place.
-    #[serde(default)]
-    pub out_of_sync: u64,
+    out_of_sync: u64,
 }
 
 /// `GET /api/cluster`: the ring walked along successors from this node.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct ClusterView {
     pub nodes: Vec<NodeRef>,
 }
@@ -67,7 +50,7 @@ pub struct ClusterView {
 /// What the admin API needs from the ring. Implemented by the ring driver; a fixed
 /// one-node implementation serves a node that has no ring yet.
 pub trait RingStatus: Send + Sync + 'static {
-    /// This node's current view; `keys` is filled in by the API from the store.
+    /// This node's current view.
     fn view(&self) -> RingView;
     /// The ring in order, starting at this node, each node once.
     fn cluster(&self) -> Pin<Box<dyn Future<Output = Vec<NodeRef>> + Send + '_>>;
@@ -307,16 +290,18 @@ async fn metrics() -> impl IntoResponse {
     )
 }
 
-async fn ring_view(State(state): State<AppState>) -> Result<Json<RingView>, ApiError> {
-    let mut view = state.ring.view();
+async fn ring_view(State(state): State<AppState>) -> Result<Json<RingResponse>, ApiError> {
     let store = state.mail.store().clone();
-    view.replicas = state.mail.config().replicas as u64;
-    view.out_of_sync = cm_types::metrics::ADDRESSES_OUT_OF_SYNC.get();
-    view.keys = tokio::task::spawn_blocking(move || store.n_keys())
+    let keys = tokio::task::spawn_blocking(move || store.n_keys())
         .await
         .map_err(|error| ApiError(StatusCode::INTERNAL_SERVER_ERROR, error.to_string()))?
         .map_err(|error| ApiError(StatusCode::SERVICE_UNAVAILABLE, error.to_string()))?;
-    Ok(Json(view))
+    Ok(Json(RingResponse {
+        view: state.ring.view(),
+        keys,
+        replicas: state.mail.config().replicas as u64,
+        out_of_sync: cm_types::metrics::ADDRESSES_OUT_OF_SYNC.get(),
+    }))
 }
 
 async fn cluster_view(State(state): State<AppState>) -> Json<ClusterView> {
@@ -562,9 +547,6 @@ mod tests {
                 predecessor: None,
                 successors: Vec::new(),
                 fingers: Vec::new(),
-                keys: 0,
-                replicas: 1,
-                out_of_sync: 0,
             }
         }
 

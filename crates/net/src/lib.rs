@@ -23,6 +23,7 @@ mod convert;
 mod driver;
 mod peers;
 mod server;
+mod shared;
 pub mod tls;
 
 pub use driver::{RingDriver, RingHandle, RingOptions, StartError, Timing};
