@@ -89,7 +89,7 @@ pub enum FetchItem {
     BodyStructure {
         extensible: bool,
     },
-    /// BODY[section]<partial>, BODY.PEEK[...], and RFC822 / RFC822.HEADER /
+    /// `BODY[section]<partial>`, `BODY.PEEK[...]`, and RFC822 / RFC822.HEADER /
     /// RFC822.TEXT (`legacy` set: named as such in the reply).
     Body {
         section: Section,
