@@ -414,7 +414,18 @@ impl<Id: Clone + PartialEq + fmt::Debug> Session<Id> {
                 }
                 Err(error) => self.reject(Some(tag), error),
             },
-            Parsed::Rejected(Rejected { tag, error }) => self.reject(tag, error),
+            Parsed::Rejected(Rejected { tag, error }) => {
+                // A bad line answering a challenge or during IDLE ends that
+                // command, so the client is not left waiting for its tagged reply.
+                match std::mem::replace(&mut self.pending, Pending::Nothing) {
+                    Pending::Sasl { tag } | Pending::Idle { tag } => {
+                        self.parser.expect(Expect::Command);
+                        self.reject(Some(tag), error)
+                    }
+                    Pending::Nothing => self.reject(tag, error),
+                    Pending::Answer(_) => unreachable!("asserted on entry"),
+                }
+            }
             Parsed::LiteralAccepted => {
                 let mut out = Vec::new();
                 out.extend_from_slice(b"+ Ready for literal data\r\n");

@@ -427,6 +427,7 @@ fn greeting_and_capabilities_depend_on_tls_and_state() {
 
 #[test]
 fn logins_and_their_failures() {
+    let long_response = format!("{}\r\n", "A".repeat(IMAP_LINE_BYTES_MAX));
     let mut driver = Driver::loopback();
     transcript(
         &mut driver,
@@ -447,6 +448,8 @@ fn logins_and_their_failures() {
             ("*\r\n", "d BAD authentication cancelled\r\n"),
             ("e AUTHENTICATE PLAIN\r\n", "+ \r\n"),
             ("!!!\r\n", "e BAD malformed authentication data\r\n"),
+            ("e AUTHENTICATE PLAIN\r\n", "+ \r\n"),
+            (&long_response, "e BAD command line too long\r\n"),
             ("f AUTHENTICATE PLAIN\r\n", "+ \r\n"),
             // base64("\0alice\0right")
             (
@@ -837,6 +840,13 @@ fn noop_and_idle_report_changes() {
     assert!(!driver.idling);
     assert_eq!(driver.send(b"i IDLE\r\n"), "+ idling\r\n");
     assert_eq!(driver.send(b"x NOOP\r\n"), "i BAD expected DONE\r\n");
+    let long_line = format!("{}\r\n", "x".repeat(IMAP_LINE_BYTES_MAX));
+    assert_eq!(driver.send(b"i IDLE\r\n"), "+ idling\r\n");
+    assert_eq!(
+        driver.send(long_line.as_bytes()),
+        "i BAD command line too long\r\n"
+    );
+    assert_eq!(driver.send(b"n NOOP\r\n"), "n OK NOOP completed\r\n");
     // IDLE without a folder selected just waits.
     let mut driver = Driver::logged_in();
     assert_eq!(driver.send(b"i IDLE\r\n"), "+ idling\r\n");
