@@ -604,7 +604,7 @@ fn select_fetch_store_search_expunge() {
             ),
             (
                 "f FETCH 1 BODY.PEEK[HEADER.FIELDS (Subject)]\r\n",
-                "* 1 FETCH (BODY[HEADER.FIELDS (\"SUBJECT\")] {16}\r\nSubject: one\r\n\r\n)\r\nf OK FETCH completed\r\n",
+                "* 1 FETCH (BODY[HEADER.FIELDS (SUBJECT)] {16}\r\nSubject: one\r\n\r\n)\r\nf OK FETCH completed\r\n",
             ),
             (
                 "f FETCH 1 BODY.PEEK[TEXT]<1.3>\r\n",
@@ -934,7 +934,7 @@ fn sections_of_an_encapsulated_message() {
             ),
             (
                 "f FETCH 4 BODY.PEEK[HEADER.FIELDS.NOT (Content-Type)]\r\n",
-                "* 4 FETCH (BODY[HEADER.FIELDS.NOT (\"CONTENT-TYPE\")] {18}\r\nSubject: outer\r\n\r\n)\r\nf OK FETCH completed\r\n",
+                "* 4 FETCH (BODY[HEADER.FIELDS.NOT (CONTENT-TYPE)] {18}\r\nSubject: outer\r\n\r\n)\r\nf OK FETCH completed\r\n",
             ),
             (
                 "f FETCH 4 BODY.PEEK[9]\r\n",
