@@ -803,6 +803,28 @@ fn append_copy_move_and_uid_expunge() {
 }
 
 #[test]
+fn append_and_copy_into_the_selected_folder_report_exists() {
+    let mut driver = Driver::selected();
+    transcript(
+        &mut driver,
+        &[
+            (
+                "a APPEND INBOX {4+}\r\nabcd\r\n",
+                "* 4 EXISTS\r\na OK [APPENDUID 7 4] APPEND completed\r\n",
+            ),
+            (
+                "c COPY 1 INBOX\r\n",
+                "* 5 EXISTS\r\nc OK [COPYUID 7 1 5] COPY completed\r\n",
+            ),
+            (
+                "c COPY 1 Sent\r\n",
+                "c OK [COPYUID 8 1 1] COPY completed\r\n",
+            ),
+        ],
+    );
+}
+
+#[test]
 fn noop_and_idle_report_changes() {
     let mut driver = Driver::selected();
     driver.store.deliver("INBOX", PLAIN.as_bytes());
