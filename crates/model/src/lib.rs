@@ -15,6 +15,7 @@
 pub mod account;
 pub mod clock;
 pub mod flags;
+pub mod folder_state;
 pub mod folders;
 pub mod lww;
 pub mod mailbox;
@@ -25,6 +26,7 @@ pub mod uids;
 pub use account::{Account, PasswordError};
 pub use clock::{HybridClock, Version};
 pub use flags::{FlagError, FlagName, Flags};
+pub use folder_state::{FolderCounts, FolderState, NumberedMessage};
 pub use folders::{FolderError, FolderId, FolderRecord, FolderView, Folders, SpecialUse};
 pub use lww::Lww;
 pub use mailbox::Mailbox;
