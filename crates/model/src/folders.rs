@@ -236,7 +236,9 @@ impl Folders {
             .values()
             .filter(|record| record.deleted.is_none())
             .count();
-        if n_live >= FOLDERS_PER_ACCOUNT_MAX {
+        if n_live >= FOLDERS_PER_ACCOUNT_MAX
+            || self.records.len() >= crate::encoding::FOLDER_RECORDS_MAX
+        {
             return Err(FolderError::TooMany);
         }
         let highest = self

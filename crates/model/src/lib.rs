@@ -14,6 +14,7 @@
 
 pub mod account;
 pub mod clock;
+pub mod encoding;
 pub mod flags;
 pub mod folder_state;
 pub mod folders;
@@ -25,6 +26,7 @@ pub mod uids;
 
 pub use account::{Account, PasswordError};
 pub use clock::{HybridClock, Version};
+pub use encoding::DecodeError;
 pub use flags::{FlagError, FlagName, Flags};
 pub use folder_state::{FolderCounts, FolderState, NumberedMessage};
 pub use folders::{FolderError, FolderId, FolderRecord, FolderView, Folders, SpecialUse};

@@ -22,7 +22,8 @@
 //!
 //! Reading order: [`Mail`] (this file) and its operations by concern — [`accounts`],
 //! [`mailbox`] (deliveries, reads with read repair), [`deletion`], [`lease`]
-//! (maildrop leases), [`outbound`] (the outbound queue's entries) — all built on [`quorum`] (the fan-out to a replica set) and
+//! (maildrop leases), [`outbound`] (the outbound queue's entries), [`imap`]
+//! (folders, flags, UIDs and IDLE's wake-ups) — all built on [`quorum`] (the fan-out to a replica set) and
 //! on the seam in [`replica`]: one trait for what a member of a replica set can do,
 //! implemented by this node's [`LocalReplica`] and by [`remote::RemoteReplica`]
 //! over gRPC, chosen in one place ([`placement::RingMembers`]). [`server`] answers
@@ -32,6 +33,7 @@ mod accounts;
 pub mod antientropy;
 mod convert;
 mod deletion;
+pub mod imap;
 mod lease;
 mod local;
 mod mailbox;
@@ -49,8 +51,8 @@ pub mod pb {
 }
 
 pub use deletion::DELETE_COMPLETION_MAX;
-pub use lease::{LEASE_TTL, MaildropLock};
-pub use local::{LocalReplica, digest};
+pub use lease::{LEASE_TTL, LeaseScope, MaildropLock};
+pub use local::{FolderWatchers, LocalReplica, digest};
 pub use remote::{MESSAGE_BYTES_MAX_ON_WIRE, REPLICA_CALL_TIMEOUT};
 pub use replica::{Differing, Digests, Members, ReadFor, Replica};
 pub use server::ReplicaService;
