@@ -50,6 +50,9 @@ pub struct NodeArgs {
     /// POP3 listener (default: ring port + 20000).
     #[arg(long)]
     pub pop3: Option<String>,
+    /// IMAP listener (default: ring port + 9000).
+    #[arg(long)]
+    pub imap: Option<String>,
     /// Admin HTTP listener (default: ring port + 30000).
     #[arg(long)]
     pub http: Option<String>,

@@ -12,6 +12,7 @@ use crate::cli::NodeArgs;
 pub const SMTP_PORT_OFFSET: u16 = 10_000;
 pub const POP3_PORT_OFFSET: u16 = 20_000;
 pub const HTTP_PORT_OFFSET: u16 = 30_000;
+pub const IMAP_PORT_OFFSET: u16 = 9_000;
 
 /// A node's configuration once flags, file and defaults are merged and checked.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,6 +23,7 @@ pub struct NodeConfig {
     pub entry_addr: Option<SocketAddr>,
     pub smtp: SocketAddr,
     pub pop3: SocketAddr,
+    pub imap: SocketAddr,
     pub http: SocketAddr,
     pub data: PathBuf,
     pub replicas: u64,
@@ -44,6 +46,7 @@ struct ConfigFile {
     entry_addr: Option<String>,
     smtp: Option<String>,
     pop3: Option<String>,
+    imap: Option<String>,
     http: Option<String>,
     data: Option<PathBuf>,
     replicas: Option<u64>,
@@ -124,6 +127,7 @@ impl NodeConfig {
         };
         let smtp = service("--smtp", args.smtp.clone().or(file.smtp), SMTP_PORT_OFFSET)?;
         let pop3 = service("--pop3", args.pop3.clone().or(file.pop3), POP3_PORT_OFFSET)?;
+        let imap = service("--imap", args.imap.clone().or(file.imap), IMAP_PORT_OFFSET)?;
         let http = service("--http", args.http.clone().or(file.http), HTTP_PORT_OFFSET)?;
         let data = args.data.clone().or(file.data).unwrap_or_else(|| {
             PathBuf::from("chordmail-data").join(format!("{}_{}", addr.ip(), addr.port()))
@@ -220,6 +224,7 @@ impl NodeConfig {
             entry_addr,
             smtp,
             pop3,
+            imap,
             http,
             data,
             replicas,
@@ -264,6 +269,7 @@ mod tests {
         let config = NodeConfig::resolve(&args("127.0.0.1:5000")).unwrap();
         assert_eq!(config.smtp.to_string(), "127.0.0.1:15000");
         assert_eq!(config.pop3.to_string(), "127.0.0.1:25000");
+        assert_eq!(config.imap.to_string(), "127.0.0.1:14000");
         assert_eq!(config.http.to_string(), "127.0.0.1:35000");
         assert_eq!((config.bits, config.replicas), (64, 3));
         assert_eq!(config.domains, ["localhost"]);
