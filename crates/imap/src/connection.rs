@@ -8,7 +8,6 @@ use cm_model::{FolderId, MessageId};
 use cm_repl::Mail;
 use cm_serve::UpgradableStream;
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
-use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::limits::{IMAP_READ_CHUNK_BYTES, IMAP_WRITE_BUFFER_BYTES};
@@ -62,10 +61,10 @@ enum Next {
     Close,
 }
 
-/// An IDLE in progress: the selected folder's wake-ups from this node's replica,
-/// when the folder is known.
+/// An IDLE in progress: the selected folder's wake-ups (from this node's replica,
+/// or from the replica set through a subscription), when the folder is known.
 struct Idling {
-    changes: Option<watch::Receiver<u64>>,
+    changes: Option<cm_repl::imap::FolderWatch>,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<'_, S> {
@@ -216,20 +215,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<'_, S> {
     }
 }
 
-/// Returns when an IDLE session should look at its folder again: a wake-up from
-/// this node's replica (`true`) or the fallback poll (`false`). Never returns
-/// while not idling.
+/// Returns when an IDLE session should look at its folder again: a wake-up
+/// (`true`) or the fallback poll (`false`). Never returns while not idling.
 async fn wait_for_change(idling: &mut Option<Idling>, poll_interval: std::time::Duration) -> bool {
     let Some(idling) = idling else {
         return std::future::pending().await;
     };
     let changed = async {
         match &mut idling.changes {
-            Some(changes) => {
-                if changes.changed().await.is_err() {
-                    std::future::pending::<()>().await;
-                }
-            }
+            Some(changes) => changes.changed().await,
             None => std::future::pending::<()>().await,
         }
     };

@@ -33,6 +33,15 @@ use crate::quorum::Fanout;
 use crate::replica::ReadFor;
 use crate::{Mail, MailError, READ_STRAGGLER_GRACE, now_ms};
 
+/// How long a replica tells a node of writes to a folder after its last
+/// subscription (IDLE across the ring): a node that stopped idling, or crashed,
+/// costs a few notifications at most this long.
+pub const SUBSCRIPTION_TTL: Duration = Duration::from_secs(15);
+/// How often an idling node renews its subscriptions, on the current replica set.
+pub const SUBSCRIPTION_RENEW_PERIOD: Duration = Duration::from_secs(5);
+
+const _: () = assert!(SUBSCRIPTION_RENEW_PERIOD.as_millis() * 2 < SUBSCRIPTION_TTL.as_millis());
+
 /// How long a UID map's lease lives: numbering is one read and one write, so a
 /// holder that crashed blocks numbering of that folder this long at most.
 pub const UID_LEASE_TTL: Duration = Duration::from_secs(2);
@@ -71,6 +80,30 @@ impl From<FolderError> for Refusal {
 /// One message's flag changes: (message, flags to set, flags to clear).
 pub type FlagChange = (MessageId, Vec<FlagName>, Vec<FlagName>);
 
+/// The wake-ups of one folder for one IDLE session: from this node's replica, and,
+/// when this node is outside the folder's replica set, from the members it
+/// subscribed with (renewed while the watch lives).
+pub struct FolderWatch {
+    changes: tokio::sync::watch::Receiver<u64>,
+    renewal: tokio::task::JoinHandle<()>,
+}
+
+impl FolderWatch {
+    /// Returns once the folder changed since the last call (or since the watch
+    /// began); never returns if the registry is gone.
+    pub async fn changed(&mut self) {
+        if self.changes.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+impl Drop for FolderWatch {
+    fn drop(&mut self) {
+        self.renewal.abort();
+    }
+}
+
 /// The lease on one folder's UID map, released (everywhere it was granted) when
 /// dropped.
 struct UidLease {
@@ -86,15 +119,60 @@ impl Drop for UidLease {
 }
 
 impl Mail {
-    /// A receiver that changes whenever a write to `folder` of `address` is applied
-    /// to this node's replica (IDLE's wake-up). Writes applied only elsewhere are
-    /// not seen: sessions also poll.
-    pub fn watch_folder(
+    /// IDLE's wake-ups for `folder` of `address`: every write to it applied to this
+    /// node's replica, and, when this node is not in the replica set, every write
+    /// applied to a member it subscribed with. A notification lost on the way is
+    /// made up for by the session's fallback poll.
+    pub fn watch_folder(&self, address: &Address, folder: FolderId) -> FolderWatch {
+        let changes = self.inner.local.watchers().watch(address, folder);
+        let (mail, address) = (self.clone(), address.clone());
+        let renewal = tokio::spawn(async move {
+            loop {
+                mail.subscribe_round(&address, folder).await;
+                tokio::time::sleep(SUBSCRIPTION_RENEW_PERIOD).await;
+            }
+        });
+        FolderWatch { changes, renewal }
+    }
+
+    /// Subscribes this node with every member of the folder's replica set, unless
+    /// it is one (then its own replica wakes it).
+    async fn subscribe_round(&self, address: &Address, folder: FolderId) {
+        let Ok(set) = self.replica_set(self.key(address)).await else {
+            return;
+        };
+        if set.iter().any(|node| self.is_me(node)) {
+            return;
+        }
+        let me = self.me();
+        for node in set {
+            let (member, address, me) = (self.member(&node), address.clone(), me.clone());
+            tokio::spawn(async move {
+                if let Err(error) = member.subscribe(&address, folder, &me).await {
+                    tracing::debug!(member = %node.addr, %error, "idle subscription failed");
+                }
+            });
+        }
+    }
+
+    /// Tells `nodes` that `folder` of `address` changed here (fire and forget).
+    pub(crate) fn notify_subscribers(
         &self,
-        address: &Address,
+        nodes: Vec<NodeRef>,
+        address: Address,
         folder: FolderId,
-    ) -> tokio::sync::watch::Receiver<u64> {
-        self.inner.local.watchers().watch(address, folder)
+    ) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        for node in nodes.into_iter().filter(|node| !self.is_me(node)) {
+            let (member, address) = (self.member(&node), address.clone());
+            runtime.spawn(async move {
+                if let Err(error) = member.notify(&address, folder).await {
+                    tracing::debug!(subscriber = %node.addr, %error, "idle notification failed");
+                }
+            });
+        }
     }
 
     /// The account's folder records, merged from every member that answers (`R`

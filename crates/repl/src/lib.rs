@@ -194,7 +194,7 @@ impl Mail {
             "the members' node is this node"
         );
         let clock = HybridClock::new(config.node_id);
-        Mail {
+        let mail = Mail {
             inner: Arc::new(Inner {
                 config,
                 local,
@@ -204,7 +204,18 @@ impl Mail {
                 verified: Mutex::new(HashMap::new()),
                 verified_salt: rand::random(),
             }),
-        }
+        };
+        // Weak: the replica belongs to the service, not the other way round.
+        let service = Arc::downgrade(&mail.inner);
+        mail.inner
+            .local
+            .watchers()
+            .set_notifier(Box::new(move |nodes, address, folder| {
+                if let Some(inner) = service.upgrade() {
+                    Mail { inner }.notify_subscribers(nodes, address, folder);
+                }
+            }));
+        mail
     }
 
     /// A one-node service on `dir`, serving `localhost` and `example.org`, for tests.

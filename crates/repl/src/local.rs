@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use cm_model::{Account, FolderId, FolderState, Folders, Mailbox, MessageId, Outbound};
+use cm_ring::NodeRef;
 use cm_store::{GroupCommitter, Store, Write};
 use cm_types::{Address, RingKey, hash64, key_of_address, key_of_outbound};
 
@@ -25,14 +26,30 @@ pub struct LocalReplica {
 /// Folders watched at once by sessions of this node at most before the registry
 /// drops the entries nobody watches any more.
 const WATCHED_FOLDERS_PRUNE_AT: usize = 4096;
+/// Folders other nodes may subscribe to here at once; past it, subscriptions to
+/// new folders are ignored (those sessions fall back to polling).
+const SUBSCRIBED_FOLDERS_MAX: usize = 65_536;
+/// Nodes subscribed to one folder at most (a node subscribes once for all its
+/// sessions on the folder).
+const SUBSCRIBERS_PER_FOLDER_MAX: usize = 64;
 
-/// The IMAP sessions of this node that wait for a folder to change (IDLE): a
-/// `watch` channel per (address, folder), bumped whenever a write to that folder
-/// is applied to this replica, whoever sent it. A session on a node outside the
-/// folder's replica set is not woken here and relies on its fallback poll.
+/// A node to tell of writes to a folder, until the instant.
+type Subscription = (NodeRef, std::time::Instant);
+
+/// Tells other nodes that a folder changed: (nodes, address, folder). Set by
+/// `Mail`, which knows how to reach them.
+pub type Notifier = Box<dyn Fn(Vec<NodeRef>, Address, FolderId) + Send + Sync>;
+
+/// The IMAP sessions that wait for a folder to change (IDLE). For this node's
+/// sessions, a `watch` channel per (address, folder), bumped whenever a write to
+/// that folder is applied to this replica, whoever sent it. For sessions on nodes
+/// outside the folder's replica set, subscriptions with an expiry: each write
+/// applied here is announced to them through the notifier.
 #[derive(Default)]
 pub struct FolderWatchers {
     senders: Mutex<HashMap<(Address, FolderId), tokio::sync::watch::Sender<u64>>>,
+    subscribers: Mutex<HashMap<(Address, FolderId), Vec<Subscription>>>,
+    notifier: std::sync::OnceLock<Notifier>,
 }
 
 impl FolderWatchers {
@@ -48,7 +65,76 @@ impl FolderWatchers {
             .subscribe()
     }
 
-    fn fire(&self, address: &Address, folder: FolderId) {
+    /// Records that `node` wants to hear of writes to the folder for `ttl`.
+    pub fn subscribe(
+        &self,
+        address: &Address,
+        folder: FolderId,
+        node: &NodeRef,
+        ttl: std::time::Duration,
+    ) {
+        let now = std::time::Instant::now();
+        let name = (address.clone(), folder);
+        let mut subscribers = self.subscribers.lock().expect("subscribers mutex poisoned");
+        if subscribers.len() >= SUBSCRIBED_FOLDERS_MAX && !subscribers.contains_key(&name) {
+            subscribers.retain(|_, nodes| {
+                nodes.retain(|(_, expires)| *expires > now);
+                !nodes.is_empty()
+            });
+            if subscribers.len() >= SUBSCRIBED_FOLDERS_MAX {
+                return;
+            }
+        }
+        let nodes = subscribers.entry(name).or_default();
+        nodes.retain(|(known, expires)| known.id != node.id && *expires > now);
+        if nodes.len() < SUBSCRIBERS_PER_FOLDER_MAX {
+            nodes.push((node.clone(), now + ttl));
+        }
+    }
+
+    /// Nodes subscribed to the folder here now.
+    pub fn n_subscribers(&self, address: &Address, folder: FolderId) -> usize {
+        let now = std::time::Instant::now();
+        let subscribers = self.subscribers.lock().expect("subscribers mutex poisoned");
+        subscribers
+            .get(&(address.clone(), folder))
+            .map_or(0, |nodes| {
+                nodes.iter().filter(|(_, expires)| *expires > now).count()
+            })
+    }
+
+    /// How this replica reaches subscribed nodes; set once, by `Mail`.
+    pub fn set_notifier(&self, notifier: Notifier) {
+        if self.notifier.set(notifier).is_err() {
+            tracing::debug!("a notifier was already set");
+        }
+    }
+
+    /// A write to the folder was applied here: wakes this node's sessions and
+    /// tells the subscribed nodes.
+    fn changed(&self, address: &Address, folder: FolderId) {
+        self.fire(address, folder);
+        let now = std::time::Instant::now();
+        let nodes: Vec<NodeRef> = {
+            let mut subscribers = self.subscribers.lock().expect("subscribers mutex poisoned");
+            let name = (address.clone(), folder);
+            let Some(nodes) = subscribers.get_mut(&name) else {
+                return;
+            };
+            nodes.retain(|(_, expires)| *expires > now);
+            let live = nodes.iter().map(|(node, _)| node.clone()).collect();
+            if nodes.is_empty() {
+                subscribers.remove(&name);
+            }
+            live
+        };
+        if let (false, Some(notifier)) = (nodes.is_empty(), self.notifier.get()) {
+            notifier(nodes, address.clone(), folder);
+        }
+    }
+
+    /// Wakes this node's sessions watching the folder.
+    pub(crate) fn fire(&self, address: &Address, folder: FolderId) {
         let mut senders = self.senders.lock().expect("watchers mutex poisoned");
         let name = (address.clone(), folder);
         let Some(sender) = senders.get(&name) else {
@@ -143,7 +229,7 @@ impl LocalReplica {
         match receiver.await {
             Ok(Ok(())) => {
                 for (address, folder) in &touched {
-                    self.watchers.fire(address, *folder);
+                    self.watchers.changed(address, *folder);
                 }
                 Ok(())
             }

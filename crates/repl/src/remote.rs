@@ -224,6 +224,39 @@ impl Replica for RemoteReplica {
         Ok(reply.body)
     }
 
+    async fn subscribe(
+        &self,
+        address: &Address,
+        folder: FolderId,
+        subscriber: &NodeRef,
+    ) -> Result<(), MailError> {
+        let request = pb::SubscribeRequest {
+            address: address.to_string(),
+            folder: folder_to_pb(folder),
+            subscriber_id: subscriber.id,
+            subscriber_addr: subscriber.addr.clone(),
+            ttl_ms: crate::imap::SUBSCRIPTION_TTL.as_millis() as u64,
+        };
+        self.call("subscribe", REPLICA_CALL_TIMEOUT, |mut client| async move {
+            client.subscribe(request).await
+        })
+        .await
+        .map(|_| ())
+    }
+
+    async fn notify(&self, address: &Address, folder: FolderId) -> Result<(), MailError> {
+        let request = pb::FolderRequest {
+            address: address.to_string(),
+            folder: folder_to_pb(folder),
+            repair: false,
+        };
+        self.call("notify", REPLICA_CALL_TIMEOUT, |mut client| async move {
+            client.notify(request).await
+        })
+        .await
+        .map(|_| ())
+    }
+
     async fn acquire_lease(
         &self,
         address: &Address,

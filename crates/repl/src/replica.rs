@@ -84,6 +84,19 @@ pub trait Replica: Send + Sync {
         id: MessageId,
     ) -> Result<Option<Bytes>, MailError>;
 
+    /// Asks the member to tell `subscriber` of writes to `folder` of `address`
+    /// applied to it, for [`crate::imap::SUBSCRIPTION_TTL`] (IDLE across the ring).
+    async fn subscribe(
+        &self,
+        address: &Address,
+        folder: FolderId,
+        subscriber: &NodeRef,
+    ) -> Result<(), MailError>;
+
+    /// Tells the member's node that `folder` of `address` changed: it wakes the
+    /// IDLE sessions it holds on it.
+    async fn notify(&self, address: &Address, folder: FolderId) -> Result<(), MailError>;
+
     /// Grants (or extends, for the same `lease_id`) the lease of `scope` on
     /// `address` for [`LEASE_TTL`] at most; `Ok(false)` when another session holds
     /// it.
@@ -213,6 +226,22 @@ impl Replica for LocalReplica {
         id: MessageId,
     ) -> Result<Option<Bytes>, MailError> {
         LocalReplica::folder_body(self, address, folder, id).await
+    }
+
+    async fn subscribe(
+        &self,
+        address: &Address,
+        folder: FolderId,
+        subscriber: &NodeRef,
+    ) -> Result<(), MailError> {
+        self.watchers
+            .subscribe(address, folder, subscriber, crate::imap::SUBSCRIPTION_TTL);
+        Ok(())
+    }
+
+    async fn notify(&self, address: &Address, folder: FolderId) -> Result<(), MailError> {
+        self.watchers.fire(address, folder);
+        Ok(())
     }
 
     async fn acquire_lease(

@@ -111,6 +111,19 @@ impl Replica for TestReplica {
         self.enter().await?;
         Replica::folder_body(&*self.local, address, folder, id).await
     }
+    async fn subscribe(
+        &self,
+        address: &Address,
+        folder: FolderId,
+        subscriber: &NodeRef,
+    ) -> Result<(), MailError> {
+        self.enter().await?;
+        Replica::subscribe(&*self.local, address, folder, subscriber).await
+    }
+    async fn notify(&self, address: &Address, folder: FolderId) -> Result<(), MailError> {
+        self.enter().await?;
+        Replica::notify(&*self.local, address, folder).await
+    }
     async fn acquire_lease(
         &self,
         address: &Address,
@@ -1015,11 +1028,52 @@ async fn a_delivery_wakes_the_watchers_of_every_replica() {
         .await
         .unwrap();
     let mut watch = ring.mail[2].watch_folder(&alice, FolderId::INBOX);
-    let other = ring.mail[2].watch_folder(&alice, FolderId(5));
+    let mut other = ring.mail[2].watch_folder(&alice, FolderId(5));
     deliver(&ring.mail[0], &alice, 1).await;
     tokio::time::timeout(Duration::from_secs(5), watch.changed())
         .await
-        .expect("no wake-up within 5 s")
+        .expect("no wake-up within 5 s");
+    let woken = tokio::time::timeout(Duration::from_millis(200), other.changed()).await;
+    assert!(woken.is_err(), "another folder was woken");
+}
+
+/// Goal: IDLE across the ring: a node outside the replica set hears of a write
+/// through the members it subscribed with. Method: four nodes, the set is the
+/// first three; node 4 watches INBOX, and once its subscription reached the
+/// members, a delivery through node 1 must wake it; after the watch is dropped,
+/// the subscription is not renewed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_outside_the_replica_set_is_notified() {
+    let ring = TestRing::new(4);
+    let alice = address("far@example.org");
+    ring.mail[0]
+        .create_account(&alice, "a long enough secret")
+        .await
         .unwrap();
-    assert!(!other.has_changed().unwrap(), "another folder was woken");
+    let outsider = &ring.mail[3];
+    let mut watch = outsider.watch_folder(&alice, FolderId::INBOX);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let n_subscribed = || {
+        ring.cluster.replicas[..3]
+            .iter()
+            .filter(|replica| {
+                replica
+                    .local
+                    .watchers()
+                    .n_subscribers(&alice, FolderId::INBOX)
+                    == 1
+            })
+            .count()
+    };
+    while n_subscribed() < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "the subscriptions did not arrive"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    deliver(&ring.mail[0], &alice, 1).await;
+    tokio::time::timeout(Duration::from_secs(5), watch.changed())
+        .await
+        .expect("the outsider was not notified within 5 s");
 }

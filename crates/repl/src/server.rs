@@ -43,6 +43,9 @@ impl ReplicaService {
     }
 }
 
+/// A subscriber's ring address (`host:port`) in bytes at most.
+const SUBSCRIBER_ADDR_BYTES_MAX: usize = 300;
+
 fn lease_scope(uid_map_folder: Option<&[u8]>) -> Result<LeaseScope, MailError> {
     Ok(match uid_map_folder {
         Some(folder) => LeaseScope::UidMap(folder_from_pb(folder)?),
@@ -111,6 +114,38 @@ impl pb::replica_server::Replica for ReplicaService {
             .await
             .map_err(status)?;
         Ok(Response::new(pb::BodyReply { body }))
+    }
+
+    async fn subscribe(
+        &self,
+        request: Request<pb::SubscribeRequest>,
+    ) -> Result<Response<pb::Ack>, Status> {
+        let request = request.into_inner();
+        let address = address_from_pb(&request.address).map_err(status)?;
+        let folder = folder_from_pb(&request.folder).map_err(status)?;
+        if request.subscriber_addr.len() > SUBSCRIBER_ADDR_BYTES_MAX {
+            return Err(Status::invalid_argument("subscriber address too long"));
+        }
+        let subscriber = cm_ring::NodeRef {
+            id: request.subscriber_id,
+            addr: request.subscriber_addr,
+        };
+        let ttl = Duration::from_millis(request.ttl_ms).min(crate::imap::SUBSCRIPTION_TTL);
+        self.local
+            .watchers()
+            .subscribe(&address, folder, &subscriber, ttl);
+        Ok(Response::new(pb::Ack {}))
+    }
+
+    async fn notify(
+        &self,
+        request: Request<pb::FolderRequest>,
+    ) -> Result<Response<pb::Ack>, Status> {
+        let request = request.into_inner();
+        let address = address_from_pb(&request.address).map_err(status)?;
+        let folder = folder_from_pb(&request.folder).map_err(status)?;
+        self.local.watchers().fire(&address, folder);
+        Ok(Response::new(pb::Ack {}))
     }
 
     async fn read_folders(
