@@ -454,7 +454,10 @@ impl Mail {
                 }
                 Err(MailError::InUse) if tokio::time::Instant::now() < deadline => {
                     release();
-                    tokio::time::sleep(UID_LEASE_RETRY_PAUSE).await;
+                    // Jitter: two sessions that each got part of the grants must
+                    // not retry in step for ever.
+                    let jitter = rand::random_range(0..=UID_LEASE_RETRY_PAUSE.as_millis() as u64);
+                    tokio::time::sleep(UID_LEASE_RETRY_PAUSE + Duration::from_millis(jitter)).await;
                 }
                 Err(MailError::InUse) => {
                     release();

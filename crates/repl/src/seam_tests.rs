@@ -157,6 +157,9 @@ struct Cluster {
     nodes: Vec<NodeRef>,
     replicas: Vec<Arc<TestReplica>>,
     set: Mutex<Vec<NodeRef>>,
+    /// A replica set seen by one node only (node id -> set), as during a
+    /// partition with sloppy quorums; the others see `set`.
+    views: Mutex<std::collections::HashMap<u64, Vec<NodeRef>>>,
 }
 
 impl Cluster {
@@ -181,6 +184,9 @@ impl Members for ClusterView {
         self.me.clone()
     }
     async fn replica_set(&self, _key: RingKey) -> Result<Vec<NodeRef>, MailError> {
+        if let Some(view) = self.cluster.views.lock().unwrap().get(&self.me.id) {
+            return Ok(view.clone());
+        }
         Ok(self.cluster.set.lock().unwrap().clone())
     }
     async fn cluster(&self) -> Vec<NodeRef> {
@@ -220,6 +226,7 @@ impl TestRing {
             .collect();
         let cluster = Arc::new(Cluster {
             set: Mutex::new(nodes[..REPLICAS].to_vec()),
+            views: Mutex::default(),
             nodes,
             replicas,
         });
@@ -1076,4 +1083,97 @@ async fn a_node_outside_the_replica_set_is_notified() {
     tokio::time::timeout(Duration::from_secs(5), watch.changed())
         .await
         .expect("the outsider was not notified within 5 s");
+}
+
+/// Goal: the conflict rule of DESIGN.md §11 at work: after a partition in which both
+/// sides numbered, no UID names two messages, none is reused, and the messages
+/// concerned get new UIDs above every UID claimed. Method: six nodes; message 1 is
+/// numbered everywhere; then nodes 1-3 and 4-6 each form a replica set of their
+/// own (sloppy quorums), each side gets one new message and numbers it (both as
+/// UID 2); after healing (one set again, anti-entropy), every replica resolves the
+/// same map: UID 1 kept, UID 2 retired, the two messages renumbered 3 and 4.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_numbering_on_both_sides_heals_by_the_conflict_rule() {
+    let ring = TestRing::new(6);
+    let alice = address("split@example.org");
+    let everyone = ring.cluster.nodes.clone();
+    *ring.cluster.set.lock().unwrap() = everyone.clone();
+    let first = deliver(&ring.mail[0], &alice, 1).await[0];
+    ring.mail[0]
+        .numbered_folder(&alice, FolderId::INBOX)
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while uids_everywhere(&ring, &alice, FolderId::INBOX)
+        .await
+        .iter()
+        .any(|uids| uids.get(&first) != Some(&1))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "message 1's UID did not reach every node"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    {
+        let mut views = ring.cluster.views.lock().unwrap();
+        for node in &everyone {
+            let side = if node.id <= 3 {
+                &everyone[..3]
+            } else {
+                &everyone[3..]
+            };
+            views.insert(node.id, side.to_vec());
+        }
+    }
+    let left = deliver(&ring.mail[0], &alice, 1).await[0];
+    let right = deliver(&ring.mail[3], &alice, 1).await[0];
+    let seen_left = ring.mail[1]
+        .numbered_folder(&alice, FolderId::INBOX)
+        .await
+        .unwrap()
+        .uids
+        .resolve()
+        .uid_of;
+    let seen_right = ring.mail[4]
+        .numbered_folder(&alice, FolderId::INBOX)
+        .await
+        .unwrap()
+        .uids
+        .resolve()
+        .uid_of;
+    assert_eq!(
+        (seen_left[&left], seen_right[&right]),
+        (2, 2),
+        "each side numbered"
+    );
+
+    ring.cluster.views.lock().unwrap().clear();
+    for mail in &ring.mail {
+        antientropy::round(mail).await.unwrap();
+    }
+    let healed = ring.mail[2]
+        .numbered_folder(&alice, FolderId::INBOX)
+        .await
+        .unwrap()
+        .uids
+        .resolve();
+    assert_eq!(healed.uid_of[&first], 1, "an uncontested UID stays");
+    assert!(
+        !healed.message_of.contains_key(&2),
+        "UID 2 named two messages: retired"
+    );
+    let (mut renumbered, expected) = (
+        vec![healed.uid_of[&left], healed.uid_of[&right]],
+        vec![3, 4],
+    );
+    renumbered.sort();
+    assert_eq!(renumbered, expected, "new UIDs above every UID claimed");
+    for mail in &ring.mail {
+        antientropy::round(mail).await.unwrap();
+    }
+    for uids in uids_everywhere(&ring, &alice, FolderId::INBOX).await {
+        assert_eq!(uids, healed.uid_of, "replicas resolve differently");
+    }
 }
