@@ -11,6 +11,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .bytes(".chordmail.replica.v1.MessageRecord.body")
         .bytes(".chordmail.replica.v1.BodyReply.body")
         .bytes(".chordmail.replica.v1.OutboundRecord.body")
+        .bytes(".chordmail.replica.v1.FolderBody.body")
         .compile_protos(&["proto/replica.proto"], &["proto"])?;
     Ok(())
 }

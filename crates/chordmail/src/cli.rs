@@ -54,6 +54,9 @@ pub struct NodeArgs {
     /// POP3 listener (default: ring port + 20000).
     #[arg(long)]
     pub pop3: Option<String>,
+    /// IMAP listener (default: ring port + 9000).
+    #[arg(long)]
+    pub imap: Option<String>,
     /// Admin HTTP listener (default: 127.0.0.1, ring port + 3000).
     #[arg(long)]
     pub http: Option<String>,

@@ -15,8 +15,9 @@ use crate::cli::NodeArgs;
 pub const SMTP_PORT_OFFSET: u16 = 10_000;
 pub const POP3_PORT_OFFSET: u16 = 20_000;
 pub const HTTP_PORT_OFFSET: u16 = 3_000;
+pub const IMAP_PORT_OFFSET: u16 = 9_000;
 
-/// The three files of the ring port's mutual TLS (DESIGN.md §10).
+/// The three files of the ring port's mutual TLS (docs/DESIGN.md §10).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClusterFiles {
     pub ca: PathBuf,
@@ -33,6 +34,7 @@ pub struct NodeConfig {
     pub entry_addr: Option<SocketAddr>,
     pub smtp: SocketAddr,
     pub pop3: SocketAddr,
+    pub imap: SocketAddr,
     pub http: SocketAddr,
     pub data: PathBuf,
     pub replicas: u64,
@@ -60,6 +62,7 @@ struct ConfigFile {
     entry_addr: Option<String>,
     smtp: Option<String>,
     pop3: Option<String>,
+    imap: Option<String>,
     http: Option<String>,
     data: Option<PathBuf>,
     replicas: Option<u64>,
@@ -147,13 +150,14 @@ impl NodeConfig {
         };
         let smtp = service("--smtp", args.smtp.clone().or(file.smtp), SMTP_PORT_OFFSET)?;
         let pop3 = service("--pop3", args.pop3.clone().or(file.pop3), POP3_PORT_OFFSET)?;
+        let imap = service("--imap", args.imap.clone().or(file.imap), IMAP_PORT_OFFSET)?;
         let mut http = service(
             "--http",
             args.http.clone().or(file.http.clone()),
             HTTP_PORT_OFFSET,
         )?;
         if args.http.is_none() && file.http.is_none() {
-            // The admin API stays on the host unless asked otherwise (DESIGN.md §2).
+            // The admin API stays on the host unless asked otherwise (docs/DESIGN.md §2).
             http.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
         }
         let cluster = resolve_cluster_files(
@@ -275,6 +279,7 @@ impl NodeConfig {
             entry_addr,
             smtp,
             pop3,
+            imap,
             http,
             data,
             replicas,
@@ -356,6 +361,7 @@ mod tests {
         let config = NodeConfig::resolve(&args("127.0.0.1:5000")).unwrap();
         assert_eq!(config.smtp.to_string(), "127.0.0.1:15000");
         assert_eq!(config.pop3.to_string(), "127.0.0.1:25000");
+        assert_eq!(config.imap.to_string(), "127.0.0.1:14000");
         assert_eq!(config.http.to_string(), "127.0.0.1:8000");
         assert_eq!(config.cluster, None);
         assert_eq!((config.bits, config.replicas), (64, 3));

@@ -25,7 +25,7 @@ pub struct Prepared {
     cluster_tls: Option<cm_net::ClusterTls>,
 }
 
-/// The checks of DESIGN.md §10 that must pass before anything binds or is written:
+/// The checks of docs/DESIGN.md §10 that must pass before anything binds or is written:
 /// secret files private, the admin token and the cluster files readable.
 pub fn prepare(config: &NodeConfig) -> Result<Prepared, crate::config::UsageError> {
     crate::trust::check_tls_key(config)?;
@@ -52,6 +52,7 @@ pub async fn run(config: NodeConfig, prepared: Prepared) -> anyhow::Result<()> {
     let ring_listener = bind("ring", config.addr).await?;
     let smtp_listener = bind("smtp", config.smtp).await?;
     let pop3_listener = bind("pop3", config.pop3).await?;
+    let imap_listener = bind("imap", config.imap).await?;
     let http = bind("admin http", config.http).await?;
     let tls = cm_tls::server_config(
         &config.data,
@@ -138,6 +139,15 @@ pub async fn run(config: NodeConfig, prepared: Prepared) -> anyhow::Result<()> {
         mail.clone(),
         shutdown.clone(),
     ));
+    let imap_config = cm_imap::ImapConfig {
+        tls: Some(tls.clone()),
+        ..Default::default()
+    };
+    let (imap_mail, imap_shutdown) = (mail.clone(), shutdown.clone());
+    tasks.spawn(async move {
+        cm_imap::serve(imap_listener, imap_config, imap_mail, imap_shutdown).await;
+        anyhow::Ok(())
+    });
     let pop3_config = cm_pop3::Pop3Config {
         hostname: config.hostname.clone(),
         tls: Some(tls),

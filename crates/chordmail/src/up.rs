@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 
 use crate::cli::UpArgs;
-use crate::config::{HTTP_PORT_OFFSET, POP3_PORT_OFFSET, SMTP_PORT_OFFSET};
+use crate::config::{HTTP_PORT_OFFSET, IMAP_PORT_OFFSET, POP3_PORT_OFFSET, SMTP_PORT_OFFSET};
 
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 const STOP_TIMEOUT: Duration = Duration::from_secs(15);
@@ -201,6 +201,7 @@ fn print_directions(n_nodes: u16, first_port: u16, replicas: u16, token_path: &P
     let smtp = first_port + SMTP_PORT_OFFSET;
     let pop3 = first_port + POP3_PORT_OFFSET;
     let http = first_port + HTTP_PORT_OFFSET;
+    let imap = first_port + IMAP_PORT_OFFSET;
     println!();
     println!(
         "chordmail: a ring of {n_nodes} nodes on 127.0.0.1 is up ({replicas} copies of every key, mutual TLS between nodes)."
@@ -213,6 +214,10 @@ fn print_directions(n_nodes: u16, first_port: u16, replicas: u16, token_path: &P
     println!(
         "  POP3      127.0.0.1:{pop3}..{}   (STLS, USER/PASS, AUTH PLAIN)",
         pop3 + n_nodes - 1
+    );
+    println!(
+        "  IMAP      127.0.0.1:{imap}..{}   (STARTTLS, LOGIN, AUTHENTICATE PLAIN, IDLE)",
+        imap + n_nodes - 1
     );
     println!(
         "  admin     http://127.0.0.1:{http}/  (chordmail ring --node http://127.0.0.1:{http})"

@@ -145,11 +145,22 @@ fn section_name(section: &Section) -> String {
                 "HEADER.FIELDS ("
             }
             .to_owned();
+            // Field names are atoms, and clients match the reply's item name
+            // against what they asked, so they go out as atoms (as Dovecot's do).
+            let is_atom = |name: &str| {
+                !name.is_empty()
+                    && name
+                        .bytes()
+                        .all(|byte| byte.is_ascii_graphic() && !b"(){%*\"\\]".contains(&byte))
+            };
             let names: Vec<String> = names
                 .iter()
                 .map(|name| {
+                    if is_atom(name) {
+                        return name.to_ascii_uppercase();
+                    }
                     let mut quoted = Vec::new();
-                    push_string(&mut quoted, name.to_ascii_uppercase().as_bytes());
+                    push_string(&mut quoted, name.as_bytes());
                     String::from_utf8_lossy(&quoted).into_owned()
                 })
                 .collect();
@@ -257,10 +268,15 @@ fn header_fields(header: &[u8], names: &[String], not: bool) -> Vec<u8> {
 /// RFC 9051 §7.5.2 ENVELOPE. Date, subject and ids are the raw header values, as
 /// the RFC asks; addresses are parsed.
 fn push_envelope(out: &mut Vec<u8>, message: &Message<'_>) {
+    // Raw values, unfolded (RFC 5322 §2.2.3), so they fit a quoted string.
     let raw = |name: &str| {
-        message
-            .header_raw(name)
-            .map(|value| value.trim().to_owned())
+        message.header_raw(name).map(|value| {
+            value
+                .replace("\r\n", "")
+                .replace('\n', "")
+                .trim()
+                .to_owned()
+        })
     };
     out.push(b'(');
     push_nstring(out, raw("Date").as_deref().map(str::as_bytes));

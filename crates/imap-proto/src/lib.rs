@@ -12,6 +12,29 @@
 //! may be sent (RFC 9051 §7.5.1), FETCH rendering with ENVELOPE and BODYSTRUCTURE
 //! (through `mail-parser`), SEARCH evaluation and response encoding.
 //!
+//! # The shell's side
+//!
+//! 1. Write [`Session::greeting`]. Feed input with [`Session::feed`] until it
+//!    returns a [`Step`]; write [`Step::output`]; then act on [`Step::action`]:
+//!    - [`Action::Read`]: feed the rest of the input (and read more).
+//!    - [`Action::Request`]: run it against the store and call [`Session::answer`]
+//!      with the matching [`Answer`]; the result is another step. No input is fed
+//!      while a request is out, so one session has exactly one command in flight
+//!      and the parser holds at most one command; pipelined bytes wait in the
+//!      shell's bounded read buffer.
+//!    - [`Action::Idle`]: keep feeding input (only `DONE` is accepted), and call
+//!      [`Session::idle_poll`] when the selected folder may have changed (a
+//!      notification from the node that wrote it, or the fallback poll).
+//!    - [`Action::StartTls`]: drop buffered input, handshake, call
+//!      [`Session::tls_started`].
+//!    - [`Action::Close`]: close the connection.
+//! 2. [`Request::Snapshot`] is where UIDs come from: the shell numbers the
+//!    folder's unnumbered messages (`cm_model::UidMap::number` under the UID
+//!    map's lease, written with the write quorum) before reading the snapshot.
+//!    [`Request::Expunge`] writes the same tombstone as POP3's DELE.
+//! 3. The inactivity timer is [`limits::IMAP_IDLE_TIMEOUT`]; failed logins are
+//!    delayed by the shell, growing with [`Session::n_login_failures`].
+//!
 //! Modules, in reading order:
 //! - [`limits`]: the bounds on every input;
 //! - [`parser`]: framing of lines and literals, and the command grammar;
@@ -19,7 +42,8 @@
 //! - [`selected`]: the selected folder's messages, sequence numbers and updates;
 //! - [`fetch`]: FETCH items, body sections, ENVELOPE and BODYSTRUCTURE;
 //! - [`search`]: SEARCH keys evaluated against the messages;
-//! - [`response`]: quoting, literals and status lines.
+//! - [`response`]: quoting, literals and status lines;
+//! - [`utf7`]: modified UTF-7 folder names for IMAP4rev1 clients.
 //!
 //! All errors are one enum, [`ProtoError`]; [`Session`] maps each to its reply.
 

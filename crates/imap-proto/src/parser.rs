@@ -89,7 +89,7 @@ pub enum FetchItem {
     BodyStructure {
         extensible: bool,
     },
-    /// BODY[section]<partial>, BODY.PEEK[...], and RFC822 / RFC822.HEADER /
+    /// `BODY[section]<partial>`, `BODY.PEEK[...]`, and RFC822 / RFC822.HEADER /
     /// RFC822.TEXT (`legacy` set: named as such in the reply).
     Body {
         section: Section,
@@ -391,6 +391,10 @@ impl Parser {
     }
 
     fn reset_command(&mut self) {
+        // A session that once sent a large APPEND does not keep its buffer.
+        if self.command.capacity() > IMAP_LITERAL_BYTES_MAX {
+            self.command = Vec::new();
+        }
         self.command.clear();
         self.line_start_idx = 0;
         self.n_literals = 0;
@@ -579,9 +583,9 @@ fn decode(command: &[u8]) -> Parsed {
     if let Some(parsed) = decode_extension(command) {
         return parsed;
     }
-    let (command, extended) = match rewrite_extended(command) {
-        Ok(Some((rewritten, extended))) => (rewritten, Some(extended)),
-        Ok(None) => (command.to_vec(), None),
+    let (command, extended): (std::borrow::Cow<'_, [u8]>, _) = match rewrite_extended(command) {
+        Ok(Some((rewritten, extended))) => (rewritten.into(), Some(extended)),
+        Ok(None) => (command.into(), None),
         Err(()) => return rejected(ProtoError::Syntax),
     };
     match CommandCodec::default().decode(&command) {
@@ -1475,6 +1479,33 @@ mod tests {
         let mut parser = Parser::new();
         parser.feed(&input.as_bytes()[..IMAP_LINE_BYTES_MAX + 10]);
         assert!(parser.command.capacity() <= IMAP_LINE_BYTES_MAX + IMAP_TAG_BYTES_MAX);
+    }
+
+    #[test]
+    fn a_large_append_is_taken_and_its_buffer_let_go() {
+        let n_bytes = 4 * IMAP_LITERAL_BYTES_MAX;
+        let mut input = format!("a APPEND INBOX {{{n_bytes}+}}\r\n").into_bytes();
+        input.extend(std::iter::repeat_n(b'x', n_bytes));
+        input.extend_from_slice(b"\r\n");
+        let mut parser = Parser::new();
+        let mut rest = &input[..];
+        let mut results = Vec::new();
+        while !rest.is_empty() {
+            let (n_consumed, parsed) = parser.feed(&rest[..rest.len().min(1000)]);
+            rest = &rest[n_consumed..];
+            results.extend(parsed);
+        }
+        let [
+            Parsed::Command {
+                command: Command::Append { message, .. },
+                ..
+            },
+        ] = &results[..]
+        else {
+            panic!("{results:?}");
+        };
+        assert_eq!(message.len(), n_bytes);
+        assert_eq!(parser.command.capacity(), 0);
     }
 
     #[test]

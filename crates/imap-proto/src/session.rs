@@ -270,10 +270,11 @@ enum Awaiting {
         folder: String,
         read_only: bool,
     },
-    /// NOOP/CHECK (`idle` false) or a poll during IDLE.
+    /// NOOP/CHECK, a poll during IDLE, or the new messages after an APPEND or
+    /// COPY into the selected folder.
     Refresh {
         tag: String,
-        idle: bool,
+        then: AfterRefresh,
     },
     List {
         tag: String,
@@ -292,6 +293,7 @@ enum Awaiting {
     },
     Append {
         tag: String,
+        folder: String,
     },
     /// STORE, or the implicit `\Seen` of a FETCH (`then` set).
     Store {
@@ -311,7 +313,20 @@ enum Awaiting {
         tag: String,
         source_uids: Vec<u32>,
         remove_source: bool,
+        to: String,
     },
+}
+
+/// What completes a refresh of the selected folder.
+#[derive(Debug)]
+enum AfterRefresh {
+    /// NOOP or CHECK: the tagged OK.
+    Noop,
+    /// A poll during IDLE: back to idling.
+    Idle,
+    /// APPEND or COPY into the selected folder (RFC 9051 §6.3.12: the client
+    /// hears of the new message at once): this tagged reply, already encoded.
+    Reply(Vec<u8>),
 }
 
 /// One client's IMAP session.
@@ -414,7 +429,18 @@ impl<Id: Clone + PartialEq + fmt::Debug> Session<Id> {
                 }
                 Err(error) => self.reject(Some(tag), error),
             },
-            Parsed::Rejected(Rejected { tag, error }) => self.reject(tag, error),
+            Parsed::Rejected(Rejected { tag, error }) => {
+                // A bad line answering a challenge or during IDLE ends that
+                // command, so the client is not left waiting for its tagged reply.
+                match std::mem::replace(&mut self.pending, Pending::Nothing) {
+                    Pending::Sasl { tag } | Pending::Idle { tag } => {
+                        self.parser.expect(Expect::Command);
+                        self.reject(Some(tag), error)
+                    }
+                    Pending::Nothing => self.reject(tag, error),
+                    Pending::Answer(_) => unreachable!("asserted on entry"),
+                }
+            }
             Parsed::LiteralAccepted => {
                 let mut out = Vec::new();
                 out.extend_from_slice(b"+ Ready for literal data\r\n");
@@ -457,7 +483,10 @@ impl<Id: Clone + PartialEq + fmt::Debug> Session<Id> {
         match &self.state {
             State::Selected { selected, .. } => {
                 let folder = selected.folder.clone();
-                self.pending = Pending::Answer(Awaiting::Refresh { tag, idle: true });
+                self.pending = Pending::Answer(Awaiting::Refresh {
+                    tag,
+                    then: AfterRefresh::Idle,
+                });
                 Step {
                     output: Vec::new(),
                     action: Action::Request(Request::Snapshot { folder }),
@@ -774,7 +803,10 @@ impl<Id: Clone + PartialEq + fmt::Debug> Session<Id> {
                 },
             ) => {
                 let flags = valid_flags(flags)?;
-                self.pending = Pending::Answer(Awaiting::Append { tag });
+                self.pending = Pending::Answer(Awaiting::Append {
+                    tag,
+                    folder: folder.clone(),
+                });
                 Ok(Step {
                     output: out,
                     action: Action::Request(Request::Append {
@@ -796,7 +828,10 @@ impl<Id: Clone + PartialEq + fmt::Debug> Session<Id> {
             }
             (State::Selected { selected, .. }, Command::Noop | Command::Check) => {
                 let folder = selected.folder.clone();
-                self.pending = Pending::Answer(Awaiting::Refresh { tag, idle: false });
+                self.pending = Pending::Answer(Awaiting::Refresh {
+                    tag,
+                    then: AfterRefresh::Noop,
+                });
                 Ok(Step {
                     output: out,
                     action: Action::Request(Request::Snapshot { folder }),
@@ -1042,6 +1077,7 @@ impl<Id: Clone + PartialEq + fmt::Debug> Session<Id> {
                     tag,
                     source_uids: uids,
                     remove_source,
+                    to: folder.clone(),
                 });
                 Ok(Step {
                     output: out,
@@ -1232,28 +1268,33 @@ impl<Id: Clone + PartialEq + fmt::Debug> Session<Id> {
                 self.state = State::Selected { user, selected };
                 Step::read(out)
             }
-            (Awaiting::Refresh { tag, idle }, Answer::Snapshot(result)) => {
+            (Awaiting::Refresh { tag, then }, Answer::Snapshot(result)) => {
                 let State::Selected { selected, .. } = &mut self.state else {
                     panic!("refresh answered outside SELECTED");
                 };
-                match result {
-                    Ok(snapshot) => selected.update(snapshot, true, &mut out),
+                match (result, &then) {
+                    (Ok(snapshot), _) => selected.update(snapshot, true, &mut out),
                     // The folder may have been deleted or the store be out of
                     // reach; the view stays as it was and the client is told.
-                    Err(failure) if !idle => {
+                    (Err(failure), AfterRefresh::Noop) => {
                         push_failure(&mut out, &tag, failure, "NOOP", false);
                         return Step::read(out);
                     }
-                    Err(_) => {}
+                    (Err(_), AfterRefresh::Idle | AfterRefresh::Reply(_)) => {}
                 }
-                if idle {
-                    self.pending = Pending::Idle { tag };
-                    return Step {
-                        output: out,
-                        action: Action::Idle,
-                    };
+                match then {
+                    AfterRefresh::Noop => {
+                        push_status(&mut out, &tag, Status::Ok, None, "NOOP completed")
+                    }
+                    AfterRefresh::Idle => {
+                        self.pending = Pending::Idle { tag };
+                        return Step {
+                            output: out,
+                            action: Action::Idle,
+                        };
+                    }
+                    AfterRefresh::Reply(mut reply) => out.append(&mut reply),
                 }
-                push_status(&mut out, &tag, Status::Ok, None, "NOOP completed");
                 Step::read(out)
             }
             (
@@ -1358,18 +1399,22 @@ impl<Id: Clone + PartialEq + fmt::Debug> Session<Id> {
                 }
                 Step::read(out)
             }
-            (Awaiting::Append { tag }, Answer::Appended(result)) => {
+            (Awaiting::Append { tag, folder }, Answer::Appended(result)) => {
+                let mut reply = Vec::new();
                 match result {
                     Ok((uid_validity, uid)) => push_status(
-                        &mut out,
+                        &mut reply,
                         &tag,
                         Status::Ok,
                         Some(&format!("APPENDUID {uid_validity} {uid}")),
                         "APPEND completed",
                     ),
-                    Err(failure) => push_failure(&mut out, &tag, failure, "APPEND", true),
+                    Err(failure) => {
+                        push_failure(&mut out, &tag, failure, "APPEND", true);
+                        return Step::read(out);
+                    }
                 }
-                Step::read(out)
+                self.refresh_before(tag, &folder, reply)
             }
             (
                 Awaiting::Store {
@@ -1423,6 +1468,7 @@ impl<Id: Clone + PartialEq + fmt::Debug> Session<Id> {
                     tag,
                     source_uids,
                     remove_source,
+                    to,
                 },
                 Answer::Copied(result),
             ) => {
@@ -1453,18 +1499,39 @@ impl<Id: Clone + PartialEq + fmt::Debug> Session<Id> {
                     selected.flush_expunges(&mut out);
                     selected.expunge(&source_uids, &mut out);
                     push_status(&mut out, &tag, Status::Ok, None, "MOVE completed");
-                } else {
-                    push_status(
-                        &mut out,
-                        &tag,
-                        Status::Ok,
-                        code.as_deref(),
-                        "COPY completed",
-                    );
+                    return Step::read(out);
                 }
-                Step::read(out)
+                let mut reply = Vec::new();
+                push_status(
+                    &mut reply,
+                    &tag,
+                    Status::Ok,
+                    code.as_deref(),
+                    "COPY completed",
+                );
+                self.refresh_before(tag, &to, reply)
             }
             (awaiting, answer) => panic!("answer {answer:?} does not fit {awaiting:?}"),
+        }
+    }
+
+    /// Completes a command that added messages to `folder` with `reply`; when
+    /// that folder is the selected one, the view is refreshed first, so the
+    /// client hears `EXISTS` before the tagged reply.
+    fn refresh_before(&mut self, tag: String, folder: &str, reply: Vec<u8>) -> Step<Id> {
+        match &self.state {
+            State::Selected { selected, .. } if selected.folder == folder => {
+                let folder = selected.folder.clone();
+                self.pending = Pending::Answer(Awaiting::Refresh {
+                    tag,
+                    then: AfterRefresh::Reply(reply),
+                });
+                Step {
+                    output: Vec::new(),
+                    action: Action::Request(Request::Snapshot { folder }),
+                }
+            }
+            _ => Step::read(reply),
         }
     }
 

@@ -236,7 +236,9 @@ impl Folders {
             .values()
             .filter(|record| record.deleted.is_none())
             .count();
-        if n_live >= FOLDERS_PER_ACCOUNT_MAX {
+        if n_live >= FOLDERS_PER_ACCOUNT_MAX
+            || self.records.len() >= crate::encoding::FOLDER_RECORDS_MAX
+        {
             return Err(FolderError::TooMany);
         }
         let highest = self
@@ -267,16 +269,41 @@ impl Folders {
         })
     }
 
+    /// The delta that renames `from` to `to`, and its inferiors with it (RFC 9051
+    /// §6.3.6: renaming `a` renames `a/b` to `to/b`).
     pub fn rename(&self, from: &str, to: &str, version: Version) -> Result<Folders, FolderError> {
         check_name(to)?;
         let (id, mut record) = self.live_record(from)?;
-        if self.find(to).is_some() {
-            return Err(FolderError::Exists);
+        let from_prefix = format!("{}{FOLDER_DELIMITER}", record.name.value);
+        if to == record.name.value || to.starts_with(&from_prefix) {
+            return Err(FolderError::InvalidName);
+        }
+        let mut delta = Folders::default();
+        for view in self.view() {
+            let Some(suffix) = view.name.strip_prefix(&from_prefix) else {
+                continue;
+            };
+            let new_name = format!("{to}{FOLDER_DELIMITER}{suffix}");
+            check_name(&new_name)?;
+            let mut inferior = self.records[&view.id].clone();
+            inferior.name = Lww::new(version, new_name);
+            delta.records.insert(view.id, inferior);
         }
         record.name = Lww::new(version, to.to_owned());
-        Ok(Folders {
-            records: BTreeMap::from([(id, record)]),
-        })
+        delta.records.insert(id, record);
+        let renamed: std::collections::BTreeSet<&String> = delta
+            .records
+            .values()
+            .map(|record| &record.name.value)
+            .collect();
+        let clash = self
+            .view()
+            .iter()
+            .any(|view| !delta.records.contains_key(&view.id) && renamed.contains(&view.name));
+        if clash {
+            return Err(FolderError::Exists);
+        }
+        Ok(delta)
     }
 
     pub fn subscribe(
@@ -407,6 +434,40 @@ mod tests {
                 "{bad:?}"
             );
         }
+    }
+
+    #[test]
+    fn rename_takes_the_inferiors_along() {
+        let mut folders = Folders::default();
+        apply(&mut folders, |folders| {
+            folders.create("Work", FolderId(1), version(1_000, 1))
+        });
+        apply(&mut folders, |folders| {
+            folders.create("Work/2026", FolderId(2), version(1_000, 1))
+        });
+        apply(&mut folders, |folders| {
+            folders.create("Workshop", FolderId(3), version(1_000, 1))
+        });
+        apply(&mut folders, |folders| {
+            folders.create("Old/2026", FolderId(4), version(1_000, 1))
+        });
+        assert_eq!(
+            folders.rename("Work", "Work/x", version(2_000, 1)),
+            Err(FolderError::InvalidName)
+        );
+        // "Old/2026" exists, so moving "Work/2026" there must fail.
+        assert_eq!(
+            folders.rename("Work", "Old", version(2_000, 1)),
+            Err(FolderError::Exists)
+        );
+        apply(&mut folders, |folders| {
+            folders.rename("Work", "Jobs", version(2_000, 1))
+        });
+        let names: Vec<String> = folders.view().into_iter().map(|view| view.name).collect();
+        assert_eq!(
+            names,
+            ["INBOX", "Jobs", "Jobs/2026", "Old/2026", "Workshop"]
+        );
     }
 
     #[test]

@@ -14,7 +14,9 @@
 
 pub mod account;
 pub mod clock;
+pub mod encoding;
 pub mod flags;
+pub mod folder_state;
 pub mod folders;
 pub mod lww;
 pub mod mailbox;
@@ -24,7 +26,9 @@ pub mod uids;
 
 pub use account::{Account, HashError, PasswordError, check_password_hash};
 pub use clock::{HybridClock, Version};
+pub use encoding::DecodeError;
 pub use flags::{FlagError, FlagName, Flags};
+pub use folder_state::{FolderCounts, FolderState, NumberedMessage};
 pub use folders::{FolderError, FolderId, FolderRecord, FolderView, Folders, SpecialUse};
 pub use lww::Lww;
 pub use mailbox::Mailbox;

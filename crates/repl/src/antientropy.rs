@@ -21,7 +21,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use cm_model::{Account, MessageId};
+use cm_model::{Account, FolderId, MessageId};
 use cm_ring::NodeRef;
 use cm_store::Write;
 use cm_types::{Address, metrics};
@@ -402,6 +402,90 @@ async fn push_address(
     for batch in batches.into_iter().filter(|batch| !batch.is_empty()) {
         member.apply(&batch).await?;
     }
+    n_writes += push_imap(mail, member.as_ref(), address, budget_bytes).await?;
     metrics::REPAIRS.add(n_writes as u64);
+    Ok(n_writes)
+}
+
+/// Copies to `member` what it lacks of the IMAP data of `address`: folder records,
+/// and per folder the flags, UIDs, tombstones and messages (with their octets,
+/// within `budget_bytes`; messages over the budget wait for the next round).
+/// Returns the number of writes sent.
+async fn push_imap(
+    mail: &Mail,
+    member: &dyn Replica,
+    address: &Address,
+    budget_bytes: &mut usize,
+) -> Result<usize, MailError> {
+    let key = mail.key(address);
+    let mut n_writes = 0;
+    let ours = mail.local().folders(address).await?;
+    if !ours.records.is_empty() {
+        let theirs = member.folders(address, ReadFor::Repair).await?;
+        let mut merged = theirs.clone();
+        merged.merge(&ours);
+        if merged != theirs {
+            let write = Write::Folders {
+                key,
+                address: address.clone(),
+                folders: Box::new(ours),
+            };
+            member.apply(&[write]).await?;
+            n_writes += 1;
+        }
+    }
+    for folder in mail.store().folder_ids(key, address)? {
+        let mut ours = mail.local().folder(address, folder).await?;
+        let theirs = member.folder(address, folder, ReadFor::Repair).await?;
+        if folder == FolderId::INBOX {
+            // INBOX's messages and tombstones went with the maildrop above.
+            ours.mailbox = Default::default();
+        }
+        let mut bodies = Vec::new();
+        let mut batch_bytes = 0usize;
+        let lacking: Vec<MessageId> = ours
+            .mailbox
+            .visible()
+            .map(|(id, _)| id)
+            .filter(|id| !theirs.mailbox.received.contains_key(id))
+            .filter(|id| !theirs.mailbox.tombstones.contains_key(id))
+            .collect();
+        for id in lacking {
+            let body = match mail.local().folder_body(address, folder, id).await? {
+                Some(body)
+                    if body.len() <= *budget_bytes
+                        && batch_bytes + body.len() <= REPAIR_BATCH_BYTES_MAX =>
+                {
+                    body
+                }
+                _ => {
+                    ours.mailbox.received.remove(&id);
+                    continue;
+                }
+            };
+            *budget_bytes -= body.len();
+            batch_bytes += body.len();
+            bodies.push((id, body));
+        }
+        let mut merged = theirs.clone();
+        merged.merge(&ours);
+        let changes_theirs = if folder == FolderId::INBOX {
+            merged.flags != theirs.flags || merged.uids != theirs.uids
+        } else {
+            merged != theirs
+        };
+        if !changes_theirs {
+            continue;
+        }
+        let write = Write::Folder {
+            key,
+            address: address.clone(),
+            folder,
+            delta: Box::new(ours),
+            bodies,
+        };
+        member.apply(&[write]).await?;
+        n_writes += 1;
+    }
     Ok(n_writes)
 }

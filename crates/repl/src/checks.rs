@@ -82,6 +82,22 @@ pub fn check_writes(writes: &[Write], now_ms: u64) -> Result<(), MailError> {
                     ));
                 }
             }
+            Write::Folder {
+                address, bodies, ..
+            } => {
+                // The folder documents themselves were bounded when decoded
+                // (`convert`); their versions are not checked against the clock yet.
+                if let Some((id, body)) = bodies
+                    .iter()
+                    .find(|(_, body)| body.len() > STORED_BODY_BYTES_MAX)
+                {
+                    return refuse(format!(
+                        "message {id} of {address} has {} bytes, over the size limit",
+                        body.len()
+                    ));
+                }
+            }
+            Write::Folders { .. } => {}
             Write::Meta { .. } => {
                 return refuse("node settings are never replicated".to_owned());
             }

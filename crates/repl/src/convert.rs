@@ -2,7 +2,10 @@
 
 use crate::pb;
 use cm_model::outbound::{OUTBOUND_ATTEMPTS_KEPT_MAX, OUTBOUND_RECIPIENTS_MAX, bounded_error};
-use cm_model::{Account, Attempt, Mailbox, MessageId, Outbound, Outcome, Version};
+use cm_model::{
+    Account, Attempt, FolderId, FolderState, Folders, Mailbox, MessageId, Outbound, Outcome,
+    Version,
+};
 use cm_store::Write;
 use cm_types::{Address, key_of_address, key_of_outbound};
 
@@ -17,6 +20,27 @@ pub fn id_from_pb(bytes: &[u8]) -> Result<MessageId, MailError> {
         .try_into()
         .map_err(|_| MailError::Invalid("a message id is 16 bytes".to_owned()))?;
     Ok(MessageId::from_u128(u128::from_be_bytes(raw)))
+}
+
+pub fn folder_to_pb(folder: FolderId) -> Vec<u8> {
+    folder.0.to_be_bytes().to_vec()
+}
+
+pub fn folder_from_pb(bytes: &[u8]) -> Result<FolderId, MailError> {
+    let raw: [u8; 16] = bytes
+        .try_into()
+        .map_err(|_| MailError::Invalid("a folder id is 16 bytes".to_owned()))?;
+    Ok(FolderId(u128::from_be_bytes(raw)))
+}
+
+/// A peer's folder records, checked like client input (`Folders::decode`).
+pub fn folders_from_pb(bytes: &[u8]) -> Result<Folders, MailError> {
+    Folders::decode(bytes).map_err(|error| MailError::Invalid(error.to_string()))
+}
+
+/// A peer's folder state, checked like client input (`FolderState::decode`).
+pub fn folder_state_from_pb(bytes: &[u8]) -> Result<FolderState, MailError> {
+    FolderState::decode(bytes).map_err(|error| MailError::Invalid(error.to_string()))
 }
 
 pub fn address_from_pb(text: &str) -> Result<Address, MailError> {
@@ -108,6 +132,30 @@ pub fn writes_to_pb(writes: &[Write]) -> pb::WriteBatch {
             Write::Outbound { entry, body, .. } => {
                 batch.outbound.push(outbound_to_pb(entry, body.clone()))
             }
+            Write::Folders {
+                address, folders, ..
+            } => batch.folders.push(pb::FoldersRecord {
+                address: address.to_string(),
+                folders: folders.encode(),
+            }),
+            Write::Folder {
+                address,
+                folder,
+                delta,
+                bodies,
+                ..
+            } => batch.folder_states.push(pb::FolderRecord {
+                address: address.to_string(),
+                folder: folder_to_pb(*folder),
+                state: delta.encode(),
+                bodies: bodies
+                    .iter()
+                    .map(|(id, body)| pb::FolderBody {
+                        id: id_to_pb(*id),
+                        body: body.clone(),
+                    })
+                    .collect(),
+            }),
             Write::Meta { .. } => {
                 unreachable!("node settings are never replicated; callers only pass mail writes")
             }
@@ -147,6 +195,42 @@ pub fn writes_from_pb(batch: pb::WriteBatch, bits: u32) -> Result<Vec<Write>, Ma
             id: id_from_pb(&record.id)?,
             address,
             deleted_ms: record.deleted_ms,
+        });
+    }
+    for record in batch.folders {
+        let address = address_from_pb(&record.address)?;
+        writes.push(Write::Folders {
+            key: key_of_address(&address, bits),
+            folders: Box::new(folders_from_pb(&record.folders)?),
+            address,
+        });
+    }
+    for record in batch.folder_states {
+        let address = address_from_pb(&record.address)?;
+        let folder = folder_from_pb(&record.folder)?;
+        let delta = folder_state_from_pb(&record.state)?;
+        let inbox_messages =
+            !delta.mailbox.received.is_empty() || !delta.mailbox.tombstones.is_empty();
+        if folder == FolderId::INBOX && (inbox_messages || !record.bodies.is_empty()) {
+            return Err(MailError::Invalid(
+                "INBOX's messages travel as maildrop messages and tombstones".to_owned(),
+            ));
+        }
+        let mut bodies = Vec::with_capacity(record.bodies.len());
+        for body in record.bodies {
+            if body.body.len() > cm_types::limits::MESSAGE_BYTES_MAX + 64 * 1024 {
+                return Err(MailError::Invalid(
+                    "message body over the size limit".to_owned(),
+                ));
+            }
+            bodies.push((id_from_pb(&body.id)?, body.body));
+        }
+        writes.push(Write::Folder {
+            key: key_of_address(&address, bits),
+            address,
+            folder,
+            delta: Box::new(delta),
+            bodies,
         });
     }
     for record in batch.outbound {

@@ -45,19 +45,31 @@ impl Mail {
         if ids.is_empty() {
             return Ok(());
         }
-        let mut set = self.replica_set(lock.key()).await?;
-        self.check_write_quorum_answers(&set).await?;
         let deleted_ms = now_ms();
-        let writes: Arc<Vec<Write>> = Arc::new(
-            ids.iter()
-                .map(|id| Write::Tombstone {
-                    key: lock.key(),
-                    address: lock.address().clone(),
-                    id: *id,
-                    deleted_ms,
-                })
-                .collect(),
-        );
+        let writes = ids
+            .iter()
+            .map(|id| Write::Tombstone {
+                key: lock.key(),
+                address: lock.address().clone(),
+                id: *id,
+                deleted_ms,
+            })
+            .collect();
+        self.write_deletion_writes(lock.key(), lock.address(), writes)
+            .await
+    }
+
+    /// Writes deletions (tombstones of `address`, under `key`) by the rules of
+    /// [`Mail::delete`]: POP3's DELE and IMAP's EXPUNGE, in INBOX or any folder.
+    pub(crate) async fn write_deletion_writes(
+        &self,
+        key: cm_types::RingKey,
+        address: &cm_types::Address,
+        writes: Vec<Write>,
+    ) -> Result<(), MailError> {
+        let mut set = self.replica_set(key).await?;
+        self.check_write_quorum_answers(&set).await?;
+        let writes: Arc<Vec<Write>> = Arc::new(writes);
         let holders: Arc<Mutex<Vec<u64>>> = Arc::default();
         let deadline = tokio::time::Instant::now() + DELETE_COMPLETION_MAX;
         let mut n_attempts = 0;
@@ -75,10 +87,10 @@ impl Mail {
                 return Err(error);
             }
             if n_attempts == 1 {
-                tracing::warn!(address = %lock.address(), %error, "deletion not on a write quorum yet; retrying");
+                tracing::warn!(%address, %error, "deletion not on a write quorum yet; retrying");
             }
             tokio::time::sleep(DELETE_RETRY_PAUSE).await;
-            set = self.replica_set(lock.key()).await?;
+            set = self.replica_set(key).await?;
         }
     }
 

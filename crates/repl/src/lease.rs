@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use cm_model::FolderId;
 use cm_ring::NodeRef;
 use cm_types::{Address, RingKey};
 
@@ -30,20 +31,39 @@ const LEASES_MAX: usize = 65_536;
 
 const _: () = assert!(LEASE_RENEW_PERIOD.as_millis() * 3 <= LEASE_TTL.as_millis());
 
-/// The leases this node grants as coordinator: address -> (lease id, expiry).
+/// What a lease of an address covers. Each scope is a lock of its own: a POP3
+/// session's maildrop lease never keeps an IMAP session from numbering, nor the
+/// other way round.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum LeaseScope {
+    /// The POP3 maildrop (RFC 1939 §8), held for a whole session.
+    Maildrop,
+    /// One IMAP folder's UID map, held while one session numbers new messages
+    /// (docs/DESIGN.md §11), for [`crate::imap::UID_LEASE_TTL`] at most.
+    UidMap(FolderId),
+}
+
+/// The leases this node grants: (address, scope) -> (lease id, expiry).
 #[derive(Default)]
 pub struct LeaseTable {
-    held: Mutex<HashMap<Address, (u64, Instant)>>,
+    held: Mutex<HashMap<(Address, LeaseScope), (u64, Instant)>>,
 }
 
 impl LeaseTable {
     /// Grants the lease unless another live lease holds the address. Acquiring again
     /// with the same id extends it; a lease this node does not know (say, it
     /// restarted, or just joined the replica set) is granted if the address is free.
-    pub fn acquire(&self, address: &Address, lease_id: u64, ttl: Duration) -> bool {
+    pub fn acquire(
+        &self,
+        address: &Address,
+        scope: LeaseScope,
+        lease_id: u64,
+        ttl: Duration,
+    ) -> bool {
         let now = Instant::now();
+        let name = (address.clone(), scope);
         let mut held = self.held.lock().expect("lease mutex poisoned");
-        if let Some((holder, expires)) = held.get(address)
+        if let Some((holder, expires)) = held.get(&name)
             && *holder != lease_id
             && *expires > now
         {
@@ -55,14 +75,15 @@ impl LeaseTable {
                 return false;
             }
         }
-        held.insert(address.clone(), (lease_id, now + ttl.min(LEASE_TTL)));
+        held.insert(name, (lease_id, now + ttl.min(LEASE_TTL)));
         true
     }
 
-    pub fn release(&self, address: &Address, lease_id: u64) {
+    pub fn release(&self, address: &Address, scope: LeaseScope, lease_id: u64) {
+        let name = (address.clone(), scope);
         let mut held = self.held.lock().expect("lease mutex poisoned");
-        if held.get(address).map(|(holder, _)| *holder) == Some(lease_id) {
-            held.remove(address);
+        if held.get(&name).map(|(holder, _)| *holder) == Some(lease_id) {
+            held.remove(&name);
         }
     }
 }
@@ -126,8 +147,17 @@ impl Mail {
         let lease_id: u64 = rand::random();
         let holders: SharedHolders = Arc::default();
         let set = self.replica_set(key).await?;
-        let granted = self.lease_round(set, address, lease_id, &holders).await;
-        let release = release_everywhere(self.clone(), address.clone(), lease_id, holders.clone());
+        let scope = LeaseScope::Maildrop;
+        let granted = self
+            .lease_round(set, address, scope, lease_id, &holders)
+            .await;
+        let release = release_everywhere(
+            self.clone(),
+            address.clone(),
+            scope,
+            lease_id,
+            holders.clone(),
+        );
         if let Err(error) = granted {
             release();
             return Err(error);
@@ -140,7 +170,10 @@ impl Mail {
                 loop {
                     tokio::time::sleep(LEASE_RENEW_PERIOD).await;
                     let renewed = match mail.replica_set(key).await {
-                        Ok(set) => mail.lease_round(set, &address, lease_id, &holders).await,
+                        Ok(set) => {
+                            mail.lease_round(set, &address, scope, lease_id, &holders)
+                                .await
+                        }
                         Err(error) => Err(error),
                     };
                     if let Err(error) = renewed {
@@ -165,10 +198,11 @@ impl Mail {
     /// fan-out, decided as soon as a majority granted or one member refused
     /// ([`MailError::InUse`]: another session holds it there). Members answering
     /// later still record themselves in `holders` for the release.
-    async fn lease_round(
+    pub(crate) async fn lease_round(
         &self,
         set: Vec<NodeRef>,
         address: &Address,
+        scope: LeaseScope,
         lease_id: u64,
         holders: &SharedHolders,
     ) -> Result<(), MailError> {
@@ -177,7 +211,7 @@ impl Mail {
             let (address, holders) = (address.clone(), holders.clone());
             async move {
                 let member = mail.member(&node);
-                if !member.acquire_lease(&address, lease_id).await? {
+                if !member.acquire_lease(&address, scope, lease_id).await? {
                     return Err(MailError::InUse);
                 }
                 let late = {
@@ -191,7 +225,7 @@ impl Mail {
                     // The lease was released (or refused) before this grant came
                     // back: give it back now, or it would block the maildrop until
                     // it expires.
-                    let _ = member.release_lease(&address, lease_id).await;
+                    let _ = member.release_lease(&address, scope, lease_id).await;
                 }
                 Ok(())
             }
@@ -204,19 +238,20 @@ impl Mail {
 /// The members that granted one session's lease, and whether it was released: a
 /// grant that arrives after the release gives itself back.
 #[derive(Default)]
-struct LeaseHolders {
+pub(crate) struct LeaseHolders {
     nodes: Vec<NodeRef>,
     released: bool,
 }
 
-type SharedHolders = Arc<Mutex<LeaseHolders>>;
+pub(crate) type SharedHolders = Arc<Mutex<LeaseHolders>>;
 
 /// Releases the lease at every member that granted it: at once here (so that this
 /// node's next session finds the maildrop free), in the background elsewhere (a
 /// release that does not arrive expires with the TTL).
-fn release_everywhere(
+pub(crate) fn release_everywhere(
     mail: Mail,
     address: Address,
+    scope: LeaseScope,
     lease_id: u64,
     holders: SharedHolders,
 ) -> impl FnOnce() + Send + 'static {
@@ -228,11 +263,11 @@ fn release_everywhere(
         };
         for holder in nodes {
             if mail.is_me(&holder) {
-                mail.inner.local.leases.release(&address, lease_id);
+                mail.inner.local.leases.release(&address, scope, lease_id);
             } else if let Ok(runtime) = tokio::runtime::Handle::try_current() {
                 let (member, address) = (mail.member(&holder), address.clone());
                 runtime.spawn(async move {
-                    let _ = member.release_lease(&address, lease_id).await;
+                    let _ = member.release_lease(&address, scope, lease_id).await;
                 });
             }
         }
@@ -247,27 +282,34 @@ mod tests {
     fn one_holder_until_release_or_expiry() {
         let table = LeaseTable::default();
         let alice = Address::parse("alice@example.org").unwrap();
-        assert!(table.acquire(&alice, 1, LEASE_TTL));
-        assert!(!table.acquire(&alice, 2, LEASE_TTL));
+        assert!(table.acquire(&alice, LeaseScope::Maildrop, 1, LEASE_TTL));
+        assert!(!table.acquire(&alice, LeaseScope::Maildrop, 2, LEASE_TTL));
         assert!(
-            table.acquire(&alice, 1, LEASE_TTL),
+            table.acquire(&alice, LeaseScope::Maildrop, 1, LEASE_TTL),
             "the holder extends its lease"
         );
-        table.release(&alice, 2);
+        table.release(&alice, LeaseScope::Maildrop, 2);
         assert!(
-            !table.acquire(&alice, 2, LEASE_TTL),
+            !table.acquire(&alice, LeaseScope::Maildrop, 2, LEASE_TTL),
             "only the holder releases"
         );
-        table.release(&alice, 1);
-        assert!(table.acquire(&alice, 2, Duration::from_millis(1)));
+        table.release(&alice, LeaseScope::Maildrop, 1);
+        assert!(table.acquire(&alice, LeaseScope::Maildrop, 2, Duration::from_millis(1)));
         std::thread::sleep(Duration::from_millis(5));
         assert!(
-            table.acquire(&alice, 3, LEASE_TTL),
+            table.acquire(&alice, LeaseScope::Maildrop, 3, LEASE_TTL),
             "an expired lease is free"
         );
         assert!(
-            !table.acquire(&alice, 2, LEASE_TTL),
+            !table.acquire(&alice, LeaseScope::Maildrop, 2, LEASE_TTL),
             "an expired holder cannot renew over a new one"
         );
+        let uid_map = LeaseScope::UidMap(FolderId::INBOX);
+        assert!(
+            table.acquire(&alice, uid_map, 4, LEASE_TTL),
+            "numbering is not the maildrop"
+        );
+        assert!(!table.acquire(&alice, uid_map, 5, LEASE_TTL));
+        assert!(table.acquire(&alice, LeaseScope::UidMap(FolderId(9)), 5, LEASE_TTL));
     }
 }

@@ -22,7 +22,8 @@
 //!
 //! Reading order: [`Mail`] (this file) and its operations by concern — [`accounts`],
 //! [`mailbox`] (deliveries, reads with read repair), [`deletion`], [`lease`]
-//! (maildrop leases), [`outbound`] (the outbound queue's entries) — all built on [`quorum`] (the fan-out to a replica set) and
+//! (maildrop leases), [`outbound`] (the outbound queue's entries), [`imap`]
+//! (folders, flags, UIDs and IDLE's wake-ups) — all built on [`quorum`] (the fan-out to a replica set) and
 //! on the seam in [`replica`]: one trait for what a member of a replica set can do,
 //! implemented by this node's [`LocalReplica`] and by [`remote::RemoteReplica`]
 //! over gRPC, chosen in one place ([`placement::RingMembers`]). [`server`] answers
@@ -33,6 +34,7 @@ pub mod antientropy;
 pub mod checks;
 mod convert;
 mod deletion;
+pub mod imap;
 mod lease;
 mod local;
 mod mailbox;
@@ -50,8 +52,8 @@ pub mod pb {
 }
 
 pub use deletion::DELETE_COMPLETION_MAX;
-pub use lease::{LEASE_TTL, MaildropLock};
-pub use local::{LocalReplica, digest};
+pub use lease::{LEASE_TTL, LeaseScope, MaildropLock};
+pub use local::{FolderWatchers, LocalReplica, digest};
 pub use remote::{MESSAGE_BYTES_MAX_ON_WIRE, REPLICA_CALL_TIMEOUT};
 pub use replica::{Differing, Digests, Members, ReadFor, Replica};
 pub use server::ReplicaService;
@@ -193,7 +195,7 @@ impl Mail {
             "the members' node is this node"
         );
         let clock = HybridClock::new(config.node_id);
-        Mail {
+        let mail = Mail {
             inner: Arc::new(Inner {
                 config,
                 local,
@@ -203,7 +205,18 @@ impl Mail {
                 verified: Mutex::new(HashMap::new()),
                 verified_salt: rand::random(),
             }),
-        }
+        };
+        // Weak: the replica belongs to the service, not the other way round.
+        let service = Arc::downgrade(&mail.inner);
+        mail.inner
+            .local
+            .watchers()
+            .set_notifier(Box::new(move |nodes, address, folder| {
+                if let Some(inner) = service.upgrade() {
+                    Mail { inner }.notify_subscribers(nodes, address, folder);
+                }
+            }));
+        mail
     }
 
     /// A one-node service on `dir`, serving `localhost` and `example.org`, for tests.

@@ -5,7 +5,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use bytes::Bytes;
-use cm_model::{Account, Mailbox, MessageId};
+use cm_model::{Account, FolderId, FolderState, Folders, Mailbox, MessageId};
 use cm_net::RingHandle;
 use cm_ring::NodeRef;
 use cm_store::Write;
@@ -15,9 +15,10 @@ use tonic::transport::Channel;
 
 use crate::MailError;
 use crate::convert::{
-    account_from_pb, address_from_pb, id_from_pb, id_to_pb, mailbox_from_pb, writes_to_pb,
+    account_from_pb, address_from_pb, folder_state_from_pb, folder_to_pb, folders_from_pb,
+    id_from_pb, id_to_pb, mailbox_from_pb, writes_to_pb,
 };
-use crate::lease::LEASE_TTL;
+use crate::lease::{LEASE_TTL, LeaseScope};
 use crate::pb;
 use crate::pb::replica_client::ReplicaClient;
 use crate::replica::{Differing, Digests, ReadFor, Replica};
@@ -92,11 +93,16 @@ impl RemoteReplica {
         }
     }
 
-    fn lease_request(address: &Address, lease_id: u64) -> pb::LeaseRequest {
+    fn lease_request(address: &Address, scope: LeaseScope, lease_id: u64) -> pb::LeaseRequest {
+        let (ttl, uid_map_folder) = match scope {
+            LeaseScope::Maildrop => (LEASE_TTL, None),
+            LeaseScope::UidMap(folder) => (crate::imap::UID_LEASE_TTL, Some(folder_to_pb(folder))),
+        };
         pb::LeaseRequest {
             address: address.to_string(),
             lease_id,
-            ttl_ms: LEASE_TTL.as_millis() as u64,
+            ttl_ms: ttl.as_millis() as u64,
+            uid_map_folder,
         }
     }
 }
@@ -145,6 +151,7 @@ impl Replica for RemoteReplica {
         let request = pb::BodyRequest {
             address: address.to_string(),
             id: id_to_pb(id),
+            folder: None,
         };
         let reply = self
             .call("read_body", REPLICA_CALL_TIMEOUT, |mut client| async move {
@@ -165,8 +172,98 @@ impl Replica for RemoteReplica {
         reply.accounts.into_iter().map(account_from_pb).collect()
     }
 
-    async fn acquire_lease(&self, address: &Address, lease_id: u64) -> Result<bool, MailError> {
-        let request = Self::lease_request(address, lease_id);
+    async fn folders(&self, address: &Address, read: ReadFor) -> Result<Folders, MailError> {
+        let request = Self::address_request(address, read);
+        let reply = self
+            .call(
+                "read_folders",
+                REPLICA_CALL_TIMEOUT,
+                |mut client| async move { client.read_folders(request).await },
+            )
+            .await?;
+        folders_from_pb(&reply.folders)
+    }
+
+    async fn folder(
+        &self,
+        address: &Address,
+        folder: FolderId,
+        read: ReadFor,
+    ) -> Result<FolderState, MailError> {
+        let request = pb::FolderRequest {
+            address: address.to_string(),
+            folder: folder_to_pb(folder),
+            repair: read == ReadFor::Repair,
+        };
+        let reply = self
+            .call(
+                "read_folder",
+                REPLICA_CALL_TIMEOUT,
+                |mut client| async move { client.read_folder(request).await },
+            )
+            .await?;
+        folder_state_from_pb(&reply.state)
+    }
+
+    async fn folder_body(
+        &self,
+        address: &Address,
+        folder: FolderId,
+        id: MessageId,
+    ) -> Result<Option<Bytes>, MailError> {
+        let request = pb::BodyRequest {
+            address: address.to_string(),
+            id: id_to_pb(id),
+            folder: (folder != FolderId::INBOX).then(|| folder_to_pb(folder)),
+        };
+        let reply = self
+            .call("read_body", REPLICA_CALL_TIMEOUT, |mut client| async move {
+                client.read_body(request).await
+            })
+            .await?;
+        Ok(reply.body)
+    }
+
+    async fn subscribe(
+        &self,
+        address: &Address,
+        folder: FolderId,
+        subscriber: &NodeRef,
+    ) -> Result<(), MailError> {
+        let request = pb::SubscribeRequest {
+            address: address.to_string(),
+            folder: folder_to_pb(folder),
+            subscriber_id: subscriber.id,
+            subscriber_addr: subscriber.addr.clone(),
+            ttl_ms: crate::imap::SUBSCRIPTION_TTL.as_millis() as u64,
+        };
+        self.call("subscribe", REPLICA_CALL_TIMEOUT, |mut client| async move {
+            client.subscribe(request).await
+        })
+        .await
+        .map(|_| ())
+    }
+
+    async fn notify(&self, address: &Address, folder: FolderId) -> Result<(), MailError> {
+        let request = pb::FolderRequest {
+            address: address.to_string(),
+            folder: folder_to_pb(folder),
+            repair: false,
+        };
+        self.call("notify", REPLICA_CALL_TIMEOUT, |mut client| async move {
+            client.notify(request).await
+        })
+        .await
+        .map(|_| ())
+    }
+
+    async fn acquire_lease(
+        &self,
+        address: &Address,
+        scope: LeaseScope,
+        lease_id: u64,
+    ) -> Result<bool, MailError> {
+        let request = Self::lease_request(address, scope, lease_id);
         let reply = self
             .call(
                 "acquire_lease",
@@ -177,8 +274,13 @@ impl Replica for RemoteReplica {
         Ok(reply.granted)
     }
 
-    async fn release_lease(&self, address: &Address, lease_id: u64) -> Result<(), MailError> {
-        let request = Self::lease_request(address, lease_id);
+    async fn release_lease(
+        &self,
+        address: &Address,
+        scope: LeaseScope,
+        lease_id: u64,
+    ) -> Result<(), MailError> {
+        let request = Self::lease_request(address, scope, lease_id);
         self.call(
             "release_lease",
             REPLICA_CALL_TIMEOUT,

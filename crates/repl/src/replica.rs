@@ -11,13 +11,13 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use cm_model::{Account, Mailbox, MessageId};
+use cm_model::{Account, FolderId, FolderState, Folders, Mailbox, MessageId};
 use cm_ring::NodeRef;
 use cm_store::Write;
 use cm_types::{Address, RingKey};
 
 use crate::MailError;
-use crate::lease::LEASE_TTL;
+use crate::lease::{LEASE_TTL, LeaseScope};
 use crate::local::LocalReplica;
 
 /// What anti-entropy compares with a member: a digest per address and per
@@ -65,11 +65,54 @@ pub trait Replica: Send + Sync {
     /// Every account record this member holds.
     async fn accounts(&self) -> Result<Vec<Account>, MailError>;
 
-    /// Grants (or extends, for the same `lease_id`) the maildrop lease of
-    /// `address` for [`LEASE_TTL`]; `Ok(false)` when another session holds it.
-    async fn acquire_lease(&self, address: &Address, lease_id: u64) -> Result<bool, MailError>;
+    /// The account's IMAP folder records.
+    async fn folders(&self, address: &Address, read: ReadFor) -> Result<Folders, MailError>;
 
-    async fn release_lease(&self, address: &Address, lease_id: u64) -> Result<(), MailError>;
+    /// One IMAP folder's state; INBOX's mailbox is the maildrop.
+    async fn folder(
+        &self,
+        address: &Address,
+        folder: FolderId,
+        read: ReadFor,
+    ) -> Result<FolderState, MailError>;
+
+    /// The octets of a message of an IMAP folder (INBOX: the maildrop's).
+    async fn folder_body(
+        &self,
+        address: &Address,
+        folder: FolderId,
+        id: MessageId,
+    ) -> Result<Option<Bytes>, MailError>;
+
+    /// Asks the member to tell `subscriber` of writes to `folder` of `address`
+    /// applied to it, for [`crate::imap::SUBSCRIPTION_TTL`] (IDLE across the ring).
+    async fn subscribe(
+        &self,
+        address: &Address,
+        folder: FolderId,
+        subscriber: &NodeRef,
+    ) -> Result<(), MailError>;
+
+    /// Tells the member's node that `folder` of `address` changed: it wakes the
+    /// IDLE sessions it holds on it.
+    async fn notify(&self, address: &Address, folder: FolderId) -> Result<(), MailError>;
+
+    /// Grants (or extends, for the same `lease_id`) the lease of `scope` on
+    /// `address` for [`LEASE_TTL`] at most; `Ok(false)` when another session holds
+    /// it.
+    async fn acquire_lease(
+        &self,
+        address: &Address,
+        scope: LeaseScope,
+        lease_id: u64,
+    ) -> Result<bool, MailError>;
+
+    async fn release_lease(
+        &self,
+        address: &Address,
+        scope: LeaseScope,
+        lease_id: u64,
+    ) -> Result<(), MailError>;
 
     /// The addresses and outbound entries among `digests` whose state differs here
     /// (or that this member lacks); see [`crate::digest`].
@@ -157,12 +200,70 @@ impl Replica for LocalReplica {
         LocalReplica::accounts(self).await
     }
 
-    async fn acquire_lease(&self, address: &Address, lease_id: u64) -> Result<bool, MailError> {
-        Ok(self.leases.acquire(address, lease_id, LEASE_TTL))
+    async fn folders(&self, address: &Address, read: ReadFor) -> Result<Folders, MailError> {
+        if read == ReadFor::Client {
+            self.check_serves_reads()?;
+        }
+        LocalReplica::folders(self, address).await
     }
 
-    async fn release_lease(&self, address: &Address, lease_id: u64) -> Result<(), MailError> {
-        self.leases.release(address, lease_id);
+    async fn folder(
+        &self,
+        address: &Address,
+        folder: FolderId,
+        read: ReadFor,
+    ) -> Result<FolderState, MailError> {
+        if read == ReadFor::Client {
+            self.check_serves_reads()?;
+        }
+        LocalReplica::folder(self, address, folder).await
+    }
+
+    async fn folder_body(
+        &self,
+        address: &Address,
+        folder: FolderId,
+        id: MessageId,
+    ) -> Result<Option<Bytes>, MailError> {
+        LocalReplica::folder_body(self, address, folder, id).await
+    }
+
+    async fn subscribe(
+        &self,
+        address: &Address,
+        folder: FolderId,
+        subscriber: &NodeRef,
+    ) -> Result<(), MailError> {
+        self.watchers
+            .subscribe(address, folder, subscriber, crate::imap::SUBSCRIPTION_TTL);
+        Ok(())
+    }
+
+    async fn notify(&self, address: &Address, folder: FolderId) -> Result<(), MailError> {
+        self.watchers.fire(address, folder);
+        Ok(())
+    }
+
+    async fn acquire_lease(
+        &self,
+        address: &Address,
+        scope: LeaseScope,
+        lease_id: u64,
+    ) -> Result<bool, MailError> {
+        let ttl = match scope {
+            LeaseScope::Maildrop => LEASE_TTL,
+            LeaseScope::UidMap(_) => crate::imap::UID_LEASE_TTL,
+        };
+        Ok(self.leases.acquire(address, scope, lease_id, ttl))
+    }
+
+    async fn release_lease(
+        &self,
+        address: &Address,
+        scope: LeaseScope,
+        lease_id: u64,
+    ) -> Result<(), MailError> {
+        self.leases.release(address, scope, lease_id);
         Ok(())
     }
 

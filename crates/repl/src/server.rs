@@ -8,8 +8,10 @@ use tonic::{Request, Response, Status};
 
 use crate::MailError;
 use crate::convert::{
-    account_to_pb, address_from_pb, id_from_pb, id_to_pb, mailbox_to_pb, writes_from_pb,
+    account_to_pb, address_from_pb, folder_from_pb, id_from_pb, id_to_pb, mailbox_to_pb,
+    writes_from_pb,
 };
+use crate::lease::LeaseScope;
 use crate::local::LocalReplica;
 use crate::replica::{Digests, Replica};
 
@@ -39,6 +41,16 @@ impl ReplicaService {
             .max_decoding_message_size(crate::MESSAGE_BYTES_MAX_ON_WIRE)
             .max_encoding_message_size(crate::MESSAGE_BYTES_MAX_ON_WIRE)
     }
+}
+
+/// A subscriber's ring address (`host:port`) in bytes at most.
+const SUBSCRIBER_ADDR_BYTES_MAX: usize = 300;
+
+fn lease_scope(uid_map_folder: Option<&[u8]>) -> Result<LeaseScope, MailError> {
+    Ok(match uid_map_folder {
+        Some(folder) => LeaseScope::UidMap(folder_from_pb(folder)?),
+        None => LeaseScope::Maildrop,
+    })
 }
 
 fn status(error: MailError) -> Status {
@@ -93,8 +105,79 @@ impl pb::replica_server::Replica for ReplicaService {
         let request = request.into_inner();
         let address = address_from_pb(&request.address).map_err(status)?;
         let id = id_from_pb(&request.id).map_err(status)?;
-        let body = self.local.body(&address, id).await.map_err(status)?;
+        let folder = match &request.folder {
+            Some(folder) => folder_from_pb(folder).map_err(status)?,
+            None => cm_model::FolderId::INBOX,
+        };
+        let body = self
+            .local
+            .folder_body(&address, folder, id)
+            .await
+            .map_err(status)?;
         Ok(Response::new(pb::BodyReply { body }))
+    }
+
+    async fn subscribe(
+        &self,
+        request: Request<pb::SubscribeRequest>,
+    ) -> Result<Response<pb::Ack>, Status> {
+        let request = request.into_inner();
+        let address = address_from_pb(&request.address).map_err(status)?;
+        let folder = folder_from_pb(&request.folder).map_err(status)?;
+        if request.subscriber_addr.len() > SUBSCRIBER_ADDR_BYTES_MAX {
+            return Err(Status::invalid_argument("subscriber address too long"));
+        }
+        let subscriber = cm_ring::NodeRef {
+            id: request.subscriber_id,
+            addr: request.subscriber_addr,
+        };
+        let ttl = Duration::from_millis(request.ttl_ms).min(crate::imap::SUBSCRIPTION_TTL);
+        self.local
+            .watchers()
+            .subscribe(&address, folder, &subscriber, ttl);
+        Ok(Response::new(pb::Ack {}))
+    }
+
+    async fn notify(
+        &self,
+        request: Request<pb::FolderRequest>,
+    ) -> Result<Response<pb::Ack>, Status> {
+        let request = request.into_inner();
+        let address = address_from_pb(&request.address).map_err(status)?;
+        let folder = folder_from_pb(&request.folder).map_err(status)?;
+        self.local.watchers().fire(&address, folder);
+        Ok(Response::new(pb::Ack {}))
+    }
+
+    async fn read_folders(
+        &self,
+        request: Request<pb::AddressRequest>,
+    ) -> Result<Response<pb::FoldersReply>, Status> {
+        let request = request.into_inner();
+        if !request.repair {
+            self.local.check_serves_reads().map_err(status)?;
+        }
+        let address = address_from_pb(&request.address).map_err(status)?;
+        let folders = self.local.folders(&address).await.map_err(status)?;
+        Ok(Response::new(pb::FoldersReply {
+            folders: folders.encode(),
+        }))
+    }
+
+    async fn read_folder(
+        &self,
+        request: Request<pb::FolderRequest>,
+    ) -> Result<Response<pb::FolderReply>, Status> {
+        let request = request.into_inner();
+        if !request.repair {
+            self.local.check_serves_reads().map_err(status)?;
+        }
+        let address = address_from_pb(&request.address).map_err(status)?;
+        let folder = folder_from_pb(&request.folder).map_err(status)?;
+        let state = self.local.folder(&address, folder).await.map_err(status)?;
+        Ok(Response::new(pb::FolderReply {
+            state: state.encode(),
+        }))
     }
 
     async fn acquire_lease(
@@ -103,8 +186,10 @@ impl pb::replica_server::Replica for ReplicaService {
     ) -> Result<Response<pb::LeaseReply>, Status> {
         let request = request.into_inner();
         let address = address_from_pb(&request.address).map_err(status)?;
+        let scope = lease_scope(request.uid_map_folder.as_deref()).map_err(status)?;
         let granted = self.local.leases.acquire(
             &address,
+            scope,
             request.lease_id,
             Duration::from_millis(request.ttl_ms),
         );
@@ -117,7 +202,8 @@ impl pb::replica_server::Replica for ReplicaService {
     ) -> Result<Response<pb::Ack>, Status> {
         let request = request.into_inner();
         let address = address_from_pb(&request.address).map_err(status)?;
-        self.local.leases.release(&address, request.lease_id);
+        let scope = lease_scope(request.uid_map_folder.as_deref()).map_err(status)?;
+        self.local.leases.release(&address, scope, request.lease_id);
         Ok(Response::new(pb::Ack {}))
     }
 

@@ -71,14 +71,26 @@ fn run(store: &Store, receiver: &Receiver<Request>) {
             batch.push(next);
         }
         let writes: Vec<Write> = batch
-            .iter_mut()
-            .flat_map(|request| std::mem::take(&mut request.writes))
+            .iter()
+            .flat_map(|request| request.writes.iter().cloned())
             .collect();
         let outcome = store
             .apply(&writes)
             .map_err(|error: StoreError| error.to_string());
         cm_types::metrics::STORE_COMMITS.increment();
         cm_types::metrics::STORE_WRITES.add(writes.len() as u64);
+        if outcome.is_err() && batch.len() > 1 {
+            // One request's refusal (a folder over its size limit) must not fail
+            // the others folded into its transaction: each is tried on its own.
+            for request in batch {
+                let outcome = store
+                    .apply(&request.writes)
+                    .map_err(|error: StoreError| error.to_string());
+                cm_types::metrics::STORE_COMMITS.increment();
+                (request.done)(outcome);
+            }
+            continue;
+        }
         if let Err(error) = &outcome {
             tracing::error!(%error, n_writes, "store commit failed");
         }

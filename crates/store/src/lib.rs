@@ -21,7 +21,7 @@ pub use commit::GroupCommitter;
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
-use cm_model::{Account, Mailbox, MessageId, Outbound};
+use cm_model::{Account, FolderId, FolderState, Folders, Mailbox, MessageId, Outbound};
 use cm_types::{Address, RingKey, hash64};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
@@ -47,6 +47,19 @@ const OUTBOUND: TableDefinition<(u64, u128), &[u8]> = TableDefinition::new("outb
 const OUTBOUND_BODIES: TableDefinition<(u64, u128), &[u8]> =
     TableDefinition::new("outbound_bodies");
 
+/// (ring key, address) -> the account's IMAP folder records (`cm_model::Folders`,
+/// in its encoded form), merged on every write. The IMAP tables were added without
+/// a schema bump: older builds ignore them.
+const IMAP_FOLDERS: TableDefinition<(u64, &str), &[u8]> = TableDefinition::new("imap_folders");
+/// (ring key, address, folder id) -> one folder's `cm_model::FolderState`, encoded,
+/// merged on every write. INBOX's holds flags and UIDs only: its messages and
+/// tombstones are the POP3 maildrop's (`index`, `tombstones`).
+const IMAP_FOLDER_STATES: TableDefinition<(u64, &str, u128), &[u8]> =
+    TableDefinition::new("imap_folder_states");
+/// (ring key, address, message id) -> the checksum (8 bytes, big-endian) and the
+/// octets of a message in a folder other than INBOX, until its tombstone.
+const IMAP_BODIES: TableDefinition<(u64, &str, u128), &[u8]> = TableDefinition::new("imap_bodies");
+
 const SCHEMA_VERSION_KEY: &str = "schema_version";
 
 #[derive(Debug, thiserror::Error)]
@@ -66,6 +79,9 @@ pub enum StoreError {
     Corrupt { path: PathBuf, reason: String },
     #[error("storage failure: {0}")]
     Io(String),
+    /// A write would grow a folder past `cm_model::encoding::FOLDER_STATE_BYTES_MAX`.
+    #[error("folder over its size limit")]
+    FolderFull,
 }
 
 impl From<redb::Error> for StoreError {
@@ -115,6 +131,23 @@ pub enum Write {
         key: RingKey,
         entry: Box<Outbound>,
         body: Option<Bytes>,
+    },
+    /// An account's IMAP folder records, merged with the stored ones.
+    Folders {
+        key: RingKey,
+        address: Address,
+        folders: Box<Folders>,
+    },
+    /// A delta of one IMAP folder's state, merged with the stored one, and the
+    /// octets of messages it adds. A received id whose octets are neither stored
+    /// nor in `bodies` (nor tombstoned) is left out, so a stored folder never names
+    /// a message it cannot serve. INBOX's delta carries flags and UIDs only.
+    Folder {
+        key: RingKey,
+        address: Address,
+        folder: FolderId,
+        delta: Box<FolderState>,
+        bodies: Vec<(MessageId, Bytes)>,
     },
     /// A small named value of the node itself (its identity, remembered peers).
     Meta { name: String, value: Vec<u8> },
@@ -187,6 +220,9 @@ impl Store {
             txn.open_table(TOMBSTONES)?;
             txn.open_table(OUTBOUND)?;
             txn.open_table(OUTBOUND_BODIES)?;
+            txn.open_table(IMAP_FOLDERS)?;
+            txn.open_table(IMAP_FOLDER_STATES)?;
+            txn.open_table(IMAP_BODIES)?;
         }
         txn.commit()?;
         Ok(())
@@ -203,6 +239,9 @@ impl Store {
             let mut meta = txn.open_table(META)?;
             let mut outbound = txn.open_table(OUTBOUND)?;
             let mut outbound_bodies = txn.open_table(OUTBOUND_BODIES)?;
+            let mut imap_folders = txn.open_table(IMAP_FOLDERS)?;
+            let mut imap_states = txn.open_table(IMAP_FOLDER_STATES)?;
+            let mut imap_bodies = txn.open_table(IMAP_BODIES)?;
             for write in writes {
                 match write {
                     Write::Account { key, account } => {
@@ -267,6 +306,76 @@ impl Store {
                         {
                             outbound_bodies.insert(row, body.as_ref())?;
                         }
+                    }
+                    Write::Folders {
+                        key,
+                        address,
+                        folders,
+                    } => {
+                        let row = (*key, address.as_str());
+                        let mut merged = match imap_folders.get(row)? {
+                            Some(value) => Folders::decode(value.value())
+                                .map_err(|error| self.corrupt(error.to_string()))?,
+                            None => Folders::default(),
+                        };
+                        merged.merge(folders);
+                        imap_folders.insert(row, merged.encode().as_slice())?;
+                    }
+                    Write::Folder {
+                        key,
+                        address,
+                        folder,
+                        delta,
+                        bodies,
+                    } => {
+                        assert!(
+                            *folder != FolderId::INBOX
+                                || (delta.mailbox.received.is_empty()
+                                    && delta.mailbox.tombstones.is_empty()),
+                            "INBOX's messages are written as maildrop messages and tombstones"
+                        );
+                        let row = (*key, address.as_str(), folder.0);
+                        let mut merged = match imap_states.get(row)? {
+                            Some(value) => FolderState::decode(value.value())
+                                .map_err(|error| self.corrupt(error.to_string()))?,
+                            None => FolderState::default(),
+                        };
+                        let mut delta = (**delta).clone();
+                        for (id, body) in bodies {
+                            let body_row = (*key, address.as_str(), id.as_u128());
+                            let tombstoned = merged.mailbox.tombstones.contains_key(id)
+                                || delta.mailbox.tombstones.contains_key(id);
+                            if !tombstoned && imap_bodies.get(body_row)?.is_none() {
+                                let mut stored = Vec::with_capacity(8 + body.len());
+                                stored.extend_from_slice(&hash64(body).to_be_bytes());
+                                stored.extend_from_slice(body);
+                                imap_bodies.insert(body_row, stored.as_slice())?;
+                            }
+                        }
+                        let mut unserved = Vec::new();
+                        for id in delta.mailbox.received.keys() {
+                            let body_row = (*key, address.as_str(), id.as_u128());
+                            let tombstoned = merged.mailbox.tombstones.contains_key(id)
+                                || delta.mailbox.tombstones.contains_key(id);
+                            if !tombstoned
+                                && !merged.mailbox.received.contains_key(id)
+                                && imap_bodies.get(body_row)?.is_none()
+                            {
+                                unserved.push(*id);
+                            }
+                        }
+                        for id in unserved {
+                            delta.mailbox.received.remove(&id);
+                        }
+                        for id in delta.mailbox.tombstones.keys() {
+                            imap_bodies.remove((*key, address.as_str(), id.as_u128()))?;
+                        }
+                        merged.merge(&delta);
+                        let encoded = merged.encode();
+                        if encoded.len() > cm_model::encoding::FOLDER_STATE_BYTES_MAX {
+                            return Err(StoreError::FolderFull);
+                        }
+                        imap_states.insert(row, encoded.as_slice())?;
                     }
                     Write::Meta { name, value } => {
                         assert_ne!(
@@ -359,6 +468,102 @@ impl Store {
             return Err(self.corrupt(format!("message {id} of {address} fails its checksum")));
         }
         Ok(Some(Bytes::from(body)))
+    }
+
+    /// The IMAP folder records of an account as held here.
+    pub fn folders(&self, key: RingKey, address: &Address) -> Result<Folders, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(IMAP_FOLDERS)?;
+        match table.get((key, address.as_str()))? {
+            Some(value) => {
+                Folders::decode(value.value()).map_err(|error| self.corrupt(error.to_string()))
+            }
+            None => Ok(Folders::default()),
+        }
+    }
+
+    /// One IMAP folder's state as held here; INBOX's with the maildrop's messages
+    /// and tombstones as its mailbox.
+    pub fn folder_state(
+        &self,
+        key: RingKey,
+        address: &Address,
+        folder: FolderId,
+    ) -> Result<FolderState, StoreError> {
+        let mut state = {
+            let txn = self.db.begin_read()?;
+            let table = txn.open_table(IMAP_FOLDER_STATES)?;
+            match table.get((key, address.as_str(), folder.0))? {
+                Some(value) => FolderState::decode(value.value())
+                    .map_err(|error| self.corrupt(error.to_string()))?,
+                None => FolderState::default(),
+            }
+        };
+        if folder == FolderId::INBOX {
+            state.mailbox = self.mailbox(key, address)?;
+        }
+        Ok(state)
+    }
+
+    /// The folders of an account that have a stored state here (INBOX only if it
+    /// has flags or UIDs).
+    pub fn folder_ids(&self, key: RingKey, address: &Address) -> Result<Vec<FolderId>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(IMAP_FOLDER_STATES)?;
+        let range = (key, address.as_str(), 0u128)..=(key, address.as_str(), u128::MAX);
+        let mut ids = Vec::new();
+        for row in table.range(range)? {
+            let (row_key, _) = row?;
+            ids.push(FolderId(row_key.value().2));
+        }
+        Ok(ids)
+    }
+
+    /// A fingerprint of the account's IMAP data held here (folder records and
+    /// every folder's stored state, INBOX's flags and UIDs included), from the
+    /// stored bytes: they are canonical encodings, so equal data give equal
+    /// fingerprints. It reads every byte of the account's IMAP data.
+    pub fn imap_fingerprint(&self, key: RingKey, address: &Address) -> Result<u64, StoreError> {
+        let txn = self.db.begin_read()?;
+        let mut bytes = Vec::new();
+        if let Some(value) = txn.open_table(IMAP_FOLDERS)?.get((key, address.as_str()))? {
+            bytes.extend_from_slice(&hash64(value.value()).to_be_bytes());
+        }
+        let states = txn.open_table(IMAP_FOLDER_STATES)?;
+        let range = (key, address.as_str(), 0u128)..=(key, address.as_str(), u128::MAX);
+        for row in states.range(range)? {
+            let (row_key, value) = row?;
+            bytes.extend_from_slice(&row_key.value().2.to_be_bytes());
+            bytes.extend_from_slice(&hash64(value.value()).to_be_bytes());
+        }
+        Ok(hash64(&bytes))
+    }
+
+    /// The octets of a message of `folder`, checked against their checksum; INBOX's
+    /// are the maildrop's. `None` if not held here (any longer).
+    pub fn folder_body(
+        &self,
+        key: RingKey,
+        address: &Address,
+        folder: FolderId,
+        id: MessageId,
+    ) -> Result<Option<Bytes>, StoreError> {
+        if folder == FolderId::INBOX {
+            return self.body(key, address, id);
+        }
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(IMAP_BODIES)?;
+        let Some(value) = table.get((key, address.as_str(), id.as_u128()))? else {
+            return Ok(None);
+        };
+        let stored = value.value();
+        let Some((checksum, body)) = stored.split_first_chunk::<8>() else {
+            return Err(self.corrupt(format!("message {id} of {address} is truncated")));
+        };
+        if u64::from_be_bytes(*checksum) != hash64(body) {
+            return Err(self.corrupt(format!("message {id} of {address} fails its checksum")));
+        }
+        Ok(Some(Bytes::copy_from_slice(body)))
     }
 
     /// Removes tombstones deleted before `cutoff_ms`, with the index entries and
@@ -482,6 +687,16 @@ impl Store {
             found.insert((key, address.to_owned()));
         }
         for row in txn.open_table(TOMBSTONES)?.iter()? {
+            let (row_key, _) = row?;
+            let (key, address, _) = row_key.value();
+            found.insert((key, address.to_owned()));
+        }
+        for row in txn.open_table(IMAP_FOLDERS)?.iter()? {
+            let (row_key, _) = row?;
+            let (key, address) = row_key.value();
+            found.insert((key, address.to_owned()));
+        }
+        for row in txn.open_table(IMAP_FOLDER_STATES)?.iter()? {
             let (row_key, _) = row?;
             let (key, address, _) = row_key.value();
             found.insert((key, address.to_owned()));

@@ -300,3 +300,124 @@ fn outbound_entries_merge_keep_their_body_until_removed_and_are_collected() {
     assert_eq!(store.collect_outbound(5_001, 10).unwrap(), 1);
     assert!(store.outbound_entries(10).unwrap().is_empty());
 }
+
+fn folder_write(
+    address: &Address,
+    folder: FolderId,
+    delta: FolderState,
+    bodies: Vec<(MessageId, Bytes)>,
+) -> Write {
+    Write::Folder {
+        key: key_of_address(address, 64),
+        address: address.clone(),
+        folder,
+        delta: Box::new(delta),
+        bodies,
+    }
+}
+
+/// IMAP folder writes merge with what is stored, never name a message without its
+/// octets, drop the octets with the tombstone, and INBOX's state shows the POP3
+/// maildrop as its messages.
+#[test]
+fn imap_folders_merge_and_keep_their_bodies() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let alice = address("alice@example.org");
+    let key = key_of_address(&alice, 64);
+    let work = FolderId(77);
+    let (kept, lacking) = (MessageId::from_u128(1), MessageId::from_u128(2));
+
+    let mut delta = FolderState::default();
+    delta.mailbox.received.insert(kept, 5);
+    delta.mailbox.received.insert(lacking, 9);
+    let write = folder_write(
+        &alice,
+        work,
+        delta,
+        vec![(kept, Bytes::from_static(b"kept\n"))],
+    );
+    store.apply(&[write]).unwrap();
+    let state = store.folder_state(key, &alice, work).unwrap();
+    assert_eq!(state.mailbox.received.keys().collect::<Vec<_>>(), [&kept]);
+    assert_eq!(
+        store.folder_body(key, &alice, work, kept).unwrap().unwrap(),
+        &b"kept\n"[..]
+    );
+
+    let seen = cm_model::FlagName::parse("\\Seen").unwrap();
+    let version = Version {
+        wall_ms: 1,
+        counter: 0,
+        node: 1,
+    };
+    let mut delta = FolderState {
+        flags: state
+            .flags
+            .write(kept, std::slice::from_ref(&seen), true, version)
+            .unwrap(),
+        ..FolderState::default()
+    };
+    delta.mailbox.tombstones.insert(kept, 3);
+    store
+        .apply(&[folder_write(&alice, work, delta, Vec::new())])
+        .unwrap();
+    let state = store.folder_state(key, &alice, work).unwrap();
+    assert!(state.flags.is_set(kept, &seen) && !state.mailbox.is_visible(kept));
+    assert_eq!(store.folder_body(key, &alice, work, kept).unwrap(), None);
+    assert_eq!(store.folder_ids(key, &alice).unwrap(), [work]);
+
+    store.apply(&[message(&alice, 3, b"inbox\n")]).unwrap();
+    let inbox = store.folder_state(key, &alice, FolderId::INBOX).unwrap();
+    assert!(inbox.mailbox.is_visible(MessageId::from_u128(3)));
+
+    let folders = Folders::default().create("Work", work, version).unwrap();
+    let write = Write::Folders {
+        key,
+        address: alice.clone(),
+        folders: Box::new(folders.clone()),
+    };
+    store.apply(&[write]).unwrap();
+    assert_eq!(store.folders(key, &alice).unwrap(), folders);
+}
+
+/// A write that would grow a folder past its limit is refused alone: the writes
+/// folded into the same group commit still succeed.
+#[test]
+fn an_oversized_folder_write_fails_alone_in_its_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(dir.path()).unwrap());
+    let alice = address("alice@example.org");
+    let mut delta = FolderState::default();
+    let n_claims = cm_model::encoding::FOLDER_STATE_BYTES_MAX / 60;
+    for uid in 1..=n_claims as u32 {
+        delta.uids.claims.insert(cm_model::UidClaim {
+            uid,
+            message: MessageId::from_u128(u128::from(uid)),
+            generation: 0,
+        });
+    }
+    assert!(matches!(
+        store.apply(&[folder_write(&alice, FolderId(5), delta.clone(), Vec::new())]),
+        Err(StoreError::FolderFull)
+    ));
+    let committer = GroupCommitter::start(store.clone());
+    let (sender, receiver) = std::sync::mpsc::channel();
+    let big = folder_write(&alice, FolderId(5), delta, Vec::new());
+    for write in [big, message(&alice, 1, b"fine\n")] {
+        let sender = sender.clone();
+        committer.submit(vec![write], move |outcome| {
+            sender.send(outcome.is_ok()).unwrap()
+        });
+    }
+    let mut outcomes = [receiver.recv().unwrap(), receiver.recv().unwrap()];
+    outcomes.sort();
+    assert_eq!(outcomes, [false, true]);
+    let key = key_of_address(&alice, 64);
+    assert!(
+        store
+            .mailbox(key, &alice)
+            .unwrap()
+            .is_visible(MessageId::from_u128(1))
+    );
+}

@@ -427,6 +427,7 @@ fn greeting_and_capabilities_depend_on_tls_and_state() {
 
 #[test]
 fn logins_and_their_failures() {
+    let long_response = format!("{}\r\n", "A".repeat(IMAP_LINE_BYTES_MAX));
     let mut driver = Driver::loopback();
     transcript(
         &mut driver,
@@ -447,6 +448,8 @@ fn logins_and_their_failures() {
             ("*\r\n", "d BAD authentication cancelled\r\n"),
             ("e AUTHENTICATE PLAIN\r\n", "+ \r\n"),
             ("!!!\r\n", "e BAD malformed authentication data\r\n"),
+            ("e AUTHENTICATE PLAIN\r\n", "+ \r\n"),
+            (&long_response, "e BAD command line too long\r\n"),
             ("f AUTHENTICATE PLAIN\r\n", "+ \r\n"),
             // base64("\0alice\0right")
             (
@@ -601,7 +604,7 @@ fn select_fetch_store_search_expunge() {
             ),
             (
                 "f FETCH 1 BODY.PEEK[HEADER.FIELDS (Subject)]\r\n",
-                "* 1 FETCH (BODY[HEADER.FIELDS (\"SUBJECT\")] {16}\r\nSubject: one\r\n\r\n)\r\nf OK FETCH completed\r\n",
+                "* 1 FETCH (BODY[HEADER.FIELDS (SUBJECT)] {16}\r\nSubject: one\r\n\r\n)\r\nf OK FETCH completed\r\n",
             ),
             (
                 "f FETCH 1 BODY.PEEK[TEXT]<1.3>\r\n",
@@ -800,6 +803,28 @@ fn append_copy_move_and_uid_expunge() {
 }
 
 #[test]
+fn append_and_copy_into_the_selected_folder_report_exists() {
+    let mut driver = Driver::selected();
+    transcript(
+        &mut driver,
+        &[
+            (
+                "a APPEND INBOX {4+}\r\nabcd\r\n",
+                "* 4 EXISTS\r\na OK [APPENDUID 7 4] APPEND completed\r\n",
+            ),
+            (
+                "c COPY 1 INBOX\r\n",
+                "* 5 EXISTS\r\nc OK [COPYUID 7 1 5] COPY completed\r\n",
+            ),
+            (
+                "c COPY 1 Sent\r\n",
+                "c OK [COPYUID 8 1 1] COPY completed\r\n",
+            ),
+        ],
+    );
+}
+
+#[test]
 fn noop_and_idle_report_changes() {
     let mut driver = Driver::selected();
     driver.store.deliver("INBOX", PLAIN.as_bytes());
@@ -837,6 +862,13 @@ fn noop_and_idle_report_changes() {
     assert!(!driver.idling);
     assert_eq!(driver.send(b"i IDLE\r\n"), "+ idling\r\n");
     assert_eq!(driver.send(b"x NOOP\r\n"), "i BAD expected DONE\r\n");
+    let long_line = format!("{}\r\n", "x".repeat(IMAP_LINE_BYTES_MAX));
+    assert_eq!(driver.send(b"i IDLE\r\n"), "+ idling\r\n");
+    assert_eq!(
+        driver.send(long_line.as_bytes()),
+        "i BAD command line too long\r\n"
+    );
+    assert_eq!(driver.send(b"n NOOP\r\n"), "n OK NOOP completed\r\n");
     // IDLE without a folder selected just waits.
     let mut driver = Driver::logged_in();
     assert_eq!(driver.send(b"i IDLE\r\n"), "+ idling\r\n");
@@ -924,7 +956,7 @@ fn sections_of_an_encapsulated_message() {
             ),
             (
                 "f FETCH 4 BODY.PEEK[HEADER.FIELDS.NOT (Content-Type)]\r\n",
-                "* 4 FETCH (BODY[HEADER.FIELDS.NOT (\"CONTENT-TYPE\")] {18}\r\nSubject: outer\r\n\r\n)\r\nf OK FETCH completed\r\n",
+                "* 4 FETCH (BODY[HEADER.FIELDS.NOT (CONTENT-TYPE)] {18}\r\nSubject: outer\r\n\r\n)\r\nf OK FETCH completed\r\n",
             ),
             (
                 "f FETCH 4 BODY.PEEK[9]\r\n",
