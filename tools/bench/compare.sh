@@ -24,7 +24,8 @@
 #      BIN [target-bench/release/chordmail] OUT [/tmp/cm-compare-<time>]
 #      ONE_PORT [17301] RING_PORT [17311] (ring ports +10000 SMTP, +20000 POP3, +3000 admin)
 # The nodes run as a real cluster would: mutual TLS on the ring port (a CA and node
-# certificates made in $OUT) and the admin token on /api/*.
+# certificates made in $OUT) and the admin token on /api/*. CM_TLS=0 runs the ring
+# port in plaintext instead (loopback only), to measure what TLS costs.
 #      MAILPEERS_DIR [/tmp/mailpeers-ingest]  CM_RUST_LOG [unset = chordmail default, info]
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -73,7 +74,8 @@ start_node() {  # start_node DATA PORT REPLICAS [ENTRY]
   make_trust
   [ -s "$data.cert/node.key" ] || "$BIN" cert node --ca-dir "$CA_DIR" --addr "127.0.0.1:$port" --out "$data.cert" >>"$LOG"
   local args=(node --addr "127.0.0.1:$port" --replicas "$replicas" --domain bench.test --data "$data"
-    --admin-token-file "$TOKEN_FILE" --cluster-ca "$CA_DIR/ca.crt"
+    --admin-token-file "$TOKEN_FILE")
+  [ "${CM_TLS:-1}" = 0 ] || args+=(--cluster-ca "$CA_DIR/ca.crt"
     --cluster-cert "$data.cert/node.crt" --cluster-key "$data.cert/node.key")
   [ -z "$entry" ] || args+=(--entry-addr "$entry")
   mkdir -p "$data"
