@@ -7,7 +7,8 @@ import poplib
 import socket
 import subprocess
 
-from conftest import BIN, Node, http, private_file, run_cli, wait_until
+from conftest import Node, run_cli
+from tools.chordlab import private_file
 
 
 def token_of(node):

@@ -20,7 +20,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BIN, HTTP_OFFSET, Node, free_ring_port, http, private_file, run_cli, wait_until
+from conftest import BIN, Node, run_cli
+from tools.chordlab import free_ring_port, private_file, wait_until
+from tools.chordlab import request as http
+from tools.chordlab.ports import DEFAULT_HTTP_OFFSET
 
 FAST_CONFIG = "stabilize_ms = 100\nfix_fingers_ms = 100\nfix_successors_ms = 100\ncheck_predecessor_ms = 200\nprobe_ms = 500\nrpc_timeout_ms = 500\n"
 # The client preface of HTTP/2 (RFC 9113 §3.4) and an empty SETTINGS frame: what a
@@ -95,7 +98,7 @@ def client_context(cert_dir=None):
 
 
 def cluster_of(node):
-    status, body = http("GET", node.http + "/api/cluster", timeout=5)
+    status, body = node.api("GET", "/api/cluster", timeout=5)
     assert status == 200, (status, body)
     return sorted(member["addr"] for member in body["nodes"])
 
@@ -248,9 +251,9 @@ def test_up_runs_its_ring_with_mutual_tls_and_one_token(tmp_path):
         assert not is_h2_settings(h2_answer(port, client_context()))
         assert not is_h2_settings(h2_answer(port))
         assert is_h2_settings(h2_answer(port, client_context(data / "node-0" / "cluster")))
-        result = subprocess.run([BIN, "ring", "--node", f"http://127.0.0.1:{port + HTTP_OFFSET}"], cwd=tmp_path, capture_output=True, text=True, timeout=60, env=env)
+        result = subprocess.run([BIN, "ring", "--node", f"http://127.0.0.1:{port + DEFAULT_HTTP_OFFSET}"], cwd=tmp_path, capture_output=True, text=True, timeout=60, env=env)
         assert result.returncode == 0 and f"127.0.0.1:{port}" in result.stdout, result.stderr
-        assert http("GET", f"http://127.0.0.1:{port + HTTP_OFFSET}/api/users", token=None)[0] == 401
+        assert http("GET", f"http://127.0.0.1:{port + DEFAULT_HTTP_OFFSET}/api/users", token=None)[0] == 401
     finally:
         if up.poll() is None:
             up.send_signal(signal.SIGINT)

@@ -1,4 +1,4 @@
-//! The admin HTTP API of a node (DESIGN.md §8): JSON endpoints for accounts and the
+//! The admin HTTP API of a node (docs/DESIGN.md §8): JSON endpoints for accounts and the
 //! ring, `/healthz`, Prometheus `/metrics` and a small HTML status page at `/`.
 //!
 //! A thin layer: handlers translate HTTP into calls on [`cm_repl::Mail`] and a
@@ -23,43 +23,26 @@ use axum::{Json, Router};
 use cm_repl::{Mail, MailError};
 use cm_types::Address;
 use cm_types::limits::ADMIN_BODY_BYTES_MAX;
+pub use cm_ring::{NodeRef, RingView};
 use serde::{Deserialize, Serialize};
 
-/// A ring member as the API shows it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NodeRef {
-    pub id: u64,
-    pub addr: String,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Finger {
-    pub start: u64,
-    pub id: u64,
-    pub addr: String,
-}
-
-/// `GET /api/ring`: this node's view of the ring.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RingView {
-    pub id: u64,
-    pub addr: String,
-    pub predecessor: Option<NodeRef>,
-    pub successors: Vec<NodeRef>,
-    pub fingers: Vec<Finger>,
+/// `GET /api/ring`: the ring's own view of this node (`cm_ring::RingView`, the one
+/// type of it), with what only the node's store and replication know.
+#[derive(Serialize)]
+struct RingResponse {
+    #[serde(flatten)]
+    view: RingView,
     /// Ring keys (addresses) with data in this node's store.
-    pub keys: u64,
+    keys: u64,
     /// Copies of every key the ring keeps (`--replicas`).
-    #[serde(default)]
-    pub replicas: u64,
+    replicas: u64,
     /// (address, replica) pairs that differed in the last anti-entropy round: 0 when
     /// every key this node holds has its copies in place.
-    #[serde(default)]
-    pub out_of_sync: u64,
+    out_of_sync: u64,
 }
 
 /// `GET /api/cluster`: the ring walked along successors from this node.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct ClusterView {
     pub nodes: Vec<NodeRef>,
 }
@@ -67,7 +50,7 @@ pub struct ClusterView {
 /// What the admin API needs from the ring. Implemented by the ring driver; a fixed
 /// one-node implementation serves a node that has no ring yet.
 pub trait RingStatus: Send + Sync + 'static {
-    /// This node's current view; `keys` is filled in by the API from the store.
+    /// This node's current view.
     fn view(&self) -> RingView;
     /// The ring in order, starting at this node, each node once.
     fn cluster(&self) -> Pin<Box<dyn Future<Output = Vec<NodeRef>> + Send + '_>>;
@@ -163,6 +146,9 @@ pub fn router(
         .route("/api/users/{address}", axum::routing::delete(delete_user))
         .route("/api/users/{address}/password", put(set_password))
         .route("/api/replicas/{address}", get(local_replica))
+        .route("/api/queue", get(list_queue))
+        .route("/api/queue/{id}", axum::routing::delete(delete_queued))
+        .route("/api/queue/{id}/retry", axum::routing::post(retry_queued))
         // Any other `/api/` path too: an unknown route must not tell a caller without
         // the token which routes exist.
         .route("/api/{*rest}", axum::routing::any(not_found))
@@ -304,16 +290,18 @@ async fn metrics() -> impl IntoResponse {
     )
 }
 
-async fn ring_view(State(state): State<AppState>) -> Result<Json<RingView>, ApiError> {
-    let mut view = state.ring.view();
+async fn ring_view(State(state): State<AppState>) -> Result<Json<RingResponse>, ApiError> {
     let store = state.mail.store().clone();
-    view.replicas = state.mail.config().replicas as u64;
-    view.out_of_sync = cm_types::metrics::ADDRESSES_OUT_OF_SYNC.get();
-    view.keys = tokio::task::spawn_blocking(move || store.n_keys())
+    let keys = tokio::task::spawn_blocking(move || store.n_keys())
         .await
         .map_err(|error| ApiError(StatusCode::INTERNAL_SERVER_ERROR, error.to_string()))?
         .map_err(|error| ApiError(StatusCode::SERVICE_UNAVAILABLE, error.to_string()))?;
-    Ok(Json(view))
+    Ok(Json(RingResponse {
+        view: state.ring.view(),
+        keys,
+        replicas: state.mail.config().replicas as u64,
+        out_of_sync: cm_types::metrics::ADDRESSES_OUT_OF_SYNC.get(),
+    }))
 }
 
 async fn cluster_view(State(state): State<AppState>) -> Json<ClusterView> {
@@ -408,6 +396,91 @@ async fn local_replica(
     })))
 }
 
+/// Entries of the outbound queue listed at most by `GET /api/queue`.
+const QUEUE_LIST_ENTRIES_MAX: usize = 10_000;
+
+/// One outbound queue entry as `GET /api/queue` shows it (docs/DESIGN.md §12).
+#[derive(Serialize)]
+struct QueueEntryView {
+    id: String,
+    /// Empty for the null sender `<>`.
+    sender: String,
+    /// The recipients still waiting for delivery.
+    recipients: Vec<String>,
+    attempts: usize,
+    /// Unix milliseconds of the next attempt.
+    next_attempt: u64,
+    last_error: Option<String>,
+    created: u64,
+}
+
+#[derive(Serialize)]
+struct QueueView {
+    entries: Vec<QueueEntryView>,
+}
+
+/// `GET /api/queue`: the entries this node holds a copy of, oldest first.
+async fn list_queue(State(state): State<AppState>) -> Result<Json<QueueView>, ApiError> {
+    let mut held = state.mail.outbound_held(QUEUE_LIST_ENTRIES_MAX).await?;
+    held.sort_by_key(|entry| (entry.created_ms, entry.id));
+    let entries = held
+        .into_iter()
+        .map(|entry| QueueEntryView {
+            id: entry.id.to_string(),
+            sender: entry.sender.clone(),
+            recipients: entry.pending().cloned().collect(),
+            attempts: entry.attempts.len(),
+            next_attempt: entry.next_attempt.1,
+            last_error: entry.last_error().map(ToOwned::to_owned),
+            created: entry.created_ms,
+        })
+        .collect();
+    Ok(Json(QueueView { entries }))
+}
+
+fn parse_queue_id(text: &str) -> Result<cm_model::MessageId, ApiError> {
+    text.parse().map_err(|_| {
+        ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("invalid queue entry id {text:?}: 32 hexadecimal digits"),
+        )
+    })
+}
+
+fn no_such_entry(id: &cm_model::MessageId) -> ApiError {
+    ApiError(
+        StatusCode::NOT_FOUND,
+        format!("no queue entry {id} on this node (GET /api/queue lists the ones it holds)"),
+    )
+}
+
+/// `POST /api/queue/{id}/retry`: the entry is due at once (its next attempt within
+/// a second, at the coordinator of its key).
+async fn retry_queued(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let id = parse_queue_id(&id)?;
+    if !state.mail.retry_outbound(id).await? {
+        return Err(no_such_entry(&id));
+    }
+    tracing::info!(%id, "outbound entry retried by an operator");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `DELETE /api/queue/{id}`: the entry is removed without delivery or bounce.
+async fn delete_queued(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let id = parse_queue_id(&id)?;
+    if !state.mail.delete_outbound(id).await? {
+        return Err(no_such_entry(&id));
+    }
+    tracing::info!(%id, "outbound entry deleted by an operator");
+    Ok(StatusCode::NO_CONTENT)
+}
+
 /// The status page shows the ring only to a caller with the token; a browser, which
 /// cannot send it, gets a page that says where to look instead.
 async fn status_page(State(state): State<AppState>, headers: HeaderMap) -> Html<String> {
@@ -474,9 +547,6 @@ mod tests {
                 predecessor: None,
                 successors: Vec::new(),
                 fingers: Vec::new(),
-                keys: 0,
-                replicas: 1,
-                out_of_sync: 0,
             }
         }
 
@@ -513,6 +583,13 @@ mod tests {
         ),
         ("DELETE", "/api/users/alice@example.org", ""),
         ("GET", "/api/replicas/alice@example.org", ""),
+        ("GET", "/api/queue", ""),
+        (
+            "POST",
+            "/api/queue/00000000000000000000000000000001/retry",
+            "",
+        ),
+        ("DELETE", "/api/queue/00000000000000000000000000000001", ""),
         ("GET", "/api/no-such-route", ""),
     ];
 
@@ -578,6 +655,7 @@ mod tests {
                 .unwrap()
                 .status();
             let expected = match (*method, *path) {
+                (_, path) if path.starts_with("/api/queue/") => StatusCode::NOT_FOUND,
                 ("POST", _) => StatusCode::CREATED,
                 ("DELETE", _) | ("PUT", _) => StatusCode::NO_CONTENT,
                 (_, "/api/no-such-route") => StatusCode::NOT_FOUND,
@@ -625,6 +703,83 @@ mod tests {
                 .await
                 .contains("127.0.0.1:5000")
         );
+    }
+
+    /// Goal: the queue routes show, retry and delete the entries this node holds,
+    /// in the shape of docs/DESIGN.md §12. Method: an entry queued through the mail
+    /// service, deferred an hour; list it, retry it (due now), delete it (gone).
+    #[tokio::test]
+    async fn the_queue_is_listed_retried_and_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let mail = Mail::open_for_tests(dir.path());
+        let app = router(
+            mail.clone(),
+            Arc::new(LoneRing),
+            AdminToken::new(TOKEN).unwrap(),
+            Vec::new(),
+        );
+        let bearer = format!("Bearer {TOKEN}");
+        let call = |method: &'static str, path: String| {
+            let app = app.clone();
+            let bearer = bearer.clone();
+            async move {
+                let response = app
+                    .oneshot(request(method, &path, "", Some(&bearer)))
+                    .await
+                    .unwrap();
+                let status = response.status();
+                let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+                    .await
+                    .unwrap();
+                (
+                    status,
+                    serde_json::from_slice::<serde_json::Value>(&body).ok(),
+                )
+            }
+        };
+        let sender = Address::parse("alice@example.org").unwrap();
+        let recipient = Address::parse("bob@b.test").unwrap();
+        let id = mail
+            .enqueue(
+                Some(&sender),
+                &[recipient],
+                bytes::Bytes::from_static(b"x\r\n"),
+            )
+            .await
+            .unwrap();
+        let mut entry = mail.outbound_held(1).await.unwrap().remove(0);
+        entry.next_attempt = (mail.next_version(), cm_repl::now_ms() + 3_600_000);
+        mail.update_outbound(entry).await.unwrap();
+
+        let (status, listed) = call("GET", "/api/queue".to_owned()).await;
+        assert_eq!(status, StatusCode::OK);
+        let entries = listed.unwrap()["entries"].clone();
+        assert_eq!(entries.as_array().unwrap().len(), 1);
+        assert_eq!(entries[0]["id"], id.to_string());
+        assert_eq!(entries[0]["sender"], "alice@example.org");
+        assert_eq!(entries[0]["recipients"], serde_json::json!(["bob@b.test"]));
+        assert_eq!(entries[0]["attempts"], 0);
+        assert!(entries[0]["next_attempt"].as_u64().unwrap() > cm_repl::now_ms());
+
+        let retried = call("POST", format!("/api/queue/{id}/retry")).await;
+        assert_eq!(retried.0, StatusCode::NO_CONTENT);
+        let due = mail.outbound_due(cm_repl::now_ms() + 10, 10).await.unwrap();
+        assert_eq!(due.due.len(), 1, "a retried entry is due at once");
+        assert_eq!(
+            call("POST", "/api/queue/not-hex/retry".to_owned()).await.0,
+            StatusCode::BAD_REQUEST
+        );
+
+        assert_eq!(
+            call("DELETE", format!("/api/queue/{id}")).await.0,
+            StatusCode::NO_CONTENT
+        );
+        assert_eq!(
+            call("DELETE", format!("/api/queue/{id}")).await.0,
+            StatusCode::NOT_FOUND
+        );
+        let (_, listed) = call("GET", "/api/queue".to_owned()).await;
+        assert_eq!(listed.unwrap()["entries"], serde_json::json!([]));
     }
 
     /// Goal: a rebound DNS name cannot reach the API, even with the token. Method:

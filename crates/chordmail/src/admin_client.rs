@@ -1,4 +1,4 @@
-//! `chordmail user` and `chordmail ring`: clients of a node's admin HTTP API.
+//! `chordmail user`, `ring` and `queue`: clients of a node's admin HTTP API.
 
 use std::io::Read as _;
 use std::time::Duration;
@@ -6,7 +6,9 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use serde_json::{Value, json};
 
-use crate::cli::{RingArgs, TokenArgs, UserAction, UserArgs, UserWithPassword};
+use crate::cli::{
+    QueueAction, QueueArgs, RingArgs, TokenArgs, UserAction, UserArgs, UserWithPassword,
+};
 
 /// The environment variable the clients read the admin token from when no
 /// `--token-file` is given (DESIGN.md §8).
@@ -197,6 +199,70 @@ pub fn user(args: UserArgs) -> anyhow::Result<()> {
             }
             for user in value["users"].as_array().into_iter().flatten() {
                 println!("{}", user.as_str().unwrap_or_default());
+            }
+        }
+    }
+    Ok(())
+}
+
+pub fn queue(args: QueueArgs) -> anyhow::Result<()> {
+    let Some(node) = args.node.as_deref() else {
+        bail!("--node URL is required, e.g. --node http://127.0.0.1:8000");
+    };
+    let token = token(&args.token)?;
+    match args.action {
+        QueueAction::List => {
+            let (status, value) = call(node, &token, "GET", "/api/queue", None)?;
+            if status != 200 {
+                bail!("cannot list the queue: {}", error_text(status, &value));
+            }
+            let entries = value["entries"].as_array().cloned().unwrap_or_default();
+            println!(
+                "{:<32}  {:<24}  {:>8}  {:<13}  RECIPIENTS / LAST ERROR",
+                "ID", "SENDER", "ATTEMPTS", "NEXT IN"
+            );
+            let now_ms = cm_repl::now_ms();
+            for entry in &entries {
+                let next_ms = entry["next_attempt"].as_u64().unwrap_or(0);
+                let next_in = format!("{} s", next_ms.saturating_sub(now_ms) / 1000);
+                let sender = match entry["sender"].as_str().unwrap_or_default() {
+                    "" => "<>",
+                    sender => sender,
+                };
+                let recipients: Vec<&str> = entry["recipients"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_str)
+                    .collect();
+                println!(
+                    "{:<32}  {:<24}  {:>8}  {:<13}  {}",
+                    entry["id"].as_str().unwrap_or("?"),
+                    sender,
+                    entry["attempts"],
+                    next_in,
+                    recipients.join(", ")
+                );
+                if let Some(error) = entry["last_error"].as_str() {
+                    println!("{:>84}{error}", "");
+                }
+            }
+            println!("{} entries", entries.len());
+        }
+        QueueAction::Retry { id } => {
+            let path = format!("/api/queue/{}/retry", encode_path_segment(&id));
+            let (status, value) = call(node, &token, "POST", &path, Some(json!({})))?;
+            match status {
+                204 => println!("{id} will be tried again within a second"),
+                _ => bail!("cannot retry {id}: {}", error_text(status, &value)),
+            }
+        }
+        QueueAction::Delete { id } => {
+            let path = format!("/api/queue/{}", encode_path_segment(&id));
+            let (status, value) = call(node, &token, "DELETE", &path, None)?;
+            match status {
+                204 => println!("deleted {id}"),
+                _ => bail!("cannot delete {id}: {}", error_text(status, &value)),
             }
         }
     }

@@ -1,4 +1,4 @@
-//! The command line (DESIGN.md §2) and its mapping onto a resolved configuration.
+//! The command line (docs/DESIGN.md §2) and its mapping onto a resolved configuration.
 
 use std::path::PathBuf;
 
@@ -25,10 +25,12 @@ pub enum Command {
     User(UserArgs),
     /// Show the ring as a node sees it.
     Ring(RingArgs),
-    /// Make the certificates of a cluster's mutual TLS (DESIGN.md §10).
+    /// Show, retry and delete outbound mail a node holds (docs/DESIGN.md §12).
+    Queue(QueueArgs),
+    /// Make the certificates of a cluster's mutual TLS (docs/DESIGN.md §10).
     Cert(CertArgs),
-    /// Request/reply between programs over mail (DESIGN.md §7).
-    Rpc(cm_rpc::cli::RpcArgs),
+    /// Request/reply between programs over mail (docs/DESIGN.md §7).
+    Rpc(crate::rpc_cli::RpcArgs),
 }
 
 /// `chordmail node`: every option may also come from `--config FILE`; flags win.
@@ -116,6 +118,27 @@ pub struct UserArgs {
     pub node: Option<String>,
     #[command(flatten)]
     pub token: TokenArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct QueueArgs {
+    #[command(subcommand)]
+    pub action: QueueAction,
+    /// Admin URL of any node, e.g. http://127.0.0.1:8000.
+    #[arg(long, global = true)]
+    pub node: Option<String>,
+    #[command(flatten)]
+    pub token: TokenArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum QueueAction {
+    /// List the outbound entries the node holds a copy of.
+    List,
+    /// Try an entry again now.
+    Retry { id: String },
+    /// Remove an entry without delivering or bouncing it.
+    Delete { id: String },
 }
 
 /// Where the admin API clients find the token: `--token-file`, else the environment

@@ -7,7 +7,7 @@ use serde::Deserialize;
 
 use crate::cli::NodeArgs;
 
-/// Service ports default to the ring port plus these offsets (DESIGN.md §2), so that
+/// Service ports default to the ring port plus these offsets (docs/DESIGN.md §2), so that
 /// the seed's two commands (ring ports 5000 and 5002) run side by side on one host.
 /// No default lands in Linux's ephemeral range (32768-60999) for ring ports up to
 /// 5000: a port there can be held in TIME_WAIT by any outgoing connection and then
@@ -46,6 +46,8 @@ pub struct NodeConfig {
     pub ring_timing: cm_net::Timing,
     pub anti_entropy_period: std::time::Duration,
     pub tombstone_grace: std::time::Duration,
+    /// The outbound queue's `[relay]` table (docs/DESIGN.md §12), validated.
+    pub relay: cm_relay::RelayConfig,
 }
 
 /// The `--config` file: the same options as the flags.
@@ -83,6 +85,8 @@ struct ConfigFile {
     anti_entropy_ms: Option<u64>,
     /// Age in seconds after which tombstones of deleted mail are collected.
     tombstone_grace_s: Option<u64>,
+    /// Mail to other domains: routes, smarthost, retries (file only).
+    relay: Option<cm_relay::RelayConfig>,
 }
 
 /// A configuration mistake: reported with exit status 2 (bad usage).
@@ -256,6 +260,14 @@ impl NodeConfig {
             Some(seconds) => std::time::Duration::from_secs(seconds),
             None => cm_repl::antientropy::TOMBSTONE_GRACE_DEFAULT,
         };
+        let mut relay = file.relay.unwrap_or_default();
+        if relay.hostname == cm_relay::RelayConfig::default().hostname {
+            // The EHLO name of outbound mail is the node's, unless [relay] names one.
+            relay.hostname = hostname.clone();
+        }
+        relay
+            .validate()
+            .map_err(|error| usage(format!("[relay] in --config: {error}")))?;
         Ok(NodeConfig {
             id,
             addr,
@@ -275,6 +287,7 @@ impl NodeConfig {
             ring_timing,
             anti_entropy_period,
             tombstone_grace,
+            relay,
         })
     }
 }

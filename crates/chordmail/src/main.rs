@@ -5,6 +5,7 @@ mod admin_client;
 mod cli;
 mod config;
 mod node;
+mod rpc_cli;
 mod trust;
 mod up;
 
@@ -32,7 +33,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            init_tracing();
+            init_tracing("info");
             let prepared = match node::prepare(&config) {
                 Ok(prepared) => prepared,
                 Err(error) => {
@@ -46,9 +47,10 @@ fn main() -> ExitCode {
         Command::Up(args) => run_async(up::run(args)),
         Command::User(args) => admin_client::user(args),
         Command::Ring(args) => admin_client::ring(args),
+        Command::Queue(args) => admin_client::queue(args),
         // `rpc` runs its own runtime and returns the exit status it wants (the
         // service's status for `call`).
-        Command::Rpc(args) => match cm_rpc::cli::run(args) {
+        Command::Rpc(args) => match rpc_cli::run(args) {
             Ok(status) => return ExitCode::from(u8::try_from(status).unwrap_or(1)),
             Err(error) => Err(error),
         },
@@ -104,10 +106,11 @@ fn run_async(work: impl std::future::Future<Output = anyhow::Result<()>>) -> any
         .block_on(work)
 }
 
-/// Logs to stderr; `RUST_LOG` filters (default `info`).
-fn init_tracing() {
+/// Logs to stderr; `RUST_LOG` filters (default `default_directive`). Only the binary
+/// installs a subscriber (ARCHITECTURE.md, invariants).
+fn init_tracing(default_directive: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_directive));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     tracing_subscriber::fmt()
         .with_env_filter(filter)

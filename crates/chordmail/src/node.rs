@@ -121,6 +121,12 @@ pub async fn run(config: NodeConfig, prepared: Prepared) -> anyhow::Result<()> {
         shutdown.clone(),
     ));
 
+    tasks.spawn(outbound_task(
+        mail.clone(),
+        Arc::new(config.relay.clone()),
+        shutdown.clone(),
+    ));
+
     let smtp_config = cm_smtp::SmtpConfig {
         hostname: config.hostname.clone(),
         tls: Some(tls.clone()),
@@ -185,6 +191,26 @@ async fn anti_entropy_task(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     cm_repl::antientropy::run(mail, period, tombstone_grace, shutdown).await;
+    Ok(())
+}
+
+/// The outbound queue's worker (docs/DESIGN.md §12), with the system's DNS when its
+/// configuration can be read.
+async fn outbound_task(
+    mail: Mail,
+    relay: Arc<cm_relay::RelayConfig>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    match cm_relay::DnsResolver::from_system_conf() {
+        Ok(resolver) => cm_relay::queue::run(mail, relay, Arc::new(resolver), shutdown).await,
+        Err(error) => {
+            tracing::warn!(%error, "no DNS for outbound mail: only [relay] routes and the smarthost are used");
+            let resolver = cm_relay::NoResolver {
+                reason: format!("no DNS resolver: {error}"),
+            };
+            cm_relay::queue::run(mail, relay, Arc::new(resolver), shutdown).await
+        }
+    }
     Ok(())
 }
 
@@ -311,49 +337,14 @@ fn save_remembered_peers(store: &Store, peers: &[cm_ring::NodeRef]) {
 /// The admin API's view of the ring driver.
 struct RingAdmin(RingHandle);
 
-fn node_ref(node: &cm_ring::NodeRef) -> NodeRef {
-    NodeRef {
-        id: node.id,
-        addr: node.addr.clone(),
-    }
-}
-
 impl RingStatus for RingAdmin {
     fn view(&self) -> RingView {
-        let view = self.0.view();
-        let me = NodeRef {
-            id: view.id,
-            addr: view.addr.clone(),
-        };
-        // A lone node is its own successor; the ring crate leaves the list empty then.
-        let successors = if view.successors.is_empty() {
-            vec![me]
-        } else {
-            view.successors.iter().map(node_ref).collect()
-        };
-        RingView {
-            id: view.id,
-            addr: view.addr,
-            predecessor: view.predecessor.as_ref().map(node_ref),
-            successors,
-            fingers: view
-                .fingers
-                .into_iter()
-                .map(|finger| cm_admin::Finger {
-                    start: finger.start,
-                    id: finger.id,
-                    addr: finger.addr,
-                })
-                .collect(),
-            keys: 0,
-            replicas: 0,
-            out_of_sync: 0,
-        }
+        self.0.view()
     }
 
     fn cluster(
         &self,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Vec<NodeRef>> + Send + '_>> {
-        Box::pin(async move { self.0.cluster().await.iter().map(node_ref).collect() })
+        Box::pin(self.0.cluster())
     }
 }

@@ -1,10 +1,12 @@
 //! Node-to-node traffic of chordmail over gRPC (tonic), and the driver that runs the
 //! sans-IO ring of `cm-ring` on it.
 //!
-//! - [`pb`], [`replica_pb`]: the generated protocols (`proto/ring.proto`,
-//!   `proto/replica.proto`); the replica service itself is implemented in `cm-repl`.
-//! - [`Peers`]: one lazily connected, reused channel per peer address; every call has
-//!   a deadline, and a call that misses it is [`cm_ring::Unreachable`].
+//! - [`pb`]: the generated ring protocol (`proto/ring.proto`).
+//! - [`Peers`]: one lazily connected, reused channel per peer address; every ring
+//!   call has a deadline, and a call that misses it is [`cm_ring::Unreachable`].
+//!   Other services (cm-repl's replication) run their own clients over
+//!   [`Peers::channel`] and are served next to the ring's through the routes given to
+//!   [`RingDriver::start`].
 //! - [`ClusterTls`]: mutual TLS on the ring port with the cluster's certificates.
 //! - [`RingDriver`] / [`RingHandle`]: joins or starts a ring, serves the ring RPCs,
 //!   runs the periodic maintenance (stabilize, fix_fingers, fix_successors,
@@ -17,17 +19,13 @@ pub mod pb {
     tonic::include_proto!("chordmail.ring.v1");
 }
 
-/// The replication protocol (`proto/replica.proto`); served by `cm-repl`.
-pub mod replica_pb {
-    tonic::include_proto!("chordmail.replica.v1");
-}
-
 mod convert;
 mod driver;
 mod peers;
 mod server;
+mod shared;
 pub mod tls;
 
 pub use driver::{RingDriver, RingHandle, RingOptions, StartError, Timing};
-pub use peers::{MESSAGE_BYTES_MAX_ON_WIRE, Peers};
+pub use peers::Peers;
 pub use tls::{ClusterTls, ClusterTlsError};

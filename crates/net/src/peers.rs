@@ -10,12 +10,7 @@ use tonic::transport::{Channel, Endpoint};
 use crate::convert::{leave_to_pb, state_from_pb, step_from_pb};
 use crate::pb;
 use crate::pb::ring_client::RingClient;
-use crate::replica_pb::replica_client::ReplicaClient;
 use crate::tls::ClusterTls;
-
-/// The largest gRPC message either side accepts: a whole message body (up to
-/// `MESSAGE_BYTES_MAX`) plus framing. tonic's default of 4 MiB would refuse big mail.
-pub const MESSAGE_BYTES_MAX_ON_WIRE: usize = cm_types::limits::MESSAGE_BYTES_MAX + 1024 * 1024;
 
 /// Channels kept at most; past it the cache starts over (peers that left the ring
 /// would otherwise accumulate for ever).
@@ -51,7 +46,9 @@ impl Peers {
         self.channel(addr).map(RingClient::new)
     }
 
-    fn channel(&self, addr: &str) -> Result<Channel, Unreachable> {
+    /// The channel to `addr`, connected on first use and then reused by every call,
+    /// whichever service it is for.
+    pub fn channel(&self, addr: &str) -> Result<Channel, Unreachable> {
         let mut channels = self.channels.lock().expect("channel cache poisoned");
         if let Some(channel) = channels.get(addr) {
             return Ok(channel.clone());
@@ -72,34 +69,6 @@ impl Peers {
         let channel = endpoint.connect_lazy();
         channels.insert(addr.to_owned(), channel.clone());
         Ok(channel)
-    }
-
-    /// Runs one replication call on `addr` within `deadline`. Replication calls carry
-    /// message bodies, so their deadline is the caller's, not the ring call deadline.
-    pub async fn replica<T, F>(
-        &self,
-        addr: &str,
-        op: &'static str,
-        deadline: Duration,
-        call: impl FnOnce(ReplicaClient<Channel>) -> F,
-    ) -> Result<T, Unreachable>
-    where
-        F: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
-    {
-        let client = ReplicaClient::new(self.channel(addr)?)
-            .max_decoding_message_size(MESSAGE_BYTES_MAX_ON_WIRE)
-            .max_encoding_message_size(MESSAGE_BYTES_MAX_ON_WIRE);
-        match tokio::time::timeout(deadline, call(client)).await {
-            Ok(Ok(response)) => Ok(response.into_inner()),
-            Ok(Err(status)) => {
-                tracing::debug!(peer = addr, op, code = ?status.code(), message = status.message(), "replica call failed");
-                Err(Unreachable)
-            }
-            Err(_) => {
-                tracing::debug!(peer = addr, op, "replica call missed its deadline");
-                Err(Unreachable)
-            }
-        }
     }
 
     /// Runs one call with the deadline; errors and timeouts are both `Unreachable`.

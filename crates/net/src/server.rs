@@ -5,8 +5,8 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 use crate::convert::{leave_from_pb, state_to_pb, step_to_pb};
-use crate::driver::Shared;
 use crate::pb;
+use crate::shared::Shared;
 
 pub struct RingService {
     pub shared: Arc<Shared>,

@@ -8,7 +8,8 @@
 //! [`Step`]s it returns (check a password, fetch a message, remove messages).
 //!
 //! Modules, in reading order:
-//! - [`limits`]: the bounds on every input, with their RFC sections;
+//! - [`limits`]: the bounds on every input, with their RFC sections, and
+//!   [`Pop3Limits`], the ones configuration may lower;
 //! - [`parser`]: the incremental, bounded [`Parser`] turning lines into [`Command`]s;
 //! - [`session`]: the AUTHORIZATION / TRANSACTION / UPDATE state machine;
 //! - [`response`]: reply encoding, RFC 2449 response codes, byte-stuffing and TOP;
@@ -23,6 +24,7 @@ pub mod response;
 pub mod sasl;
 pub mod session;
 
+pub use limits::Pop3Limits;
 pub use parser::{Command, Expect, Parser, Secret};
 pub use response::{Response, ResponseCode, Stuffed, top_of_message};
 pub use session::{Listed, LoginFailure, Session, SessionConfig, State, Step, UpdateOutcome};

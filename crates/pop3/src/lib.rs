@@ -1,16 +1,17 @@
-//! The POP3 server of a chordmail node (DESIGN.md §6): the tokio shell around
+//! The POP3 server of a chordmail node (docs/DESIGN.md §6): the tokio shell around
 //! `cm-pop3-proto`.
 //!
-//! This crate owns the sockets, the clock and the timers: it accepts connections
-//! under a connection limit, runs one task and one `pop3.session` span per
-//! connection, reads with the RFC 1939 autologout timer, upgrades to TLS on STLS,
-//! and carries out what the protocol core asks for (check credentials, lock and
-//! list the maildrop, fetch a message, remove the deleted ones) through
-//! [`cm_repl::Mail`]. It parses nothing and decides no protocol rule itself: both
-//! live in `cm-pop3-proto`.
+//! This crate owns the clock and the timers of a session: it serves connections
+//! through the accept loop of `cm-serve` in `pop3.session` spans, reads with the
+//! RFC 1939 autologout timer, upgrades to TLS on STLS, and carries out what the
+//! protocol core asks for (check credentials, lock and list the maildrop, fetch a
+//! message, remove the deleted ones) through [`cm_repl::Mail`]. It parses nothing
+//! and decides no protocol rule itself: both live in `cm-pop3-proto`.
 //!
-//! Reading order: [`serve`] (the accept loop), then `connection` (one session, and
-//! the one place where mail-service outcomes become protocol outcomes).
+//! Reading order: [`serve`] (the accept loop's POP3 side), then
+//! [`handle_connection`] (one session, over any stream), then `verdicts` (the one
+//! place where mail-service outcomes become protocol outcomes). Every limit is in
+//! [`Pop3Limits`] and `cm_pop3_proto::limits`.
 //!
 //! Invariant: the maildrop lock is owned by the session's TRANSACTION state, so it
 //! is released exactly when the session ends, whichever way it ends (QUIT, a
@@ -18,18 +19,19 @@
 //! QUIT removes nothing.
 
 mod connection;
+mod verdicts;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use cm_pop3_proto::Pop3Limits;
+pub use connection::handle_connection;
+
 use cm_pop3_proto::{ProtoError, Response};
 use cm_repl::Mail;
-use cm_types::limits::{CONNECTIONS_MAX, POP3_IDLE_TIMEOUT};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
-use tracing::Instrument as _;
 
 /// The POP3 server's settings.
 #[derive(Clone)]
@@ -43,8 +45,8 @@ pub struct Pop3Config {
     pub allow_plaintext: bool,
     /// Lowered to the constants of `cm_types::limits` if set higher.
     pub limits: Pop3Limits,
-    /// A failed login is answered after `n_failures * auth_failure_delay`, so
-    /// guessing passwords costs time while a typo costs little.
+    /// A failed login is answered after [`cm_serve::auth_failure_delay`] of this
+    /// step, so guessing passwords costs time while a typo costs little.
     pub auth_failure_delay: Duration,
 }
 
@@ -72,39 +74,10 @@ impl std::fmt::Debug for Pop3Config {
     }
 }
 
-/// The bounds of the shell; the protocol's own (line and argument lengths) are
-/// constants of `cm-pop3-proto`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Pop3Limits {
-    /// RFC 1939 §3 autologout: a session idle this long is closed, removing nothing.
-    /// Also bounds a TLS handshake and a write to a peer that does not read.
-    pub idle_timeout: Duration,
-    pub connections_max: usize,
-}
-
-impl Default for Pop3Limits {
-    fn default() -> Pop3Limits {
-        Pop3Limits {
-            idle_timeout: POP3_IDLE_TIMEOUT,
-            connections_max: CONNECTIONS_MAX,
-        }
-    }
-}
-
-impl Pop3Limits {
-    /// Configuration may lower a limit but never raise it past the constant.
-    pub fn clamped(self) -> Pop3Limits {
-        Pop3Limits {
-            idle_timeout: self.idle_timeout.min(POP3_IDLE_TIMEOUT),
-            connections_max: self.connections_max.clamp(1, CONNECTIONS_MAX),
-        }
-    }
-}
-
-/// Why a connection ended other than by QUIT or the peer closing it.
+/// Why a connection ended other than by QUIT, EOF or shutdown.
 #[derive(Debug, thiserror::Error)]
-pub enum Pop3Error {
-    #[error("i/o error: {0}")]
+pub enum Pop3ServerError {
+    #[error("connection i/o failed: {0}")]
     Io(#[from] std::io::Error),
     #[error("tls handshake failed: {0}")]
     TlsHandshake(std::io::Error),
@@ -114,67 +87,54 @@ pub enum Pop3Error {
     WriteTimeout,
 }
 
-/// How long to wait after a failed `accept` (e.g. out of file descriptors) before
-/// trying again, so the loop does not spin.
-const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
-
-/// Accepts POP3 connections on `listener` until `shutdown` is cancelled, then
-/// waits for the open sessions to end (each ends at its next read).
+/// Serves POP3 on `listener` until `shutdown` is cancelled, then waits for the
+/// open sessions to end (each ends at its next read; an UPDATE in progress
+/// completes first).
 pub async fn serve(
     listener: TcpListener,
     config: Pop3Config,
     mail: Mail,
     shutdown: CancellationToken,
 ) {
-    let config = Arc::new(Pop3Config {
+    let config = Pop3Config {
         limits: config.limits.clamped(),
         ..config
-    });
-    let n_connections_max = config.limits.connections_max;
-    let permits = Arc::new(Semaphore::new(n_connections_max));
-    loop {
-        let accepted = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            accepted = listener.accept() => accepted,
-        };
-        let (stream, peer) = match accepted {
-            Ok(accepted) => accepted,
-            Err(error) => {
-                tracing::warn!(%error, "pop3 accept failed");
-                tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
-                continue;
-            }
-        };
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
-            refuse_over_limit(&stream, peer);
-            continue;
-        };
-        let (config, mail, shutdown) = (config.clone(), mail.clone(), shutdown.clone());
-        let session_id = format!("{:016x}", rand::random::<u64>());
-        let span = tracing::info_span!("pop3.session", session_id = %session_id, peer = %peer);
-        tokio::spawn(
-            async move {
-                let _permit = permit;
-                tracing::debug!("connected");
-                match connection::handle_connection(stream, peer.ip(), &config, &mail, &shutdown)
-                    .await
-                {
-                    Ok(()) => tracing::debug!("disconnected"),
-                    Err(error) => tracing::debug!(%error, "connection ended"),
-                }
-            }
-            .instrument(span),
-        );
-    }
-    tracing::info!("pop3 listener stopped, waiting for open sessions");
-    let n_permits = u32::try_from(n_connections_max).expect("connection limit fits in u32");
-    let _all_closed = permits.acquire_many(n_permits).await;
+    };
+    cm_serve::serve(listener, Arc::new(Pop3Shell { config, mail }), shutdown).await;
 }
 
-/// Best effort: one non-blocking write of the refusal, then the socket is dropped.
-fn refuse_over_limit(stream: &TcpStream, peer: SocketAddr) {
-    tracing::warn!(%peer, "pop3 connection refused: connection limit reached");
-    let _ = stream.try_write(&Response::from_error(&ProtoError::TooManyConnections).to_bytes());
+/// The POP3 side of the shared accept loop.
+struct Pop3Shell {
+    config: Pop3Config,
+    mail: Mail,
+}
+
+impl cm_serve::Shell for Pop3Shell {
+    type Error = Pop3ServerError;
+    const PROTOCOL: &'static str = "pop3";
+
+    fn connections_max(&self) -> usize {
+        self.config.limits.connections_max
+    }
+
+    /// RFC 2449 §8.1.2: `[SYS/TEMP]`, the server cannot serve now.
+    fn refusal(&self) -> Vec<u8> {
+        Response::from_error(&ProtoError::TooManyConnections).to_bytes()
+    }
+
+    fn span(&self, session_id: &str, peer: SocketAddr) -> tracing::Span {
+        tracing::info_span!("pop3.session", session_id, %peer)
+    }
+
+    async fn handle(
+        &self,
+        stream: TcpStream,
+        peer: SocketAddr,
+        _session_id: &str,
+        shutdown: &CancellationToken,
+    ) -> Result<(), Pop3ServerError> {
+        handle_connection(stream, peer.ip(), &self.config, &self.mail, shutdown).await
+    }
 }
 
 /// Whether USER/PASS and AUTH PLAIN may be used before STLS: on loopback the
@@ -206,19 +166,5 @@ mod tests {
             assert_eq!(plaintext_allowed(peer, &strict), strict_allowed, "{peer}");
             assert_eq!(plaintext_allowed(peer, &lenient), lenient_allowed, "{peer}");
         }
-    }
-
-    #[test]
-    fn limits_are_clamped_to_the_constants() {
-        let raised = Pop3Limits {
-            idle_timeout: POP3_IDLE_TIMEOUT * 2,
-            connections_max: CONNECTIONS_MAX + 1,
-        };
-        assert_eq!(raised.clamped(), Pop3Limits::default());
-        let lowered = Pop3Limits {
-            idle_timeout: Duration::from_secs(1),
-            connections_max: 2,
-        };
-        assert_eq!(lowered.clamped(), lowered);
     }
 }

@@ -1,26 +1,29 @@
-//! The POP3 shell over loopback TCP against a real one-node mail service: each
-//! semantic rule of DESIGN.md §6 and issue 4 is one test. Raw lines go over a real
-//! socket; waits poll against a deadline.
+//! The POP3 shell against a real one-node mail service: each semantic rule of
+//! docs/DESIGN.md §6 and issue 4 is one test. A session's rules are tested over
+//! `tokio::io::duplex` (`Server::duplex`); what needs the accept loop (several
+//! sessions, the connection limit, shutdown) over loopback TCP. Waits poll
+//! against a deadline.
 
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use cm_pop3::{Pop3Config, Pop3Limits, serve};
+use cm_pop3::{Pop3Config, Pop3Limits, Pop3ServerError, handle_connection, serve};
 use cm_repl::Mail;
 use cm_types::Address;
-use tokio::io::{AsyncBufReadExt as _, AsyncRead, AsyncWrite, AsyncWriteExt as _, BufReader};
+use tokio::io::{
+    AsyncBufReadExt as _, AsyncRead, AsyncWrite, AsyncWriteExt as _, BufReader, DuplexStream,
+};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 const ALICE: &str = "alice@example.org";
 const PASSWORD: &str = "correct horse";
-/// How long a released maildrop lock may take to be free again (DESIGN.md §9.3).
+/// How long a released maildrop lock may take to be free again (docs/DESIGN.md §9.3).
 const LOCK_RELEASE_DEADLINE: Duration = Duration::from_secs(10);
 
 struct Server {
     addr: SocketAddr,
+    config: Pop3Config,
     mail: Mail,
     shutdown: CancellationToken,
     task: tokio::task::JoinHandle<()>,
@@ -36,14 +39,33 @@ async fn start_with(config: Pop3Config) -> Server {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let shutdown = CancellationToken::new();
-    let task = tokio::spawn(serve(listener, config, mail.clone(), shutdown.clone()));
+    let task = tokio::spawn(serve(
+        listener,
+        config.clone(),
+        mail.clone(),
+        shutdown.clone(),
+    ));
     Server {
         addr,
+        config,
         mail,
         shutdown,
         task,
         dir,
     }
+}
+
+/// A server that offers STLS with a self-signed certificate kept in the returned
+/// directory.
+async fn start_with_tls() -> (Server, tempfile::TempDir) {
+    let cert_dir = tempfile::tempdir().unwrap();
+    let tls = cm_tls::server_config(cert_dir.path(), None, None, "localhost").unwrap();
+    let server = start_with(Pop3Config {
+        tls: Some(tls),
+        ..Pop3Config::default()
+    })
+    .await;
+    (server, cert_dir)
 }
 
 async fn start() -> Server {
@@ -55,12 +77,48 @@ async fn start() -> Server {
 }
 
 impl Server {
+    /// Delivers to Alice. Message ids begin with the arrival millisecond, so two
+    /// deliveries in one millisecond would be listed in random order: the helper
+    /// lets the clock move past it first, and tests may rely on delivery order.
     async fn deliver(&self, message: &[u8]) -> cm_model::MessageId {
+        tokio::time::sleep(Duration::from_millis(2)).await;
         let alice = Address::parse(ALICE).unwrap();
         self.mail
-            .deliver(&[alice], Bytes::copy_from_slice(message))
+            .deliver(&[alice], bytes::Bytes::copy_from_slice(message))
             .await
             .unwrap()[0]
+    }
+
+    /// A session over an in-memory stream, as if from loopback, past the greeting;
+    /// the task's outcome is how the session ended.
+    async fn duplex(
+        &self,
+    ) -> (
+        Client<DuplexStream>,
+        tokio::task::JoinHandle<Result<(), Pop3ServerError>>,
+    ) {
+        let (client_side, server_side) = tokio::io::duplex(64 * 1024);
+        let (config, mail, shutdown) = (
+            self.config.clone(),
+            self.mail.clone(),
+            self.shutdown.clone(),
+        );
+        let session = tokio::spawn(async move {
+            let loopback = IpAddr::V4(Ipv4Addr::LOCALHOST);
+            handle_connection(server_side, loopback, &config, &mail, &shutdown).await
+        });
+        let mut client = Client {
+            stream: BufReader::new(client_side),
+        };
+        let greeting = client.line().await;
+        assert!(greeting.starts_with("+OK"), "{greeting}");
+        (client, session)
+    }
+
+    async fn duplex_logged_in(&self) -> Client<DuplexStream> {
+        let (mut client, _session) = self.duplex().await;
+        client.login(ALICE, PASSWORD).await;
+        client
     }
 }
 
@@ -138,6 +196,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
         assert!(reply.starts_with("+OK maildrop has"), "{reply}");
     }
 
+    /// QUIT, answered with the sign-off (RFC 1939 §6).
+    async fn quit(&mut self) {
+        assert_eq!(
+            self.command("QUIT").await,
+            "+OK chordmail POP3 server signing off"
+        );
+    }
+
     /// True once the server closed the connection.
     async fn closed(&mut self) -> bool {
         let mut line = Vec::new();
@@ -167,6 +233,16 @@ async fn login_eventually(addr: SocketAddr) -> Client<TcpStream> {
     }
 }
 
+/// Logs in as soon as the maildrop is free and checks that the one message
+/// delivered, `MESSAGE_ONE`, was not removed.
+async fn assert_message_one_kept(addr: SocketAddr) {
+    let mut client = login_eventually(addr).await;
+    assert_eq!(
+        client.command("STAT").await,
+        format!("+OK 1 {}", MESSAGE_ONE.len())
+    );
+}
+
 const MESSAGE_ONE: &[u8] = b"Subject: one\r\nFrom: bob@example.org\r\n\r\nfirst body\r\n";
 const MESSAGE_TWO: &[u8] = b"Subject: two\r\n\r\nline 1\r\nline 2\r\nline 3\r\nline 4\r\n";
 
@@ -181,10 +257,7 @@ async fn second_session_is_in_use_until_quit() {
     let reply = second.command(&format!("PASS {PASSWORD}")).await;
     assert!(reply.starts_with("-ERR [IN-USE] "), "{reply}");
     // The refused session stays in AUTHORIZATION and may try again.
-    assert_eq!(
-        first.command("QUIT").await,
-        "+OK chordmail POP3 server signing off"
-    );
+    first.quit().await;
     assert!(first.closed().await);
     second.command(&format!("USER {ALICE}")).await;
     assert!(
@@ -203,10 +276,7 @@ async fn lock_is_freed_when_the_connection_drops() {
     let first = Client::logged_in(server.addr).await;
     drop(first);
     let mut again = login_eventually(server.addr).await;
-    assert_eq!(
-        again.command("QUIT").await,
-        "+OK chordmail POP3 server signing off"
-    );
+    again.quit().await;
 }
 
 // Goal: RSET unmarks. Method: DELE both messages, check they vanish from STAT,
@@ -236,10 +306,7 @@ async fn dele_then_rset_keeps_everything() {
         client.command("RSET").await,
         format!("+OK maildrop has 2 messages ({total} octets)")
     );
-    assert_eq!(
-        client.command("QUIT").await,
-        "+OK chordmail POP3 server signing off"
-    );
+    client.quit().await;
     let mut client = login_eventually(server.addr).await;
     assert_eq!(client.command("STAT").await, format!("+OK 2 {total}"));
 }
@@ -253,11 +320,7 @@ async fn dele_then_dropped_connection_keeps_mail() {
     let mut client = Client::logged_in(server.addr).await;
     assert_eq!(client.command("DELE 1").await, "+OK message 1 deleted");
     drop(client);
-    let mut client = login_eventually(server.addr).await;
-    assert_eq!(
-        client.command("STAT").await,
-        format!("+OK 1 {}", MESSAGE_ONE.len())
-    );
+    assert_message_one_kept(server.addr).await;
 }
 
 // Goal: QUIT after DELE removes exactly the marked messages. Method: two
@@ -269,10 +332,7 @@ async fn dele_then_quit_removes() {
     let second_id = server.deliver(MESSAGE_TWO).await;
     let mut client = Client::logged_in(server.addr).await;
     assert_eq!(client.command("DELE 1").await, "+OK message 1 deleted");
-    assert_eq!(
-        client.command("QUIT").await,
-        "+OK chordmail POP3 server signing off"
-    );
+    client.quit().await;
     let mut client = login_eventually(server.addr).await;
     assert_eq!(
         client.command("STAT").await,
@@ -297,10 +357,7 @@ async fn uidl_is_stable_across_sessions() {
         client.lines("UIDL").await,
         vec![format!("1 {}", ids[0]), format!("2 {}", ids[1])]
     );
-    assert_eq!(
-        client.command("QUIT").await,
-        "+OK chordmail POP3 server signing off"
-    );
+    client.quit().await;
     let mut client = login_eventually(server.addr).await;
     assert_eq!(
         client.lines("UIDL").await,
@@ -318,7 +375,7 @@ async fn uidl_is_stable_across_sessions() {
 async fn top_returns_header_and_k_body_lines() {
     let server = start().await;
     server.deliver(MESSAGE_TWO).await;
-    let mut client = Client::logged_in(server.addr).await;
+    let mut client = server.duplex_logged_in().await;
     let header = "Subject: two\r\n\r\n";
     let table = [
         (0, header.to_owned()),
@@ -356,7 +413,7 @@ async fn retr_byte_stuffing_round_trips_with_exact_sizes() {
     big.extend_from_slice(b"\r\n");
     server.deliver(&dotted).await;
     server.deliver(&big).await;
-    let mut client = Client::logged_in(server.addr).await;
+    let mut client = server.duplex_logged_in().await;
     for (msg, message) in [(1, &dotted), (2, &big)] {
         assert_eq!(
             client.command(&format!("LIST {msg}")).await,
@@ -377,7 +434,7 @@ async fn retr_byte_stuffing_round_trips_with_exact_sizes() {
 async fn a_too_long_line_is_refused_and_the_session_survives() {
     let server = start().await;
     server.deliver(MESSAGE_ONE).await;
-    let mut client = Client::logged_in(server.addr).await;
+    let mut client = server.duplex_logged_in().await;
     client
         .send(format!("NOOP {}\r\nSTAT\r\n", "x".repeat(300)).as_bytes())
         .await;
@@ -395,7 +452,7 @@ async fn a_too_long_line_is_refused_and_the_session_survives() {
 #[tokio::test]
 async fn logins_with_user_pass_and_auth_plain() {
     let server = start().await;
-    let mut client = Client::connect(server.addr).await;
+    let (mut client, _session) = server.duplex().await;
     client.command(&format!("USER {ALICE}")).await;
     let reply = client.command("PASS wrong").await;
     assert_eq!(reply, "-ERR [AUTH] invalid user name or password");
@@ -409,7 +466,7 @@ async fn logins_with_user_pass_and_auth_plain() {
     assert_eq!(client.command("AUTH PLAIN").await, "+ ");
     assert!(client.command(plain).await.starts_with("+OK maildrop has"));
     client.command("QUIT").await;
-    let mut client = Client::connect(server.addr).await;
+    let (mut client, _session) = server.duplex().await;
     let reply = client.command(&format!("AUTH PLAIN {plain}")).await;
     assert!(reply.starts_with("+OK maildrop has"), "{reply}");
 }
@@ -431,11 +488,7 @@ async fn idle_session_is_logged_out_and_removes_nothing() {
     let mut client = Client::logged_in(server.addr).await;
     assert_eq!(client.command("DELE 1").await, "+OK message 1 deleted");
     assert!(client.closed().await);
-    let mut client = login_eventually(server.addr).await;
-    assert_eq!(
-        client.command("STAT").await,
-        format!("+OK 1 {}", MESSAGE_ONE.len())
-    );
+    assert_message_one_kept(server.addr).await;
 }
 
 // Goal: shutdown ends open sessions and `serve` returns. Method: cancel the token
@@ -476,39 +529,18 @@ async fn connections_over_the_limit_are_refused() {
 }
 
 // Goal: STLS (RFC 2595). Method: a self-signed certificate from cm-tls; CAPA
-// offers STLS, the client upgrades trusting that certificate, and logs in over TLS.
+// offers STLS, the client upgrades trusting that certificate, and logs in over TLS;
+// all over an in-memory stream.
 #[tokio::test]
 async fn stls_upgrades_the_connection() {
-    let cert_dir = tempfile::tempdir().unwrap();
-    let tls = cm_tls::server_config(cert_dir.path(), None, None, "localhost").unwrap();
-    let server = start_with(Pop3Config {
-        tls: Some(tls),
-        ..Pop3Config::default()
-    })
-    .await;
+    let (server, cert_dir) = start_with_tls().await;
     server.deliver(MESSAGE_ONE).await;
-    let mut client = Client::connect(server.addr).await;
+    let (mut client, session) = server.duplex().await;
     assert!(client.lines("CAPA").await.contains(&"STLS".to_owned()));
     assert_eq!(client.command("STLS").await, "+OK begin TLS negotiation");
-
-    let mut roots = rustls::RootCertStore::empty();
-    let cert_pem = std::fs::read(cert_dir.path().join("tls/self-signed.crt")).unwrap();
-    use rustls::pki_types::pem::PemObject as _;
-    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(&cert_pem) {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let client_config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(client_config));
-    let tcp = client.stream.into_inner();
-    let server_name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-    let tls_stream = connector.connect(server_name, tcp).await.unwrap();
+    let plain = client.stream.into_inner();
     let mut client = Client {
-        stream: BufReader::new(tls_stream),
+        stream: BufReader::new(cm_serve::testing::connect_tls(cert_dir.path(), plain).await),
     };
     let capabilities = client.lines("CAPA").await;
     assert!(
@@ -517,11 +549,51 @@ async fn stls_upgrades_the_connection() {
     client.login(ALICE, PASSWORD).await;
     let (_, body) = client.multi_line("RETR 1").await;
     assert_eq!(body, MESSAGE_ONE);
-    assert_eq!(
-        client.command("QUIT").await,
-        "+OK chordmail POP3 server signing off"
-    );
+    client.quit().await;
+    session.await.unwrap().unwrap();
     drop(server.dir);
+}
+
+// Goal: commands pipelined behind STLS in clear text are dropped unread (RFC 2595
+// §4). Method: STLS and STAT in one write over an in-memory stream; after +OK the
+// server answers nothing in clear text, it waits for a TLS handshake.
+#[tokio::test]
+async fn plaintext_after_stls_is_dropped() {
+    let (server, _cert_dir) = start_with_tls().await;
+    let (mut client, _session) = server.duplex().await;
+    client.send(b"STLS\r\nSTAT\r\n").await;
+    assert_eq!(client.line().await, "+OK begin TLS negotiation");
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(
+        Duration::from_millis(300),
+        client.stream.read_until(b'\n', &mut rest),
+    )
+    .await;
+    assert!(read.is_err(), "no clear-text reply after +OK: {rest:?}");
+}
+
+// Goal: the RFC 1939 autologout, exactly. Method: an in-memory stream and paused
+// time; a logged-in session with a DELE is closed without a reply once the
+// ten minutes passed (not before), and its DELE is not applied.
+#[tokio::test]
+async fn autologout_after_ten_minutes_over_duplex() {
+    let server = start().await;
+    server.deliver(MESSAGE_ONE).await;
+    let (mut client, session) = server.duplex().await;
+    client.login(ALICE, PASSWORD).await;
+    assert_eq!(client.command("DELE 1").await, "+OK message 1 deleted");
+    tokio::time::pause();
+    let started = tokio::time::Instant::now();
+    let idle_timeout = cm_types::limits::POP3_IDLE_TIMEOUT;
+    let closed = tokio::time::timeout(idle_timeout * 2, client.closed()).await;
+    assert_eq!(closed, Ok(true), "closed by the autologout");
+    assert!(started.elapsed() >= idle_timeout);
+    tokio::time::resume();
+    assert!(matches!(
+        session.await.unwrap(),
+        Err(Pop3ServerError::IdleTimeout)
+    ));
+    assert_message_one_kept(server.addr).await;
 }
 
 // Goal: failed logins are answered after a growing delay. Method: a 150 ms step;
@@ -534,7 +606,7 @@ async fn failed_logins_are_delayed_more_each_time() {
         ..Pop3Config::default()
     })
     .await;
-    let mut client = Client::connect(server.addr).await;
+    let (mut client, _session) = server.duplex().await;
     for n_failures in 1..=2u32 {
         client.command(&format!("USER {ALICE}")).await;
         let started = Instant::now();

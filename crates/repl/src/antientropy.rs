@@ -21,17 +21,23 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use cm_model::Account;
+use cm_model::{Account, MessageId};
 use cm_ring::NodeRef;
 use cm_store::Write;
 use cm_types::{Address, metrics};
 use tokio_util::sync::CancellationToken;
 
-use crate::convert::address_from_pb;
-use crate::{Mail, MailError, pb};
+use crate::local::outbound_digest;
+use crate::remote::RemoteReplica;
+use crate::replica::{Digests, ReadFor, Replica};
+use crate::{Mail, MailError};
 
 /// Digests sent in one comparison call (and accepted by the server side).
 pub const DIGESTS_PER_CALL_MAX: usize = 1024;
+/// Outbound entries compared per round at most, in key order: a queue longer than
+/// this has its first entries compared until delivery shortens it (a bound on the
+/// work of one round, to be replaced by a cursor that walks the rest).
+pub const OUTBOUND_ENTRIES_PER_ROUND_MAX: usize = 65_536;
 /// Message octets copied to other replicas per round at most; the rest waits for the
 /// next round, so repair traffic never starves client traffic.
 pub const REPAIR_BYTES_PER_ROUND_MAX: usize = 64 * 1024 * 1024;
@@ -137,21 +143,9 @@ pub async fn catch_up(mail: Mail, shutdown: CancellationToken) {
     }
     let mut n_writes = 0u64;
     for neighbour in &neighbours {
-        let request = pb::HandoffRequest {
-            id: me.id,
-            addr: me.addr.clone(),
-        };
-        let reply = ring
-            .peers()
-            .replica(
-                &neighbour.addr,
-                "handoff",
-                HANDOFF_CALL_TIMEOUT,
-                |mut client| async move { client.handoff(request).await },
-            )
-            .await;
-        match reply {
-            Ok(reply) => n_writes += reply.n_writes,
+        let neighbour_replica = RemoteReplica::new(ring.clone(), neighbour.clone());
+        match neighbour_replica.handoff(&me, HANDOFF_CALL_TIMEOUT).await {
+            Ok(n_pushed) => n_writes += n_pushed,
             Err(_) => {
                 tracing::warn!(neighbour = %neighbour.addr, "hand-off failed; ordinary rounds will repair")
             }
@@ -197,7 +191,9 @@ async fn collect_tombstones(mail: &Mail, grace: Duration) {
     let cutoff_ms = crate::now_ms().saturating_sub(grace.as_millis() as u64);
     let store = mail.store().clone();
     let collected = tokio::task::spawn_blocking(move || {
-        store.collect_tombstones(cutoff_ms, TOMBSTONES_PER_COLLECTION_MAX)
+        let n_tombstones = store.collect_tombstones(cutoff_ms, TOMBSTONES_PER_COLLECTION_MAX)?;
+        let n_outbound = store.collect_outbound(cutoff_ms, TOMBSTONES_PER_COLLECTION_MAX)?;
+        Ok::<_, cm_store::StoreError>(n_tombstones + n_outbound)
     })
     .await;
     match collected {
@@ -232,46 +228,58 @@ pub async fn round_towards(
     only_peer: Option<&NodeRef>,
     mut budget_bytes: usize,
 ) -> Result<RoundOutcome, MailError> {
-    let digests = mail.local().digests().await?;
-    let mut by_peer: BTreeMap<(u64, String), Vec<pb::AddressDigest>> = BTreeMap::new();
-    for (key, address, digest) in digests {
+    let mut by_peer: BTreeMap<(u64, String), Digests> = BTreeMap::new();
+    let wanted =
+        |member: &NodeRef| !mail.is_me(member) && only_peer.is_none_or(|peer| peer.id == member.id);
+    for (key, address, digest) in mail.local().digests().await? {
         let Ok(set) = mail.replica_set(key).await else {
             continue;
         };
-        let wanted = |member: &NodeRef| {
-            !mail.is_me(member) && only_peer.is_none_or(|peer| peer.id == member.id)
-        };
         for member in set.into_iter().filter(wanted) {
-            by_peer
-                .entry((member.id, member.addr))
-                .or_default()
-                .push(pb::AddressDigest {
-                    address: address.to_string(),
-                    digest,
-                });
+            let digests = by_peer.entry((member.id, member.addr)).or_default();
+            digests.addresses.push((address.clone(), digest));
+        }
+    }
+    for (key, entry) in mail
+        .store()
+        .outbound_entries(OUTBOUND_ENTRIES_PER_ROUND_MAX)?
+    {
+        let Ok(set) = mail.replica_set(key).await else {
+            continue;
+        };
+        let digest = outbound_digest(&entry);
+        for member in set.into_iter().filter(wanted) {
+            let digests = by_peer.entry((member.id, member.addr)).or_default();
+            digests.outbound.push((entry.id, digest));
         }
     }
     let mut outcome = RoundOutcome::default();
-    for ((id, addr), entries) in by_peer {
+    for ((id, addr), digests) in by_peer {
         let peer = NodeRef { id, addr };
-        for chunk in entries.chunks(DIGESTS_PER_CALL_MAX) {
-            let request = pb::DigestRequest {
-                entries: chunk.to_vec(),
-            };
-            let Ok(reply) = mail
-                .remote(&peer, "compare_digests", |mut client| async move {
-                    client.compare_digests(request).await
-                })
-                .await
-            else {
+        let member = mail.member(&peer);
+        let address_chunks = digests
+            .addresses
+            .chunks(DIGESTS_PER_CALL_MAX)
+            .map(|chunk| Digests {
+                addresses: chunk.to_vec(),
+                outbound: Vec::new(),
+            });
+        let outbound_chunks = digests
+            .outbound
+            .chunks(DIGESTS_PER_CALL_MAX)
+            .map(|chunk| Digests {
+                addresses: Vec::new(),
+                outbound: chunk.to_vec(),
+            });
+        for chunk in address_chunks.chain(outbound_chunks) {
+            let Ok(differing) = member.differing(&chunk).await else {
                 break;
             };
-            for text in reply.differing {
+            for address in differing.addresses {
                 if budget_bytes == 0 {
                     outcome.n_differing += 1;
                     continue;
                 }
-                let address = address_from_pb(&text)?;
                 match push_address(mail, &peer, &address, &mut budget_bytes).await {
                     Ok(0) => {}
                     Ok(n_writes) => {
@@ -285,9 +293,41 @@ pub async fn round_towards(
                     }
                 }
             }
+            for id in differing.outbound {
+                outcome.n_differing += 1;
+                match push_outbound(mail, member.as_ref(), id).await {
+                    Ok(()) => outcome.n_repaired += 1,
+                    Err(error) => {
+                        tracing::debug!(peer = %peer.addr, %id, %error, "outbound repair failed; next round retries");
+                        break;
+                    }
+                }
+            }
         }
     }
     Ok(outcome)
+}
+
+/// Copies this node's copy of the outbound entry `id`, with its body while it has
+/// one, to `member`; the member merges it with its own.
+async fn push_outbound(mail: &Mail, member: &dyn Replica, id: MessageId) -> Result<(), MailError> {
+    let key = mail.local().outbound_key(id);
+    let Some(entry) = mail.store().outbound(key, id)? else {
+        return Ok(());
+    };
+    let body = match entry.removed_ms {
+        Some(_) => None,
+        None => mail.store().outbound_body(key, id)?,
+    };
+    member
+        .apply(&[Write::Outbound {
+            key,
+            entry: Box::new(entry),
+            body,
+        }])
+        .await?;
+    metrics::REPAIRS.increment();
+    Ok(())
 }
 
 /// Copies to `peer` what it lacks of `address`: a newer account version, messages
@@ -300,8 +340,9 @@ async fn push_address(
 ) -> Result<usize, MailError> {
     let key = mail.key(address);
     let (ours_account, ours) = mail.local_replica(address).await?;
-    let theirs = mail.mailbox_on(peer, address, true).await?;
-    let theirs_account = mail.account_on(peer, address, true).await?;
+    let member = mail.member(peer);
+    let theirs = member.mailbox(address, ReadFor::Repair).await?;
+    let theirs_account = member.account(address, ReadFor::Repair).await?;
 
     let mut batches: Vec<Vec<Write>> = vec![Vec::new()];
     let mut batch_bytes = 0usize;
@@ -359,7 +400,7 @@ async fn push_address(
         n_writes += 1;
     }
     for batch in batches.into_iter().filter(|batch| !batch.is_empty()) {
-        mail.apply_on(peer, &batch).await?;
+        member.apply(&batch).await?;
     }
     metrics::REPAIRS.add(n_writes as u64);
     Ok(n_writes)

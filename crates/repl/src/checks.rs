@@ -1,8 +1,8 @@
-//! Replica data is checked on arrival like client input (DESIGN.md §10): a member of
+//! Replica data is checked on arrival like client input (docs/DESIGN.md §10): a member of
 //! the cluster may be buggy, have a skewed clock or be compromised, and what it writes
 //! would otherwise spread to every replica by anti-entropy.
 //!
-//! The gRPC decoding limit (`cm_net::MESSAGE_BYTES_MAX_ON_WIRE`) bounds a whole batch
+//! The gRPC decoding limit (`crate::MESSAGE_BYTES_MAX_ON_WIRE`) bounds a whole batch
 //! before any of it is read; these checks bound what is inside.
 
 use cm_model::check_password_hash;
@@ -60,6 +60,25 @@ pub fn check_writes(writes: &[Write], now_ms: u64) -> Result<(), MailError> {
                     return refuse(format!(
                         "a tombstone of {address} was deleted {} ms in the future",
                         deleted_ms - now_ms
+                    ));
+                }
+            }
+            Write::Outbound { entry, body, .. } => {
+                // Counts and texts were bounded when the record was decoded
+                // (`convert::outbound_from_pb`); what is left is time.
+                if entry.next_attempt.0.wall_ms > now_ms.saturating_add(VERSION_FUTURE_MS_MAX)
+                    || entry.removed_ms.unwrap_or(0)
+                        > now_ms.saturating_add(TOMBSTONE_FUTURE_MS_MAX)
+                {
+                    return refuse(format!("outbound entry {} lies in the future", entry.id));
+                }
+                if body
+                    .as_ref()
+                    .is_some_and(|body| body.len() > STORED_BODY_BYTES_MAX)
+                {
+                    return refuse(format!(
+                        "outbound entry {} is over the size limit",
+                        entry.id
                     ));
                 }
             }
@@ -158,7 +177,7 @@ mod tests {
             key: 1,
             address: address.clone(),
             id,
-            body: vec![b'x'; n_bytes],
+            body: bytes::Bytes::from(vec![b'x'; n_bytes]),
         };
         let tombstone = |deleted_ms: u64| Write::Tombstone {
             key: 1,
@@ -203,7 +222,10 @@ mod tests {
                 .add_service(service)
                 .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
         );
-        let peers = cm_net::Peers::new(std::time::Duration::from_secs(5));
+        let mut client =
+            crate::pb::replica_client::ReplicaClient::connect(format!("http://{addr}"))
+                .await
+                .unwrap();
 
         let far_future = Account {
             version: Version {
@@ -231,14 +253,7 @@ mod tests {
                 key,
                 account: forged,
             }]);
-            let outcome = peers
-                .replica(
-                    &addr,
-                    "apply",
-                    std::time::Duration::from_secs(5),
-                    |mut client| async move { client.apply(batch).await },
-                )
-                .await;
+            let outcome = client.apply(batch).await;
             assert!(outcome.is_err(), "the forged write was accepted");
             let stored = mail.local().account(&alice).await.unwrap().unwrap();
             assert_eq!(stored, before, "the stored account changed");

@@ -1,9 +1,10 @@
 //! Conversions between replication wire messages and the mail model.
 
-use cm_model::{Account, Mailbox, MessageId, Version};
-use cm_net::replica_pb as pb;
+use crate::pb;
+use cm_model::outbound::{OUTBOUND_ATTEMPTS_KEPT_MAX, OUTBOUND_RECIPIENTS_MAX, bounded_error};
+use cm_model::{Account, Attempt, Mailbox, MessageId, Outbound, Outcome, Version};
 use cm_store::Write;
-use cm_types::Address;
+use cm_types::{Address, key_of_address, key_of_outbound};
 
 use crate::MailError;
 
@@ -104,6 +105,9 @@ pub fn writes_to_pb(writes: &[Write]) -> pb::WriteBatch {
                 id: id_to_pb(*id),
                 deleted_ms: *deleted_ms,
             }),
+            Write::Outbound { entry, body, .. } => {
+                batch.outbound.push(outbound_to_pb(entry, body.clone()))
+            }
             Write::Meta { .. } => {
                 unreachable!("node settings are never replicated; callers only pass mail writes")
             }
@@ -112,16 +116,13 @@ pub fn writes_to_pb(writes: &[Write]) -> pb::WriteBatch {
     batch
 }
 
-pub fn writes_from_pb(
-    batch: pb::WriteBatch,
-    key_of: impl Fn(&Address) -> u64,
-) -> Result<Vec<Write>, MailError> {
+pub fn writes_from_pb(batch: pb::WriteBatch, bits: u32) -> Result<Vec<Write>, MailError> {
     let mut writes =
         Vec::with_capacity(batch.accounts.len() + batch.messages.len() + batch.tombstones.len());
     for record in batch.accounts {
         let account = account_from_pb(record)?;
         writes.push(Write::Account {
-            key: key_of(&account.address),
+            key: key_of_address(&account.address, bits),
             account,
         });
     }
@@ -133,7 +134,7 @@ pub fn writes_from_pb(
             ));
         }
         writes.push(Write::Message {
-            key: key_of(&address),
+            key: key_of_address(&address, bits),
             id: id_from_pb(&record.id)?,
             address,
             body: record.body,
@@ -142,11 +143,133 @@ pub fn writes_from_pb(
     for record in batch.tombstones {
         let address = address_from_pb(&record.address)?;
         writes.push(Write::Tombstone {
-            key: key_of(&address),
+            key: key_of_address(&address, bits),
             id: id_from_pb(&record.id)?,
             address,
             deleted_ms: record.deleted_ms,
         });
     }
+    for record in batch.outbound {
+        let (entry, body) = outbound_from_pb(record)?;
+        writes.push(Write::Outbound {
+            key: key_of_outbound(entry.id.as_u128(), bits),
+            entry: Box::new(entry),
+            body,
+        });
+    }
     Ok(writes)
+}
+
+pub fn outbound_to_pb(entry: &Outbound, body: Option<bytes::Bytes>) -> pb::OutboundRecord {
+    let (version, next_attempt_ms) = entry.next_attempt;
+    pb::OutboundRecord {
+        id: id_to_pb(entry.id),
+        sender: entry.sender.clone(),
+        recipients: entry.recipients.clone(),
+        created_ms: entry.created_ms,
+        outcomes: entry
+            .outcomes
+            .iter()
+            .map(|(recipient, outcome)| match outcome {
+                Outcome::Delivered => pb::OutboundOutcome {
+                    recipient: recipient.clone(),
+                    delivered: true,
+                    ..Default::default()
+                },
+                Outcome::Failed { status, reason } => pb::OutboundOutcome {
+                    recipient: recipient.clone(),
+                    delivered: false,
+                    status: status.clone(),
+                    reason: reason.clone(),
+                },
+            })
+            .collect(),
+        attempts: entry
+            .attempts
+            .iter()
+            .map(|attempt| pb::OutboundAttempt {
+                at_ms: attempt.at_ms,
+                node: attempt.node,
+                error: attempt.error.clone(),
+            })
+            .collect(),
+        next_wall_ms: version.wall_ms,
+        next_counter: version.counter,
+        next_node: version.node,
+        next_attempt_ms,
+        removed_ms: entry.removed_ms,
+        body,
+    }
+}
+
+/// An outbound entry from a peer, checked like client input: bounded counts and
+/// texts, valid recipient addresses, a body within the message size limit.
+pub fn outbound_from_pb(
+    record: pb::OutboundRecord,
+) -> Result<(Outbound, Option<bytes::Bytes>), MailError> {
+    let invalid = |what: &str| MailError::Invalid(format!("outbound entry: {what}"));
+    if record.recipients.is_empty() || record.recipients.len() > OUTBOUND_RECIPIENTS_MAX {
+        return Err(invalid("recipient count out of bounds"));
+    }
+    if record.attempts.len() > OUTBOUND_ATTEMPTS_KEPT_MAX
+        || record.outcomes.len() > record.recipients.len()
+    {
+        return Err(invalid("too many attempts or outcomes"));
+    }
+    if record
+        .body
+        .as_ref()
+        .is_some_and(|body| body.len() > cm_types::limits::MESSAGE_BYTES_MAX + 64 * 1024)
+    {
+        return Err(invalid("message body over the size limit"));
+    }
+    let mailbox_text =
+        |text: &str| -> Result<String, MailError> { Ok(address_from_pb(text)?.to_string()) };
+    let sender = if record.sender.is_empty() {
+        String::new()
+    } else {
+        mailbox_text(&record.sender)?
+    };
+    let recipients = record
+        .recipients
+        .iter()
+        .map(|text| mailbox_text(text))
+        .collect::<Result<Vec<_>, _>>()?;
+    let version = Version {
+        wall_ms: record.next_wall_ms,
+        counter: record.next_counter,
+        node: record.next_node,
+    };
+    let mut entry = Outbound::new(
+        id_from_pb(&record.id)?,
+        sender,
+        recipients,
+        record.created_ms,
+        version,
+    );
+    entry.next_attempt = (version, record.next_attempt_ms);
+    for outcome in record.outcomes {
+        let recipient = mailbox_text(&outcome.recipient)?;
+        if !entry.recipients.contains(&recipient) {
+            return Err(invalid("an outcome for another recipient"));
+        }
+        let outcome_value = if outcome.delivered {
+            Outcome::Delivered
+        } else {
+            Outcome::Failed {
+                status: bounded_error(&outcome.status),
+                reason: bounded_error(&outcome.reason),
+            }
+        };
+        entry.outcomes.insert(recipient, outcome_value);
+    }
+    for attempt in record.attempts {
+        entry.record_attempt(Attempt {
+            at_ms: attempt.at_ms,
+            node: attempt.node,
+            error: bounded_error(&attempt.error),
+        });
+    }
+    entry.removed_ms = record.removed_ms;
+    Ok((entry, record.body))
 }

@@ -14,10 +14,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use cm_ring::NodeRef;
 use cm_types::{Address, RingKey};
 
+use crate::quorum::Fanout;
+use crate::{Mail, MailError};
+
 /// How long a lease lives without renewal; bounds how long a crashed session's
-/// node keeps a mailbox locked (DESIGN.md §9.3 asks for 10 s at most).
+/// node keeps a mailbox locked (docs/DESIGN.md §9.3 asks for 10 s at most).
 pub const LEASE_TTL: Duration = Duration::from_secs(8);
 /// Renewal period: three tries before the lease would expire.
 pub const LEASE_RENEW_PERIOD: Duration = Duration::from_millis(2500);
@@ -107,6 +111,131 @@ impl std::fmt::Debug for MaildropLock {
             .field("address", &self.address)
             .field("lease_id", &self.lease_id)
             .finish()
+    }
+}
+
+impl Mail {
+    /// Takes the maildrop lease of `address` for one POP3 session: granted by every
+    /// member of the replica set that answers, and by at least a majority. Two
+    /// sessions can then never both hold it, even while a join or a crash moves the
+    /// set: any majority of the new set meets the members holding the old lease. The
+    /// renewal re-runs the same round on the current set, which carries the lease to
+    /// members that joined it.
+    pub async fn lock_maildrop(&self, address: &Address) -> Result<MaildropLock, MailError> {
+        let key = self.key(address);
+        let lease_id: u64 = rand::random();
+        let holders: SharedHolders = Arc::default();
+        let set = self.replica_set(key).await?;
+        let granted = self.lease_round(set, address, lease_id, &holders).await;
+        let release = release_everywhere(self.clone(), address.clone(), lease_id, holders.clone());
+        if let Err(error) = granted {
+            release();
+            return Err(error);
+        }
+        let held = Arc::new(AtomicBool::new(true));
+        let renewal = {
+            let (mail, address, held, holders) =
+                (self.clone(), address.clone(), held.clone(), holders.clone());
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(LEASE_RENEW_PERIOD).await;
+                    let renewed = match mail.replica_set(key).await {
+                        Ok(set) => mail.lease_round(set, &address, lease_id, &holders).await,
+                        Err(error) => Err(error),
+                    };
+                    if let Err(error) = renewed {
+                        tracing::warn!(%address, %error, "maildrop lease lost");
+                        held.store(false, Ordering::Release);
+                        return;
+                    }
+                }
+            })
+        };
+        Ok(MaildropLock {
+            address: address.clone(),
+            key,
+            lease_id,
+            held,
+            renewal: Some(renewal),
+            on_release: Mutex::new(Some(Box::new(release))),
+        })
+    }
+
+    /// Asks every member of `set` to grant (or extend) the lease: the quorum
+    /// fan-out, decided as soon as a majority granted or one member refused
+    /// ([`MailError::InUse`]: another session holds it there). Members answering
+    /// later still record themselves in `holders` for the release.
+    async fn lease_round(
+        &self,
+        set: Vec<NodeRef>,
+        address: &Address,
+        lease_id: u64,
+        holders: &SharedHolders,
+    ) -> Result<(), MailError> {
+        let (address, holders) = (address.clone(), holders.clone());
+        self.quorum(set, "maildrop lease", Fanout::All, move |mail, node| {
+            let (address, holders) = (address.clone(), holders.clone());
+            async move {
+                let member = mail.member(&node);
+                if !member.acquire_lease(&address, lease_id).await? {
+                    return Err(MailError::InUse);
+                }
+                let late = {
+                    let mut holders = holders.lock().expect("lease holders mutex poisoned");
+                    if !holders.released && !holders.nodes.iter().any(|held| held.id == node.id) {
+                        holders.nodes.push(node);
+                    }
+                    holders.released
+                };
+                if late {
+                    // The lease was released (or refused) before this grant came
+                    // back: give it back now, or it would block the maildrop until
+                    // it expires.
+                    let _ = member.release_lease(&address, lease_id).await;
+                }
+                Ok(())
+            }
+        })
+        .await
+        .map(|_| ())
+    }
+}
+
+/// The members that granted one session's lease, and whether it was released: a
+/// grant that arrives after the release gives itself back.
+#[derive(Default)]
+struct LeaseHolders {
+    nodes: Vec<NodeRef>,
+    released: bool,
+}
+
+type SharedHolders = Arc<Mutex<LeaseHolders>>;
+
+/// Releases the lease at every member that granted it: at once here (so that this
+/// node's next session finds the maildrop free), in the background elsewhere (a
+/// release that does not arrive expires with the TTL).
+fn release_everywhere(
+    mail: Mail,
+    address: Address,
+    lease_id: u64,
+    holders: SharedHolders,
+) -> impl FnOnce() + Send + 'static {
+    move || {
+        let nodes = {
+            let mut holders = holders.lock().expect("lease holders mutex poisoned");
+            holders.released = true;
+            std::mem::take(&mut holders.nodes)
+        };
+        for holder in nodes {
+            if mail.is_me(&holder) {
+                mail.inner.local.leases.release(&address, lease_id);
+            } else if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                let (member, address) = (mail.member(&holder), address.clone());
+                runtime.spawn(async move {
+                    let _ = member.release_lease(&address, lease_id).await;
+                });
+            }
+        }
     }
 }
 

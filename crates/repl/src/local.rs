@@ -3,9 +3,9 @@
 
 use std::sync::Arc;
 
-use cm_model::{Account, Mailbox, MessageId};
+use cm_model::{Account, Mailbox, MessageId, Outbound};
 use cm_store::{GroupCommitter, Store, Write};
-use cm_types::{Address, RingKey, hash64, key_of_address};
+use cm_types::{Address, RingKey, hash64, key_of_address, key_of_outbound};
 
 use crate::MailError;
 use crate::lease::LeaseTable;
@@ -59,6 +59,11 @@ impl LocalReplica {
         key_of_address(address, self.bits)
     }
 
+    /// The identifier space's width; keys are derived here, never taken from peers.
+    pub fn bits(&self) -> u32 {
+        self.bits
+    }
+
     /// Applies `writes` in one group-committed transaction; durable when `Ok`.
     pub async fn apply(&self, writes: Vec<Write>) -> Result<(), MailError> {
         if writes.is_empty() {
@@ -97,7 +102,7 @@ impl LocalReplica {
         &self,
         address: &Address,
         id: MessageId,
-    ) -> Result<Option<Vec<u8>>, MailError> {
+    ) -> Result<Option<bytes::Bytes>, MailError> {
         Ok(self.store.body(self.key(address), address, id)?)
     }
 
@@ -122,6 +127,29 @@ impl LocalReplica {
         let mailbox = self.mailbox(address).await?;
         Ok(digest(account.as_ref(), &mailbox))
     }
+}
+
+impl LocalReplica {
+    /// The ring key of an outbound entry.
+    pub fn outbound_key(&self, id: MessageId) -> RingKey {
+        key_of_outbound(id.as_u128(), self.bits)
+    }
+
+    /// The digest of one outbound entry as held here; `None` if it is not.
+    pub fn outbound_digest_of(&self, id: MessageId) -> Result<Option<u64>, MailError> {
+        Ok(self
+            .store
+            .outbound(self.outbound_key(id), id)?
+            .as_ref()
+            .map(outbound_digest))
+    }
+}
+
+/// A fingerprint of one outbound entry: its stored form (JSON of ordered maps and
+/// sets, so equal entries encode equally). The body is left out: it never changes
+/// and goes with the entry.
+pub fn outbound_digest(entry: &Outbound) -> u64 {
+    hash64(&serde_json::to_vec(entry).expect("entries serialise"))
 }
 
 /// A fingerprint of one address's replicated state: equal on two replicas exactly

@@ -1,8 +1,87 @@
 //! Where a key lives: its replica set is the first `replicas` live nodes clockwise
 //! from the key; the first of them (the key's successor) coordinates it.
+//! [`RingMembers`] computes it from this node's view of the ring (the pure
+//! functions below) and hands out the member on each node.
 
+use std::sync::Arc;
+
+use cm_net::RingHandle;
 use cm_ring::{IdSpace, NodeRef};
 use cm_types::RingKey;
+
+use crate::MailError;
+use crate::local::LocalReplica;
+use crate::remote::RemoteReplica;
+use crate::replica::{Members, Replica};
+
+/// The members of replica sets on a running ring.
+pub struct RingMembers {
+    pub(crate) ring: RingHandle,
+    pub(crate) local: Arc<LocalReplica>,
+    pub(crate) space: IdSpace,
+    pub(crate) replicas: usize,
+    /// The successor list length of the ring, to tell when it spans the whole ring.
+    pub(crate) successor_list_len: usize,
+}
+
+#[tonic::async_trait]
+impl Members for RingMembers {
+    fn me(&self) -> NodeRef {
+        self.ring.me()
+    }
+
+    /// From this node's own successor list when it covers the key, else by a lookup
+    /// of the key's coordinator and that node's successor list.
+    async fn replica_set(&self, key: RingKey) -> Result<Vec<NodeRef>, MailError> {
+        let ring = &self.ring;
+        let mut chain = vec![ring.me()];
+        let successors = ring.successors();
+        let alone = successors
+            .first()
+            .is_none_or(|first| first.id == chain[0].id);
+        if !alone {
+            chain.extend(successors.iter().cloned());
+        }
+        let whole_ring = alone || successors.len() < self.successor_list_len;
+        let predecessor = ring.predecessor();
+        if let Some(set) = local_replica_set(
+            self.space,
+            &chain,
+            predecessor.as_ref(),
+            whole_ring,
+            key,
+            self.replicas,
+        ) {
+            return Ok(set);
+        }
+        let owner = ring
+            .lookup(key)
+            .await
+            .map_err(|error| MailError::Unavailable(error.to_string()))?
+            .owner;
+        let state = ring.peers().get_state(&owner.addr).await.map_err(|_| {
+            MailError::Unavailable(format!("coordinator {} does not answer", owner.addr))
+        })?;
+        Ok(replica_set_from_owner(
+            &owner,
+            &state.successors,
+            self.replicas,
+        ))
+    }
+
+    async fn cluster(&self) -> Vec<NodeRef> {
+        self.ring.cluster().await
+    }
+
+    fn member(&self, node: &NodeRef) -> Arc<dyn Replica> {
+        let is_me = node.id == self.ring.me().id;
+        if is_me {
+            self.local.clone()
+        } else {
+            Arc::new(RemoteReplica::new(self.ring.clone(), node.clone()))
+        }
+    }
+}
 
 /// The replica set of `key` computed from this node's own neighbourhood, without a
 /// network call, when that neighbourhood covers it: `chain` is this node followed by

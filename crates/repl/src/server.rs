@@ -3,12 +3,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use cm_net::replica_pb as pb;
+use crate::pb;
 use tonic::{Request, Response, Status};
 
 use crate::MailError;
-use crate::convert::{account_to_pb, address_from_pb, id_from_pb, mailbox_to_pb, writes_from_pb};
+use crate::convert::{
+    account_to_pb, address_from_pb, id_from_pb, id_to_pb, mailbox_to_pb, writes_from_pb,
+};
 use crate::local::LocalReplica;
+use crate::replica::{Digests, Replica};
 
 /// Answers the `Replica` gRPC service from the local replica.
 pub struct ReplicaService {
@@ -33,8 +36,8 @@ impl ReplicaService {
         mail: Arc<std::sync::OnceLock<crate::Mail>>,
     ) -> pb::replica_server::ReplicaServer<ReplicaService> {
         pb::replica_server::ReplicaServer::new(ReplicaService::new(local, mail))
-            .max_decoding_message_size(cm_net::MESSAGE_BYTES_MAX_ON_WIRE)
-            .max_encoding_message_size(cm_net::MESSAGE_BYTES_MAX_ON_WIRE)
+            .max_decoding_message_size(crate::MESSAGE_BYTES_MAX_ON_WIRE)
+            .max_encoding_message_size(crate::MESSAGE_BYTES_MAX_ON_WIRE)
     }
 }
 
@@ -48,8 +51,7 @@ fn status(error: MailError) -> Status {
 #[tonic::async_trait]
 impl pb::replica_server::Replica for ReplicaService {
     async fn apply(&self, request: Request<pb::WriteBatch>) -> Result<Response<pb::Ack>, Status> {
-        let writes = writes_from_pb(request.into_inner(), |address| self.local.key(address))
-            .map_err(status)?;
+        let writes = writes_from_pb(request.into_inner(), self.local.bits()).map_err(status)?;
         crate::checks::check_writes(&writes, crate::now_ms()).map_err(status)?;
         cm_types::metrics::REPLICA_WRITES_RECEIVED.add(writes.len() as u64);
         self.local.apply(writes).await.map_err(status)?;
@@ -123,18 +125,29 @@ impl pb::replica_server::Replica for ReplicaService {
         &self,
         request: Request<pb::DigestRequest>,
     ) -> Result<Response<pb::DigestReply>, Status> {
-        let entries = request.into_inner().entries;
-        if entries.len() > crate::antientropy::DIGESTS_PER_CALL_MAX {
+        let request = request.into_inner();
+        if request.entries.len() + request.outbound.len() > crate::antientropy::DIGESTS_PER_CALL_MAX
+        {
             return Err(Status::invalid_argument("too many digests in one call"));
         }
-        let mut differing = Vec::new();
-        for entry in entries {
+        let mut digests = Digests::default();
+        for entry in request.entries {
             let address = address_from_pb(&entry.address).map_err(status)?;
-            if self.local.digest_of(&address).await.map_err(status)? != entry.digest {
-                differing.push(entry.address);
-            }
+            digests.addresses.push((address, entry.digest));
         }
-        Ok(Response::new(pb::DigestReply { differing }))
+        for entry in request.outbound {
+            let id = id_from_pb(&entry.id).map_err(status)?;
+            digests.outbound.push((id, entry.digest));
+        }
+        let differing = self.local.differing(&digests).await.map_err(status)?;
+        Ok(Response::new(pb::DigestReply {
+            differing: differing
+                .addresses
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
+            differing_outbound: differing.outbound.into_iter().map(id_to_pb).collect(),
+        }))
     }
 
     async fn list_accounts(

@@ -8,7 +8,7 @@
 
 use cm_types::RingKey;
 
-use crate::node::{NodeRef, Unreachable};
+use crate::node_ref::{NodeRef, Unreachable};
 
 /// The most remote queries one lookup may make, timeouts included. A correct ring
 /// needs about log2 N of them; the rest is room for routing around dead nodes.

@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::id::IdSpace;
 use crate::lookup::{Lookup, LookupError, LookupResult, LookupStep};
+use crate::node_ref::{NodeRef, Unreachable};
 
 /// The longest successor list a node keeps.
 pub const SUCCESSOR_LIST_LEN_MAX: usize = 64;
@@ -17,21 +18,6 @@ pub const REMEMBERED_PEERS_MAX: usize = 64;
 
 const _: () = assert!(SUCCESSOR_LIST_LEN_DEFAULT <= SUCCESSOR_LIST_LEN_MAX);
 const _: () = assert!(REMEMBERED_PEERS_MAX >= SUCCESSOR_LIST_LEN_MAX);
-
-/// A ring member as other members know it: its id and its ring address.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct NodeRef {
-    pub id: RingKey,
-    pub addr: String,
-}
-
-/// A remote call that got no answer within its deadline, or an error.
-///
-/// The ring does not distinguish a dead node from an unreachable one: either way the
-/// node is routed around now and retried later.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("node did not answer")]
-pub struct Unreachable;
 
 /// What a node answers when asked for its state (for stabilize, fix_successors and
 /// the stabilize candidate check).
@@ -131,7 +117,7 @@ pub struct Finger {
     pub addr: String,
 }
 
-/// This node's view of the ring, as `GET /api/ring` shows it (DESIGN.md §8).
+/// This node's view of the ring, as `GET /api/ring` shows it (docs/DESIGN.md §8).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct RingView {
     pub id: RingKey,
@@ -766,7 +752,7 @@ impl Node {
         }
     }
 
-    /// The local invariants of STYLE.md: the successor list is ordered, has no
+    /// The local invariants of the ring: the successor list is ordered, has no
     /// duplicates, is no longer than its limit, and names us only when we are alone.
     pub(crate) fn assert_invariants(&self) {
         assert!(

@@ -20,9 +20,8 @@ use cm_types::RingKey;
 
 use crate::id::IdSpace;
 use crate::lookup::{LOOKUP_QUERIES_MAX, Lookup, LookupAction, LookupError, LookupResult};
-use crate::node::{
-    Effect, Node, NodeRef, RemoteState, RingConfig, Unreachable, choose_join_successor,
-};
+use crate::node::{Effect, Node, RemoteState, RingConfig, choose_join_successor};
+use crate::node_ref::{NodeRef, Unreachable};
 
 /// The splitmix64 generator: tiny, fast and good enough to drive a simulation.
 #[derive(Clone, Debug)]

@@ -2,7 +2,8 @@
 
 use std::time::Duration;
 
-use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWrite, AsyncWriteExt, BufStream};
+use tokio::net::TcpStream;
 
 use crate::RpcError;
 
@@ -78,6 +79,19 @@ pub(crate) async fn write_all_flush<W: AsyncWrite + Unpin>(
         .flush()
         .await
         .map_err(|error| RpcError::io(peer, error))
+}
+
+/// Opens a connection to `peer` within `limit`, with Nagle's algorithm off: the
+/// clients send a command and wait for its answer, so nothing is gained by delay.
+pub(crate) async fn connect(peer: &str, limit: Duration) -> Result<BufStream<TcpStream>, RpcError> {
+    let stream = within(limit, peer, async {
+        TcpStream::connect(peer)
+            .await
+            .map_err(|error| RpcError::io(peer, error))
+    })
+    .await?;
+    let _ = stream.set_nodelay(true);
+    Ok(BufStream::new(stream))
 }
 
 /// Runs one network step under `limit`, so that a silent server costs a bounded wait.

@@ -1,4 +1,4 @@
-//! Request/reply between programs over mail: the chordmail middleware (DESIGN.md §7).
+//! Request/reply between programs over mail: the chordmail middleware (docs/DESIGN.md §7).
 //!
 //! A [`Client`] mails a request to a service's address and polls its own mailbox for
 //! the answer; a [`Service`] polls the service's mailbox, runs a handler per request
@@ -31,9 +31,10 @@
 //! replies to its own pending calls and leaves every other mail alone.
 //!
 //! Modules in reading order: [`message`] (the wire format, pure), [`client`],
-//! [`service`], [`state`], [`server`] (addresses), [`cli`] (`chordmail rpc`).
+//! [`service`], [`state`], [`server`] (addresses). The `chordmail rpc` command line
+//! lives in the binary; this library parses no arguments and installs no tracing
+//! subscriber.
 
-pub mod cli;
 pub mod client;
 mod io;
 pub mod message;

@@ -1,9 +1,8 @@
 //! The wire format: building and parsing request and reply mails (see the crate doc).
 //! Pure functions, no I/O.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use base64::Engine as _;
+use cm_types::date::{rfc5322_date, unix_seconds_now};
 
 use crate::{Reply, Request};
 
@@ -133,7 +132,7 @@ pub fn build_request(from: &str, to: &str, request_id: &str, method: &str, body:
     let headers = format!(
         "From: <{from}>\r\nTo: <{to}>\r\nDate: {date}\r\nMessage-ID: <{request_id}>\r\nSubject: rpc {method}\r\n\
          {HEADER_RPC}: {PROTOCOL_VERSION}\r\n{HEADER_METHOD}: {method}\r\n",
-        date = rfc5322_date(SystemTime::now()),
+        date = rfc5322_date(unix_seconds_now()),
     );
     assemble(headers, body)
 }
@@ -144,7 +143,7 @@ pub fn build_reply(from: &str, request: &Request, reply: &Reply) -> Mail {
          References: <{id}>\r\nSubject: Re: rpc {method}\r\n{HEADER_RPC}: {PROTOCOL_VERSION}\r\n\
          {HEADER_STATUS}: {status}\r\n",
         to = request.sender,
-        date = rfc5322_date(SystemTime::now()),
+        date = rfc5322_date(unix_seconds_now()),
         reply_id = new_message_id(from),
         id = request.id,
         method = request.method,
@@ -316,51 +315,9 @@ pub fn parse_reply(mail: &[u8]) -> Result<(String, Reply), Malformed> {
     Ok((in_reply_to, Reply { status, body }))
 }
 
-/// RFC 5322 §3.3 date in UTC, e.g. `Thu, 01 Jan 1970 00:00:00 +0000`.
-pub fn rfc5322_date(now: SystemTime) -> String {
-    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    let seconds = now
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |elapsed| elapsed.as_secs());
-    let days = seconds / 86_400;
-    let (year, month, day) = civil_from_days(days as i64);
-    let in_day = seconds % 86_400;
-    format!(
-        "{}, {day:02} {} {year} {:02}:{:02}:{:02} +0000",
-        DAYS[(days % 7) as usize],
-        MONTHS[(month - 1) as usize],
-        in_day / 3600,
-        in_day / 60 % 60,
-        in_day % 60
-    )
-}
-
-/// Days since 1970-01-01 to (year, month, day), after Howard Hinnant's algorithm.
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let day_of_era = z.rem_euclid(146_097);
-    let year_of_era =
-        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
-    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
-    let month_index = (5 * day_of_year + 2) / 153;
-    let day = (day_of_year - (153 * month_index + 2) / 5 + 1) as u32;
-    let month = if month_index < 10 {
-        month_index + 3
-    } else {
-        month_index - 9
-    } as u32;
-    let year = year_of_era + era * 400 + i64::from(month <= 2);
-    (year, month, day)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     #[test]
     fn bodies_round_trip() {
@@ -447,13 +404,6 @@ mod tests {
         );
         assert_eq!(parse_message_id("<a b>"), None);
         assert_eq!(parse_message_id("x@y"), None);
-    }
-
-    #[test]
-    fn dates() {
-        assert_eq!(rfc5322_date(UNIX_EPOCH), "Thu, 01 Jan 1970 00:00:00 +0000");
-        let leap_day = UNIX_EPOCH + Duration::from_secs(951_782_400 + 3_723);
-        assert_eq!(rfc5322_date(leap_day), "Tue, 29 Feb 2000 01:02:03 +0000");
     }
 
     #[test]

@@ -7,7 +7,7 @@ use base64::Engine as _;
 use tokio::io::BufStream;
 use tokio::net::TcpStream;
 
-use crate::io::{Overflow, line_text, read_line, read_line_with, within, write_all_flush};
+use crate::io::{Overflow, connect, line_text, read_line, read_line_with, within, write_all_flush};
 use crate::server::Server;
 use crate::{Credentials, RpcError};
 
@@ -40,15 +40,8 @@ impl Session {
         io_timeout: Duration,
     ) -> Result<Session, RpcError> {
         let peer = server.pop3_addr();
-        let stream = within(io_timeout, &peer, async {
-            TcpStream::connect(&peer)
-                .await
-                .map_err(|error| RpcError::io(&peer, error))
-        })
-        .await?;
-        let _ = stream.set_nodelay(true);
         let mut session = Session {
-            stream: BufStream::new(stream),
+            stream: connect(&peer, io_timeout).await?,
             peer,
             io_timeout,
         };

@@ -7,7 +7,7 @@ use base64::Engine as _;
 use tokio::io::BufStream;
 use tokio::net::TcpStream;
 
-use crate::io::{line_text, read_line, within, write_all_flush};
+use crate::io::{connect, line_text, read_line, within, write_all_flush};
 use crate::server::Server;
 use crate::{Credentials, RpcError};
 
@@ -117,15 +117,8 @@ pub(crate) async fn submit(
     io_timeout: Duration,
 ) -> Result<(), RpcError> {
     let peer = server.smtp_addr();
-    let stream = within(io_timeout, &peer, async {
-        TcpStream::connect(&peer)
-            .await
-            .map_err(|error| RpcError::io(&peer, error))
-    })
-    .await?;
-    let _ = stream.set_nodelay(true);
     let mut session = Session {
-        stream: BufStream::new(stream),
+        stream: connect(&peer, io_timeout).await?,
         peer: peer.clone(),
         io_timeout,
     };
@@ -196,45 +189,9 @@ pub(crate) async fn submit(
         .step(rcpt.as_bytes(), &format!("recipient {}", outgoing.to))
         .await?;
     session.step(b"DATA\r\n", "DATA").await?;
-    let data = dot_stuff(outgoing.message);
+    let data = cm_smtp_proto::data::dot_stuff(outgoing.message);
     session.step(&data, "message").await?;
     // The message is accepted; a failed QUIT changes nothing.
     let _ = session.step(b"QUIT\r\n", "QUIT").await;
     Ok(())
-}
-
-/// RFC 5321 §4.5.2: a line starting with '.' gets one more; then the end marker.
-fn dot_stuff(message: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(message.len() + message.len() / 64 + 8);
-    let mut at_line_start = true;
-    for byte in message {
-        if at_line_start && *byte == b'.' {
-            out.push(b'.');
-        }
-        out.push(*byte);
-        at_line_start = *byte == b'\n';
-    }
-    if !out.is_empty() && !out.ends_with(b"\r\n") {
-        out.extend_from_slice(b"\r\n");
-    }
-    out.extend_from_slice(b".\r\n");
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn dot_stuffing() {
-        let table: [(&[u8], &[u8]); 4] = [
-            (b"a\r\n", b"a\r\n.\r\n"),
-            (b".a\r\n..\r\n", b"..a\r\n...\r\n.\r\n"),
-            (b"a\r\n.", b"a\r\n..\r\n.\r\n"),
-            (b"", b".\r\n"),
-        ];
-        for (message, expected) in table {
-            assert_eq!(dot_stuff(message), expected, "{message:?}");
-        }
-    }
 }

@@ -8,6 +8,8 @@
 //! Once a limit is broken the receiver keeps reading up to the terminating dot,
 //! but stores nothing more, so an oversized message costs no memory.
 
+use bytes::BufMut;
+
 use crate::SmtpError;
 use crate::limits::SmtpLimits;
 
@@ -49,11 +51,15 @@ impl DataReceiver {
     }
 
     /// Takes bytes from the front of `input`, appending the unstuffed message to
-    /// `body`. `None`: `input` is used up before the end of data. Otherwise the data
+    /// `body` (the session's buffer, behind the trace headers; a `Vec` in tests). `None`: `input` is used up before the end of data. Otherwise the data
     /// ended: `Ok` with `body` complete, or the limit that was broken (and `body`
     /// holds a truncated message the caller must drop). Bytes after the terminating
     /// dot are left in `input`: they are the next pipelined command.
-    pub fn feed(&mut self, input: &mut &[u8], body: &mut Vec<u8>) -> Option<Result<(), SmtpError>> {
+    pub fn feed(
+        &mut self,
+        input: &mut &[u8],
+        body: &mut impl BufMut,
+    ) -> Option<Result<(), SmtpError>> {
         let mut consumed_idx = 0;
         let mut ended = false;
         while consumed_idx < input.len() {
@@ -107,7 +113,7 @@ impl DataReceiver {
     }
 
     /// One byte that is data (not part of a dot sequence), in any line position.
-    fn step_in_line(&mut self, byte: u8, body: &mut Vec<u8>) {
+    fn step_in_line(&mut self, byte: u8, body: &mut impl BufMut) {
         self.emit(&[byte], body);
         self.position = match (self.position, byte) {
             (_, b'\r') => Position::Cr,
@@ -127,7 +133,7 @@ impl DataReceiver {
     }
 
     /// Bytes in the middle of a line that are not CR; counted, then stored.
-    fn emit_run(&mut self, run: &[u8], body: &mut Vec<u8>) {
+    fn emit_run(&mut self, run: &[u8], body: &mut impl BufMut) {
         debug_assert!(!run.contains(&b'\r'));
         self.line_bytes += run.len();
         if self.line_bytes > self.text_line_bytes_max && self.failure.is_none() {
@@ -136,13 +142,13 @@ impl DataReceiver {
         self.emit(run, body);
     }
 
-    fn emit(&mut self, bytes: &[u8], body: &mut Vec<u8>) {
+    fn emit(&mut self, bytes: &[u8], body: &mut impl BufMut) {
         self.message_bytes += bytes.len();
         if self.message_bytes > self.message_bytes_max && self.failure.is_none() {
             self.failure = Some(SmtpError::MessageTooLarge);
         }
         if self.failure.is_none() {
-            body.extend_from_slice(bytes);
+            body.put_slice(bytes);
         }
     }
 }

@@ -1,7 +1,8 @@
 //! Trace and identification headers the server adds to a message it accepts.
 //!
 //! Pure functions: the shell supplies the clock reading, the peer address and the
-//! unique parts; this module only formats them.
+//! unique parts; this module only formats them, and the session puts them in front
+//! of the body it receives (RFC 5321 §4.4).
 
 /// The `with` protocol of a `Received:` header: RFC 3848 (ESMTP, S for TLS,
 /// A for authenticated) and RFC 6531 §3.7.3 (UTF8SMTP variants); plain `SMTP` after HELO.
@@ -39,7 +40,7 @@ pub struct ReceivedFields<'a> {
     /// Named only when the message has a single recipient, so that a copy does not
     /// reveal the other (possibly blind) recipients.
     pub single_recipient: Option<&'a str>,
-    /// From [`rfc5322_date`].
+    /// From [`cm_types::date::rfc5322_date`].
     pub date: &'a str,
 }
 
@@ -109,63 +110,9 @@ fn sanitize(text: &str) -> String {
         .collect()
 }
 
-/// An RFC 5322 §3.3 date-time in UTC, e.g. `Thu, 01 Jan 1970 00:00:00 +0000`.
-pub fn rfc5322_date(unix_seconds: i64) -> String {
-    const WEEKDAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    let days = unix_seconds.div_euclid(86_400);
-    let seconds_of_day = unix_seconds.rem_euclid(86_400);
-    let (year, month, day) = civil_from_days(days);
-    format!(
-        "{}, {:02} {} {:04} {:02}:{:02}:{:02} +0000",
-        WEEKDAYS[days.rem_euclid(7) as usize],
-        day,
-        MONTHS[(month - 1) as usize],
-        year,
-        seconds_of_day / 3600,
-        seconds_of_day / 60 % 60,
-        seconds_of_day % 60
-    )
-}
-
-/// Days since 1970-01-01 to (year, month 1..=12, day 1..=31) in the proleptic
-/// Gregorian calendar (H. Hinnant's `civil_from_days`).
-fn civil_from_days(days: i64) -> (i64, i64, i64) {
-    let shifted = days + 719_468;
-    let era = shifted.div_euclid(146_097);
-    let day_of_era = shifted.rem_euclid(146_097);
-    let year_of_era =
-        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
-    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
-    let month_index = (5 * day_of_year + 2) / 153;
-    let day = day_of_year - (153 * month_index + 2) / 5 + 1;
-    let month = if month_index < 10 {
-        month_index + 3
-    } else {
-        month_index - 9
-    };
-    let year = year_of_era + era * 400 + i64::from(month <= 2);
-    (year, month, day)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn dates() {
-        let table = [
-            (0, "Thu, 01 Jan 1970 00:00:00 +0000"),
-            (951_782_400, "Tue, 29 Feb 2000 00:00:00 +0000"),
-            (1_776_160_805, "Tue, 14 Apr 2026 10:00:05 +0000"),
-            (-1, "Wed, 31 Dec 1969 23:59:59 +0000"),
-        ];
-        for (seconds, expected) in table {
-            assert_eq!(rfc5322_date(seconds), expected);
-        }
-    }
 
     #[test]
     fn protocols() {

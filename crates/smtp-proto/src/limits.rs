@@ -11,6 +11,10 @@ use cm_types::limits::{
 /// because base64 credentials do not fit into the 512 octets of a command line.
 pub const SMTP_AUTH_LINE_BYTES_MAX: usize = 12288;
 
+/// Bytes the shell reads from the peer at a time. Lines and bodies are assembled
+/// by the core under the limits above; this only bounds one read.
+pub const SMTP_READ_CHUNK_BYTES: usize = 16 * 1024;
+
 const _: () = assert!(SMTP_AUTH_LINE_BYTES_MAX > SMTP_COMMAND_LINE_BYTES_MAX);
 const _: () = assert!(SMTP_TEXT_LINE_BYTES_MAX < MESSAGE_BYTES_MAX);
 

@@ -6,21 +6,40 @@
 //! method. It never waits, reads a clock or touches a socket, so whole
 //! conversations are unit-tested here without any I/O.
 
+use std::net::IpAddr;
+
+use bytes::{Bytes, BytesMut};
 use cm_types::Address;
 
 use crate::command::{AuthStart, Command, MailFrom, Mechanism};
+use crate::data::DataReceiver;
 use crate::limits::SmtpLimits;
 use crate::reply::{self, Reply};
 use crate::sasl::{self, Credentials, LOGIN_USER_CHALLENGE, SaslExchange, SaslStep};
 use crate::{SmtpError, headers};
 
-/// What the session needs to know about its server.
+/// What the session needs to know about its server and its peer.
 #[derive(Debug, Clone)]
 pub struct SessionConfig {
     pub hostname: String,
     pub limits: SmtpLimits,
     /// A TLS configuration exists, so STARTTLS can be offered (until it is active).
     pub tls_available: bool,
+    /// The peer's address, for the `Received:` header.
+    pub peer_ip: IpAddr,
+    /// The shell's id of this connection (in its span), named in the `Received:`
+    /// header so that a message can be found in the logs.
+    pub session_id: String,
+}
+
+/// What the shell knows and the core may not read itself: the clock and a source
+/// of unique values, taken when the client sent DATA.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Arrival {
+    /// For the `Received:` date and the unique part of an added `Message-ID:`.
+    pub unix_seconds: i64,
+    /// Random bits that make an added `Message-ID:` unique.
+    pub nonce: u64,
 }
 
 /// What the client said in HELO/EHLO.
@@ -51,11 +70,13 @@ enum Phase {
         from: MailFrom,
         recipients: Vec<Address>,
     },
-    /// 354 sent; the body is being received by the shell's `DataReceiver`.
+    /// 354 sent; the body is received into `incoming` once the shell passed the
+    /// [`Arrival`] (`None` until then).
     Data {
         greeting: Greeting,
         from: MailFrom,
         recipients: Vec<Address>,
+        incoming: Option<Incoming>,
     },
     /// A SASL challenge was sent; the next line is the client's response.
     Auth {
@@ -64,6 +85,34 @@ enum Phase {
     },
     /// Transient while a variant is being moved out of `self.phase`.
     Moved,
+}
+
+/// The message being received, in the one buffer that becomes the delivered
+/// `Bytes`: `[room for a Message-ID field][Return-Path, Received][body so far]`.
+///
+/// RFC 5321 §4.4 puts the trace fields in front of the body, and whether a
+/// `Message-ID:` must be added is known only at the end. Writing the trace first
+/// and keeping room for that field in front of it means the body, written once by
+/// the [`DataReceiver`], is never copied: at the end either the room is skipped
+/// (a zero-copy slice) or the short trace moves to the front and the field goes
+/// into the room after it.
+struct Incoming {
+    receiver: DataReceiver,
+    buffer: BytesMut,
+    /// The field written into the room if the body has no `Message-ID:`; the room
+    /// is exactly as long.
+    message_id_field: String,
+    trace_bytes: usize,
+}
+
+/// Written by hand so that a message body never reaches a log or a panic message.
+impl std::fmt::Debug for Incoming {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Incoming")
+            .field("buffer_bytes", &self.buffer.len())
+            .field("trace_bytes", &self.trace_bytes)
+            .finish_non_exhaustive()
+    }
 }
 
 /// What the next line of input is: a command, a SASL response or message data.
@@ -84,7 +133,8 @@ pub enum Step {
     VerifyRecipient(Address),
     /// Check the credentials; answer with [`Session::auth_verdict`].
     Authenticate(Credentials),
-    /// Send the 354 reply and receive the body ([`InputMode::Data`]).
+    /// Send the 354 reply, call [`Session::begin_data`], then feed the input to
+    /// [`Session::feed_data`] ([`InputMode::Data`]).
     StartData(Reply),
     /// Send the 220 reply, drop any input already buffered, run the TLS handshake
     /// and call [`Session::tls_started`].
@@ -93,16 +143,16 @@ pub enum Step {
     Deliver(Delivery),
 }
 
-/// A complete transaction, for the shell to add trace headers and store.
+/// A complete transaction, for the shell to store as it is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Delivery {
     /// Empty for the null reverse-path.
     pub reverse_path: String,
     /// Not empty, no duplicates, in RCPT order.
     pub recipients: Vec<Address>,
-    pub helo: String,
-    /// The `with` keyword of the `Received:` header.
-    pub protocol: &'static str,
+    /// The trace headers (and a `Message-ID:` if the client sent none), then the
+    /// unstuffed body: one buffer shared by every copy that is stored.
+    pub message: Bytes,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -143,6 +193,27 @@ pub struct Session {
     authenticated: Option<Address>,
     n_bad_commands_in_a_row: u32,
     n_auth_failures: u32,
+}
+
+impl Incoming {
+    /// The trace headers, an added `Message-ID:` if the body has none, and the
+    /// body, without copying the body (see [`Incoming`]).
+    fn into_message(self) -> Bytes {
+        let Incoming {
+            mut buffer,
+            message_id_field,
+            trace_bytes,
+            ..
+        } = self;
+        let room_bytes = message_id_field.len();
+        let body = &buffer[room_bytes + trace_bytes..];
+        if headers::has_header(body, "Message-ID") {
+            return buffer.freeze().slice(room_bytes..);
+        }
+        buffer.copy_within(room_bytes..room_bytes + trace_bytes, 0);
+        buffer[trace_bytes..trace_bytes + room_bytes].copy_from_slice(message_id_field.as_bytes());
+        buffer.freeze()
+    }
 }
 
 impl Session {
@@ -317,6 +388,7 @@ impl Session {
                     greeting,
                     from,
                     recipients,
+                    incoming: None,
                 },
                 Step::StartData(reply::start_data()),
             ),
@@ -441,6 +513,15 @@ impl Session {
     }
 
     pub fn recipient_verdict(&mut self, recipient: Address, verdict: RecipientVerdict) -> Step {
+        // An authenticated client may send to any domain: the shell queues that
+        // copy for delivery elsewhere (docs/DESIGN.md §12). Anyone else is refused
+        // there, so the ring is never an open relay.
+        let verdict = match verdict {
+            RecipientVerdict::DomainNotServed if self.authenticated.is_some() => {
+                RecipientVerdict::Accepted
+            }
+            other => other,
+        };
         let reply = match verdict {
             RecipientVerdict::Accepted => {
                 match std::mem::replace(&mut self.phase, Phase::Moved) {
@@ -496,31 +577,86 @@ impl Session {
         self.answer(reply)
     }
 
-    /// The DATA receiver found the terminating dot; `Err` if a limit was broken.
-    pub fn data_end(&mut self, outcome: Result<(), SmtpError>) -> Step {
+    /// Starts receiving the message the 354 reply asked for: writes the trace
+    /// headers (RFC 5321 §4.4) at the front of the buffer the body goes into.
+    pub fn begin_data(&mut self, arrival: Arrival) {
         let Phase::Data {
             greeting,
             from,
             recipients,
-        } = std::mem::replace(&mut self.phase, Phase::Moved)
+            incoming: incoming @ None,
+        } = &mut self.phase
         else {
-            panic!("data_end outside DATA");
+            panic!("begin_data without a DATA command, or twice");
         };
-        assert!(!recipients.is_empty());
+        let hostname = self.config.hostname.as_str();
         let protocol = headers::with_protocol(
             greeting.extended,
             self.tls_active,
             self.authenticated.is_some(),
             from.smtputf8,
         );
-        let helo = greeting.helo.clone();
+        let single_recipient = match recipients.as_slice() {
+            [only] => Some(only.as_str()),
+            _ => None,
+        };
+        let mut trace = headers::return_path(&from.reverse_path);
+        trace.push_str(&headers::received(&headers::ReceivedFields {
+            helo: &greeting.helo,
+            peer_ip: &self.config.peer_ip.to_string(),
+            hostname,
+            protocol,
+            id: &self.config.session_id,
+            single_recipient,
+            date: &cm_types::date::rfc5322_date(arrival.unix_seconds),
+        }));
+        let unique = format!("{}.{:016x}", arrival.unix_seconds, arrival.nonce);
+        let message_id_field = headers::message_id(&unique, hostname);
+        let mut buffer = BytesMut::with_capacity(message_id_field.len() + trace.len());
+        buffer.resize(message_id_field.len(), 0);
+        buffer.extend_from_slice(trace.as_bytes());
+        *incoming = Some(Incoming {
+            receiver: DataReceiver::new(&self.config.limits),
+            buffer,
+            message_id_field,
+            trace_bytes: trace.len(),
+        });
+    }
+
+    /// Takes message data from the front of `input`. `None`: `input` ran out before
+    /// the terminating dot. Otherwise the step for the end of data: a delivery, or
+    /// the reply for the limit the message broke. Bytes after the dot stay in
+    /// `input`: they are the next pipelined command.
+    pub fn feed_data(&mut self, input: &mut &[u8]) -> Option<Step> {
+        let Phase::Data {
+            incoming: Some(incoming),
+            ..
+        } = &mut self.phase
+        else {
+            panic!("feed_data outside DATA, or before begin_data");
+        };
+        let outcome = incoming.receiver.feed(input, &mut incoming.buffer)?;
+        Some(self.data_end(outcome))
+    }
+
+    /// The DATA receiver found the terminating dot; `Err` if a limit was broken.
+    fn data_end(&mut self, outcome: Result<(), SmtpError>) -> Step {
+        let Phase::Data {
+            greeting,
+            from,
+            recipients,
+            incoming: Some(incoming),
+        } = std::mem::replace(&mut self.phase, Phase::Moved)
+        else {
+            panic!("data_end outside DATA");
+        };
+        assert!(!recipients.is_empty());
         self.phase = Phase::Greeted { greeting };
         match outcome {
             Ok(()) => Step::Deliver(Delivery {
                 reverse_path: from.reverse_path,
                 recipients,
-                helo,
-                protocol,
+                message: incoming.into_message(),
             }),
             Err(error) => self.answer(reply::for_error(&error)),
         }

@@ -1,28 +1,19 @@
 //! One SMTP session over one stream: read, feed the protocol core, act, write.
 
-use std::io;
 use std::net::IpAddr;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use bytes::Bytes;
-use cm_repl::Mail;
-use cm_smtp_proto::session::Delivery;
+use cm_repl::{Mail, MailError};
+use cm_serve::UpgradableStream;
+use cm_smtp_proto::limits::SMTP_READ_CHUNK_BYTES;
 use cm_smtp_proto::{
-    CommandReader, DataReceiver, InputMode, Reply, Session, SessionConfig, Step, headers, reply,
+    Arrival, CommandReader, Delivery, InputMode, Reply, Session, SessionConfig, Step, reply,
 };
+use cm_types::Address;
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
-use tokio_rustls::TlsAcceptor;
-use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::{SmtpConfig, SmtpServerError, verdicts};
-
-/// Bytes read from the peer at a time. Lines and bodies are assembled by the
-/// protocol core under its own limits; this only bounds one read.
-const READ_CHUNK_BYTES: usize = 16 * 1024;
-
-/// The growing AUTH failure delay stops growing after this many steps.
-const AUTH_DELAY_STEPS_MAX: u32 = 10;
 
 /// Runs one session on `stream` until QUIT, EOF, the idle timeout, too many
 /// errors, an I/O error or `shutdown`. Generic over the stream so that tests can
@@ -43,51 +34,18 @@ where
         hostname: config.hostname.clone(),
         limits: limits.clone(),
         tls_available: config.tls.is_some(),
+        peer_ip,
+        session_id: session_id.to_owned(),
     });
     let mut connection = Connection {
-        stream: Stream::Plain(stream),
+        stream: UpgradableStream::new(stream),
         commands: CommandReader::new(&limits),
-        data: None,
         out: session.greeting().to_bytes(),
         session,
-        peer_ip,
-        session_id,
         config,
         mail,
     };
     connection.run(shutdown).await
-}
-
-/// The stream before and after STARTTLS.
-enum Stream<S> {
-    Plain(S),
-    Tls(Box<TlsStream<S>>),
-    /// Only while the handshake owns the plain stream.
-    Upgrading,
-}
-
-impl<S: AsyncRead + AsyncWrite + Unpin> Stream<S> {
-    async fn read(&mut self, buffer: &mut [u8]) -> io::Result<usize> {
-        match self {
-            Stream::Plain(stream) => stream.read(buffer).await,
-            Stream::Tls(stream) => stream.read(buffer).await,
-            Stream::Upgrading => unreachable!("no reads during the handshake"),
-        }
-    }
-
-    async fn write_all_and_flush(&mut self, bytes: &[u8]) -> io::Result<()> {
-        match self {
-            Stream::Plain(stream) => {
-                stream.write_all(bytes).await?;
-                stream.flush().await
-            }
-            Stream::Tls(stream) => {
-                stream.write_all(bytes).await?;
-                stream.flush().await
-            }
-            Stream::Upgrading => unreachable!("no writes during the handshake"),
-        }
-    }
 }
 
 /// What the read loop does after a step has been carried out.
@@ -98,16 +56,12 @@ enum Flow {
 }
 
 struct Connection<'a, S> {
-    stream: Stream<S>,
+    stream: UpgradableStream<S>,
     session: Session,
     commands: CommandReader,
-    /// Present between 354 and the terminating dot: the receiver and the body so far.
-    data: Option<(DataReceiver, Vec<u8>)>,
     /// Replies not yet written. PIPELINING (RFC 2920): replies to a batch of
     /// commands go out together, just before the next read.
     out: Vec<u8>,
-    peer_ip: IpAddr,
-    session_id: &'a str,
     config: &'a SmtpConfig,
     mail: &'a Mail,
 }
@@ -115,7 +69,7 @@ struct Connection<'a, S> {
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<'_, S> {
     async fn run(&mut self, shutdown: &CancellationToken) -> Result<(), SmtpServerError> {
         let idle_timeout = self.session.limits().idle_timeout;
-        let mut chunk = vec![0u8; READ_CHUNK_BYTES];
+        let mut chunk = vec![0u8; SMTP_READ_CHUNK_BYTES];
         loop {
             self.flush().await?;
             let read = tokio::select! {
@@ -132,7 +86,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<'_, S> {
                         .await;
                 }
                 Ok(Ok(0)) => {
-                    if self.commands.has_partial_line() || self.data.is_some() {
+                    if self.commands.has_partial_line()
+                        || self.session.input_mode() == InputMode::Data
+                    {
                         tracing::debug!("peer closed mid-command or mid-message");
                     }
                     return Ok(());
@@ -180,15 +136,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<'_, S> {
                 let line = self.commands.next_sasl_line(input)?;
                 Some(self.session.sasl_response(line))
             }
-            InputMode::Data => {
-                let (receiver, body) = self.data.as_mut().expect("a receiver exists in DATA mode");
-                let outcome = receiver.feed(input, body)?;
-                let step = self.session.data_end(outcome);
-                if !matches!(step, Step::Deliver(_)) {
-                    self.data = None;
-                }
-                Some(step)
-            }
+            InputMode::Data => self.session.feed_data(input),
         }
     }
 
@@ -206,7 +154,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<'_, S> {
                 }
                 Step::StartData(reply) => {
                     self.queue(&reply);
-                    self.data = Some((DataReceiver::new(self.session.limits()), Vec::new()));
+                    self.session.begin_data(arrival_now());
                     return Flow::Continue;
                 }
                 Step::StartTls(reply) => {
@@ -222,59 +170,52 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<'_, S> {
                     let verdict = verdicts::credentials(self.mail, &credentials).await;
                     tracing::debug!(identity = %credentials.identity, ?verdict, "auth");
                     if verdict == cm_smtp_proto::AuthVerdict::Rejected {
-                        let n_steps =
-                            (self.session.n_auth_failures() + 1).min(AUTH_DELAY_STEPS_MAX);
-                        tokio::time::sleep(self.config.auth_failure_delay * n_steps).await;
+                        let n_failures = self.session.n_auth_failures() + 1;
+                        let delay = cm_serve::auth_failure_delay(
+                            self.config.auth_failure_delay,
+                            n_failures,
+                        );
+                        tokio::time::sleep(delay).await;
                     }
                     self.session.auth_verdict(verdict)
                 }
                 Step::Deliver(delivery) => {
-                    let (_, body) = self.data.take().expect("the body of a finished DATA");
-                    let verdict = self.deliver(&delivery, body).await;
+                    let verdict = self.deliver(delivery).await;
                     self.session.delivery_verdict(verdict)
                 }
             };
         }
     }
 
-    /// Adds the trace headers and stores the message once for all recipients.
-    async fn deliver(&self, delivery: &Delivery, body: Vec<u8>) -> cm_smtp_proto::DeliveryVerdict {
-        let unix_seconds = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or(Duration::ZERO)
-            .as_secs();
-        let date = headers::rfc5322_date(i64::try_from(unix_seconds).unwrap_or(i64::MAX));
-        let single_recipient = match delivery.recipients.as_slice() {
-            [only] => Some(only.as_str()),
-            _ => None,
-        };
-        let peer_ip = self.peer_ip.to_string();
-        let mut trace = headers::return_path(&delivery.reverse_path);
-        trace.push_str(&headers::received(&headers::ReceivedFields {
-            helo: &delivery.helo,
-            peer_ip: &peer_ip,
-            hostname: &self.config.hostname,
-            protocol: delivery.protocol,
-            id: self.session_id,
-            single_recipient,
-            date: &date,
-        }));
-        if !headers::has_header(&body, "Message-ID") {
-            let unique = format!("{unix_seconds}.{:016x}", rand::random::<u64>());
-            trace.push_str(&headers::message_id(&unique, &self.config.hostname));
+    /// Stores the message once for all recipients: the `Bytes` the core handed
+    /// over travel to every replica without a copy.
+    /// Stores the message for the recipients of served domains and queues it for
+    /// the others (only an authenticated session has those); 250 only when both are
+    /// durable.
+    async fn deliver(&self, delivery: Delivery) -> cm_smtp_proto::DeliveryVerdict {
+        let n_recipients = delivery.recipients.len();
+        let n_bytes = delivery.message.len();
+        let (local, remote): (Vec<Address>, Vec<Address>) = delivery
+            .recipients
+            .into_iter()
+            .partition(|recipient| self.mail.serves_domain(recipient.domain()));
+        let message = delivery.message;
+        let outcome = async {
+            let mut ids = Vec::with_capacity(n_recipients);
+            if !local.is_empty() {
+                ids.extend(self.mail.deliver(&local, message.clone()).await?);
+            }
+            if !remote.is_empty() {
+                let sender = Address::parse(&delivery.reverse_path).ok();
+                ids.push(self.mail.enqueue(sender.as_ref(), &remote, message).await?);
+            }
+            Ok::<_, MailError>(ids)
         }
-        let mut message = Vec::with_capacity(trace.len() + body.len());
-        message.extend_from_slice(trace.as_bytes());
-        message.extend_from_slice(&body);
-        drop(body);
-        let n_bytes = message.len();
-        let outcome = self
-            .mail
-            .deliver(&delivery.recipients, Bytes::from(message))
-            .await;
+        .await;
         let verdict = verdicts::delivery(outcome);
         tracing::debug!(
-            n_recipients = delivery.recipients.len(),
+            n_recipients,
+            n_remote = remote.len(),
             n_bytes,
             ?verdict,
             "delivery"
@@ -288,21 +229,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<'_, S> {
             .tls
             .clone()
             .expect("STARTTLS is only offered with a TLS configuration");
-        let Stream::Plain(plain) = std::mem::replace(&mut self.stream, Stream::Upgrading) else {
-            unreachable!("the session refuses a second STARTTLS");
-        };
-        let handshake = TlsAcceptor::from(tls_config).accept(plain);
-        let tls = match tokio::time::timeout(handshake_timeout, handshake).await {
-            Ok(Ok(tls)) => tls,
-            Ok(Err(error)) => return Err(SmtpServerError::TlsHandshake(error)),
-            Err(_elapsed) => {
-                return Err(SmtpServerError::TlsHandshake(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    "handshake timed out",
-                )));
-            }
-        };
-        self.stream = Stream::Tls(Box::new(tls));
+        self.stream
+            .start_tls(tls_config, handshake_timeout)
+            .await
+            .map_err(SmtpServerError::TlsHandshake)?;
         self.session.tls_started();
         tracing::debug!("tls established");
         Ok(())
@@ -317,7 +247,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<'_, S> {
 
     async fn flush(&mut self) -> Result<(), SmtpServerError> {
         if !self.out.is_empty() {
-            self.stream.write_all_and_flush(&self.out).await?;
+            self.stream.write_all(&self.out).await?;
+            self.stream.flush().await?;
             self.out.clear();
         }
         Ok(())
@@ -326,6 +257,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<'_, S> {
     async fn close_with(&mut self, reply: Reply) -> Result<(), SmtpServerError> {
         self.queue(&reply);
         self.flush().await
+    }
+}
+
+/// The clock reading and random bits the core needs for the trace headers.
+fn arrival_now() -> Arrival {
+    Arrival {
+        unix_seconds: cm_types::date::unix_seconds_now(),
+        nonce: rand::random(),
     }
 }
 

@@ -1,16 +1,19 @@
-//! The SMTP server of a chordmail node (DESIGN.md §5): the tokio shell around
+//! The SMTP server of a chordmail node (docs/DESIGN.md §5): the tokio shell around
 //! `cm-smtp-proto`.
 //!
-//! This crate owns the sockets, the clock and the timers: it accepts connections
-//! under a connection limit, runs one task and one `smtp.session` span per
-//! connection, reads with the idle timeout, upgrades to TLS on STARTTLS, and
-//! answers the protocol core's questions (does this mailbox exist, are these
-//! credentials good, store this message) through [`cm_repl::Mail`]. It parses
-//! nothing itself and decides no protocol rule: both live in `cm-smtp-proto`.
+//! This crate owns the clock and the timers of a session: it serves connections
+//! through the accept loop of `cm-serve` in `smtp.session` spans, reads with the
+//! idle timeout, upgrades to TLS on STARTTLS, passes the time and unique values
+//! in, and answers the protocol core's questions (does this mailbox exist, are
+//! these credentials good, store this message) through [`cm_repl::Mail`]. It
+//! parses nothing itself and decides no protocol rule, not even the trace headers:
+//! those live in `cm-smtp-proto`, whose session hands over the message as one
+//! `Bytes` that goes to every replica uncopied.
 //!
-//! Reading order: [`serve`] (the accept loop), then [`handle_connection`] (one
-//! session), then `verdicts` (the one place where mail-service outcomes become
-//! protocol verdicts).
+//! Reading order: [`serve`] (the accept loop's SMTP side), then
+//! [`handle_connection`] (one session, over any stream), then `verdicts` (the one
+//! place where mail-service outcomes become protocol verdicts). Every limit is in
+//! [`SmtpLimits`] and `cm_smtp_proto::limits`.
 
 mod connection;
 mod verdicts;
@@ -23,10 +26,8 @@ pub use cm_smtp_proto::SmtpLimits;
 pub use connection::handle_connection;
 
 use cm_repl::Mail;
-use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
-use tracing::Instrument as _;
 
 /// The SMTP server's settings.
 #[derive(Clone)]
@@ -37,8 +38,8 @@ pub struct SmtpConfig {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// Lowered to the constants of `cm_types::limits` if set higher.
     pub limits: SmtpLimits,
-    /// A failed AUTH is answered after `n_failures * auth_failure_delay` (capped at
-    /// ten steps), so guessing passwords costs time while a typo costs little.
+    /// A failed AUTH is answered after [`cm_serve::auth_failure_delay`] of this
+    /// step, so guessing passwords costs time while a typo costs little.
     pub auth_failure_delay: Duration,
 }
 
@@ -73,10 +74,6 @@ pub enum SmtpServerError {
     TlsHandshake(std::io::Error),
 }
 
-/// A pause after a failed `accept` (e.g. out of file descriptors), so that the
-/// loop does not spin while the condition lasts.
-const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
-
 /// Serves SMTP on `listener` until `shutdown` is cancelled, then waits for the
 /// open sessions to end (each says 421 at its next read; a delivery in progress
 /// completes first).
@@ -86,55 +83,51 @@ pub async fn serve(
     mail: Mail,
     shutdown: CancellationToken,
 ) {
-    let config = Arc::new(SmtpConfig {
+    let config = SmtpConfig {
         limits: config.limits.clamped(),
         ..config
-    });
-    let n_connections_max = config.limits.connections_max;
-    let permits = Arc::new(Semaphore::new(n_connections_max));
-    loop {
-        let accepted = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            accepted = listener.accept() => accepted,
-        };
-        let (stream, peer) = match accepted {
-            Ok(accepted) => accepted,
-            Err(error) => {
-                tracing::warn!(%error, "smtp accept failed");
-                tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
-                continue;
-            }
-        };
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
-            refuse_over_limit(&stream, &config.hostname, peer);
-            continue;
-        };
-        let (config, mail, shutdown) = (config.clone(), mail.clone(), shutdown.clone());
-        let session_id = format!("{:016x}", rand::random::<u64>());
-        let span = tracing::info_span!("smtp.session", session_id = %session_id, peer = %peer);
-        tokio::spawn(
-            async move {
-                let _permit = permit;
-                tracing::debug!("connected");
-                match handle_connection(stream, peer.ip(), &session_id, &config, &mail, &shutdown)
-                    .await
-                {
-                    Ok(()) => tracing::debug!("disconnected"),
-                    Err(error) => tracing::debug!(%error, "connection ended"),
-                }
-            }
-            .instrument(span),
-        );
-    }
-    tracing::info!("smtp listener stopped, waiting for open sessions");
-    let n_permits = u32::try_from(n_connections_max).expect("connection limit fits in u32");
-    let _all_closed = permits.acquire_many(n_permits).await;
+    };
+    cm_serve::serve(listener, Arc::new(SmtpShell { config, mail }), shutdown).await;
 }
 
-/// RFC 5321 §3.1: a server may answer 421 at connection time when it cannot serve.
-/// A fresh socket's send buffer is empty, so a non-blocking write suffices and
-/// the accept loop never waits on a peer it is turning away.
-fn refuse_over_limit(stream: &tokio::net::TcpStream, hostname: &str, peer: SocketAddr) {
-    tracing::warn!(%peer, "smtp connection limit reached, refusing");
-    let _ = stream.try_write(&cm_smtp_proto::reply::too_many_connections(hostname).to_bytes());
+/// The SMTP side of the shared accept loop.
+struct SmtpShell {
+    config: SmtpConfig,
+    mail: Mail,
+}
+
+impl cm_serve::Shell for SmtpShell {
+    type Error = SmtpServerError;
+    const PROTOCOL: &'static str = "smtp";
+
+    fn connections_max(&self) -> usize {
+        self.config.limits.connections_max
+    }
+
+    /// RFC 5321 §3.1: a server may answer 421 at connection time when it cannot serve.
+    fn refusal(&self) -> Vec<u8> {
+        cm_smtp_proto::reply::too_many_connections(&self.config.hostname).to_bytes()
+    }
+
+    fn span(&self, session_id: &str, peer: SocketAddr) -> tracing::Span {
+        tracing::info_span!("smtp.session", session_id, %peer)
+    }
+
+    async fn handle(
+        &self,
+        stream: TcpStream,
+        peer: SocketAddr,
+        session_id: &str,
+        shutdown: &CancellationToken,
+    ) -> Result<(), SmtpServerError> {
+        handle_connection(
+            stream,
+            peer.ip(),
+            session_id,
+            &self.config,
+            &self.mail,
+            shutdown,
+        )
+        .await
+    }
 }

@@ -1,9 +1,11 @@
-//! The SMTP shell end to end: real loopback TCP (and `tokio::io::duplex` for
-//! timers), a real one-node `Mail` on a temporary directory, raw protocol bytes.
-//! Every refused input checks its reply code and that no mailbox changed.
+//! The SMTP shell end to end against a real one-node `Mail` on a temporary
+//! directory, with raw protocol bytes. A session's rules are tested over
+//! `tokio::io::duplex` (`greeted`, `Server::duplex`); what needs the accept loop
+//! or a socket (a delivery end to end, the connection limit, shutdown) over
+//! loopback TCP (`greeted_over_tcp`). Every refused input checks its reply code
+//! and that no mailbox changed.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -37,15 +39,23 @@ struct Client {
 }
 
 impl Client {
-    async fn connect(addr: SocketAddr) -> (Client, Reply) {
-        let stream = TcpStream::connect(addr).await.unwrap();
-        let mut client = Client {
+    fn new(stream: impl Io + 'static) -> Client {
+        Client {
             stream: Box::new(stream),
             buffer: Vec::new(),
             read_timeout: READ_TIMEOUT,
-        };
+        }
+    }
+
+    /// A client over `stream` and the server's greeting.
+    async fn greeted_by(stream: impl Io + 'static) -> (Client, Reply) {
+        let mut client = Client::new(stream);
         let greeting = client.reply().await;
         (client, greeting)
+    }
+
+    async fn connect(addr: SocketAddr) -> (Client, Reply) {
+        Client::greeted_by(TcpStream::connect(addr).await.unwrap()).await
     }
 
     async fn send(&mut self, bytes: &[u8]) {
@@ -96,6 +106,12 @@ impl Client {
         reply
     }
 
+    /// Starts a transaction from x@y.net to `recipient`, both accepted.
+    async fn mail_to(&mut self, recipient: &str) {
+        self.expect("MAIL FROM:<x@y.net>", 250).await;
+        self.expect(&format!("RCPT TO:<{recipient}>"), 250).await;
+    }
+
     async fn is_closed(&mut self) -> bool {
         self.line().await.is_none()
     }
@@ -103,6 +119,7 @@ impl Client {
 
 struct Server {
     addr: SocketAddr,
+    config: SmtpConfig,
     mail: Mail,
     shutdown: CancellationToken,
     task: tokio::task::JoinHandle<()>,
@@ -122,12 +139,13 @@ async fn start(config: SmtpConfig) -> Server {
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(cm_smtp::serve(
         listener,
-        config,
+        config.clone(),
         mail.clone(),
         shutdown.clone(),
     ));
     Server {
         addr,
+        config,
         mail,
         shutdown,
         task,
@@ -142,7 +160,51 @@ fn fast_config() -> SmtpConfig {
     }
 }
 
+/// A server that offers STARTTLS with a self-signed certificate kept in the
+/// returned directory.
+async fn start_with_tls() -> (Server, tempfile::TempDir) {
+    let tls_dir = tempfile::tempdir().unwrap();
+    let tls = cm_tls::server_config(tls_dir.path(), None, None, "localhost").unwrap();
+    let server = start(SmtpConfig {
+        tls: Some(tls),
+        ..fast_config()
+    })
+    .await;
+    (server, tls_dir)
+}
+
+async fn start_with_limits(limits: SmtpLimits) -> Server {
+    start(SmtpConfig {
+        limits,
+        ..fast_config()
+    })
+    .await
+}
+
 impl Server {
+    /// A session over an in-memory stream, as if from 127.0.0.1, and its greeting.
+    async fn duplex(&self) -> (Client, Reply) {
+        let (client_side, server_side) = tokio::io::duplex(64 * 1024);
+        let (config, mail, shutdown) = (
+            self.config.clone(),
+            self.mail.clone(),
+            self.shutdown.clone(),
+        );
+        tokio::spawn(async move {
+            let loopback = IpAddr::V4(Ipv4Addr::LOCALHOST);
+            let _ = cm_smtp::handle_connection(
+                server_side,
+                loopback,
+                "duplex",
+                &config,
+                &mail,
+                &shutdown,
+            )
+            .await;
+        });
+        Client::greeted_by(client_side).await
+    }
+
     /// Every message in `address`'s maildrop, oldest first.
     async fn stored(&self, address: &str) -> Vec<Vec<u8>> {
         let lock = self
@@ -183,8 +245,19 @@ fn split_trace(stored: &[u8], sent: &[u8]) -> String {
     String::from_utf8(stored[..stored.len() - sent.len()].to_vec()).unwrap()
 }
 
+/// A session over an in-memory stream, past EHLO.
 async fn greeted(server: &Server) -> Client {
-    let (mut client, greeting) = Client::connect(server.addr).await;
+    let (client, greeting) = server.duplex().await;
+    after_ehlo(client, greeting).await
+}
+
+/// A session over loopback TCP through the accept loop, past EHLO.
+async fn greeted_over_tcp(server: &Server) -> Client {
+    let (client, greeting) = Client::connect(server.addr).await;
+    after_ehlo(client, greeting).await
+}
+
+async fn after_ehlo(mut client: Client, greeting: Reply) -> Client {
     assert_eq!(greeting.code, 220);
     client.expect("EHLO client.test", 250).await;
     client
@@ -195,7 +268,7 @@ async fn greeted(server: &Server) -> Client {
 #[tokio::test]
 async fn delivers_to_several_recipients_byte_for_byte() {
     let server = start(fast_config()).await;
-    let mut client = greeted(&server).await;
+    let mut client = greeted_over_tcp(&server).await;
     client
         .expect("MAIL FROM:<Sender@Elsewhere.net> BODY=8BITMIME", 250)
         .await;
@@ -225,6 +298,44 @@ async fn delivers_to_several_recipients_byte_for_byte() {
             "a missing Message-ID is added: {trace}"
         );
     }
+}
+
+/// Goal: the trace headers the session core adds name the peer, the session id
+/// the shell passed in, the single recipient and a Message-ID on our hostname,
+/// and the client's bytes follow them unchanged. Method: one delivery over an
+/// in-memory stream.
+#[tokio::test]
+async fn trace_headers_over_duplex() {
+    let server = start(fast_config()).await;
+    let mut client = greeted(&server).await;
+    client.expect("MAIL FROM:<>", 250).await;
+    client.expect(&format!("RCPT TO:<{BOB}>"), 250).await;
+    client.expect("DATA", 354).await;
+    let body = b"Subject: bounce\r\n\r\n..\r\n";
+    client.send(&cm_smtp_proto::data::dot_stuff(body)).await;
+    assert_eq!(client.reply().await.code, 250);
+    let stored = server.stored(BOB).await;
+    assert_eq!(stored.len(), 1);
+    let trace = split_trace(&stored[0], body);
+    let lines: Vec<&str> = trace.split("\r\n").collect();
+    assert_eq!(
+        lines[..4],
+        [
+            "Return-Path: <>",
+            "Received: from client.test ([127.0.0.1])",
+            "\tby localhost with ESMTP id duplex",
+            &format!("\tfor <{BOB}>;"),
+        ]
+    );
+    assert!(
+        lines[4].starts_with('\t') && lines[4].ends_with(" +0000"),
+        "{trace}"
+    );
+    assert!(
+        lines[5].starts_with("Message-ID: <") && lines[5].ends_with("@localhost>"),
+        "{trace}"
+    );
+    assert_eq!(lines.len(), 7, "nothing else is added: {trace}");
 }
 
 /// Goal: PIPELINING (RFC 2920) — a whole transaction sent in one write gets its
@@ -278,11 +389,7 @@ async fn refused_inputs_store_nothing() {
         recipients_max: 2,
         ..SmtpLimits::default()
     };
-    let server = start(SmtpConfig {
-        limits,
-        ..fast_config()
-    })
-    .await;
+    let server = start_with_limits(limits).await;
     let long_line = format!("NOOP {}", "x".repeat(600));
     let scripts: Vec<(&str, Vec<(String, u16)>)> = vec![
         (
@@ -358,17 +465,12 @@ async fn oversized_bodies_are_drained_and_refused() {
         message_bytes_max: 1000,
         ..SmtpLimits::default()
     };
-    let server = start(SmtpConfig {
-        limits,
-        ..fast_config()
-    })
-    .await;
+    let server = start_with_limits(limits).await;
     let mut client = greeted(&server).await;
     let too_big = "0123456789\r\n".repeat(200);
     let long_line = format!("{}\r\n", "y".repeat(1200));
     for (body, code) in [(too_big, 552), (long_line, 500)] {
-        client.expect("MAIL FROM:<x@y.net>", 250).await;
-        client.expect(&format!("RCPT TO:<{ALICE}>"), 250).await;
+        client.mail_to(ALICE).await;
         client.expect("DATA", 354).await;
         client
             .send(&cm_smtp_proto::data::dot_stuff(body.as_bytes()))
@@ -388,14 +490,9 @@ async fn too_many_recipients() {
         recipients_max: 1,
         ..SmtpLimits::default()
     };
-    let server = start(SmtpConfig {
-        limits,
-        ..fast_config()
-    })
-    .await;
+    let server = start_with_limits(limits).await;
     let mut client = greeted(&server).await;
-    client.expect("MAIL FROM:<x@y.net>", 250).await;
-    client.expect(&format!("RCPT TO:<{ALICE}>"), 250).await;
+    client.mail_to(ALICE).await;
     let reply = client.expect(&format!("RCPT TO:<{BOB}>"), 452).await;
     assert!(reply.lines[0].starts_with("4.5.3"));
     assert!(server.stored(ALICE).await.is_empty());
@@ -411,12 +508,10 @@ async fn too_many_recipients() {
 async fn rset_mid_transaction() {
     let server = start(fast_config()).await;
     let mut client = greeted(&server).await;
-    client.expect("MAIL FROM:<x@y.net>", 250).await;
-    client.expect(&format!("RCPT TO:<{ALICE}>"), 250).await;
+    client.mail_to(ALICE).await;
     client.expect("RSET", 250).await;
     client.expect("DATA", 503).await;
-    client.expect("MAIL FROM:<x@y.net>", 250).await;
-    client.expect(&format!("RCPT TO:<{BOB}>"), 250).await;
+    client.mail_to(BOB).await;
     client.expect("DATA", 354).await;
     client.send(b"x\r\n.\r\n").await;
     assert_eq!(client.reply().await.code, 250);
@@ -450,7 +545,7 @@ async fn garbage_bytes() {
     client.send(&garbage).await;
     client.send(b"\r\n").await;
     drop(client);
-    let mut client = greeted(&server).await;
+    let mut client = greeted_over_tcp(&server).await;
     client.expect("QUIT", 221).await;
     server.assert_nothing_stored().await;
 }
@@ -481,40 +576,18 @@ async fn auth_failures_are_slowed_down() {
 async fn tls_client(server: &Server, tls_dir: &std::path::Path) -> Client {
     let mut client = greeted(server).await;
     client.expect("STARTTLS", 220).await;
-    let mut roots = rustls::RootCertStore::empty();
-    let pem = std::fs::read(tls_dir.join("tls/self-signed.crt")).unwrap();
-    use rustls::pki_types::pem::PemObject as _;
-    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(&pem) {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
     assert!(client.buffer.is_empty());
-    let tls = connector.connect(name, client.stream).await.unwrap();
-    Client {
-        stream: Box::new(tls),
-        buffer: Vec::new(),
-        read_timeout: READ_TIMEOUT,
-    }
+    let tls = cm_serve::testing::connect_tls(tls_dir, client.stream).await;
+    Client::new(tls)
 }
 
-/// Goal: STARTTLS (RFC 3207) resets the session, AUTH works inside TLS, and the
-/// trace header says ESMTPSA (RFC 3848).
+/// Goal: STARTTLS (RFC 3207) resets the session, AUTH works inside TLS, the trace
+/// header says ESMTPSA (RFC 3848), and an authenticated session may send to another
+/// domain: that copy goes to the outbound queue (unauthenticated, it is refused:
+/// `refused_inputs_store_nothing`).
 #[tokio::test]
 async fn starttls_then_auth_plain() {
-    let tls_dir = tempfile::tempdir().unwrap();
-    let tls = cm_tls::server_config(tls_dir.path(), None, None, "localhost").unwrap();
-    let server = start(SmtpConfig {
-        tls: Some(tls),
-        ..fast_config()
-    })
-    .await;
+    let (server, tls_dir) = start_with_tls().await;
     let mut client = tls_client(&server, tls_dir.path()).await;
     client.expect("MAIL FROM:<x@y.net>", 503).await;
     let ehlo = client.expect("EHLO tls.test", 250).await;
@@ -532,7 +605,7 @@ async fn starttls_then_auth_plain() {
         )
         .await;
     client.expect(&format!("MAIL FROM:<{BOB}>"), 250).await;
-    client.expect("RCPT TO:<friend@elsewhere.net>", 550).await;
+    client.expect("RCPT TO:<friend@elsewhere.net>", 250).await;
     client.expect(&format!("RCPT TO:<{ALICE}>"), 250).await;
     client.expect("DATA", 354).await;
     client.send(b"Subject: secure\r\n\r\nhello\r\n.\r\n").await;
@@ -540,18 +613,24 @@ async fn starttls_then_auth_plain() {
     let stored = server.stored(ALICE).await;
     let trace = split_trace(&stored[0], b"Subject: secure\r\n\r\nhello\r\n");
     assert!(trace.contains("with ESMTPSA"), "{trace}");
+
+    // The copy for the other domain is queued (docs/DESIGN.md §12), with the same
+    // octets as the local one, from the authenticated sender.
+    let queued = server.mail.outbound_held(10).await.unwrap();
+    assert_eq!(queued.len(), 1, "the authenticated relay queued nothing");
+    assert_eq!(queued[0].recipients, vec!["friend@elsewhere.net"]);
+    assert_eq!(queued[0].sender, BOB);
+    let due = server.mail.outbound_due(u64::MAX, 10).await.unwrap().due;
+    assert_eq!(
+        due[0].1, stored[0],
+        "the queued octets differ from the stored ones"
+    );
 }
 
 /// Goal: commands pipelined behind STARTTLS in clear text are dropped (RFC 3207 §4.2).
 #[tokio::test]
 async fn plaintext_after_starttls_is_dropped() {
-    let tls_dir = tempfile::tempdir().unwrap();
-    let tls = cm_tls::server_config(tls_dir.path(), None, None, "localhost").unwrap();
-    let server = start(SmtpConfig {
-        tls: Some(tls),
-        ..fast_config()
-    })
-    .await;
+    let (server, _tls_dir) = start_with_tls().await;
     let mut client = greeted(&server).await;
     client.send(b"STARTTLS\r\nMAIL FROM:<x@y.net>\r\n").await;
     assert_eq!(client.reply().await.code, 220);
@@ -573,11 +652,7 @@ async fn connection_limit() {
         connections_max: 1,
         ..SmtpLimits::default()
     };
-    let server = start(SmtpConfig {
-        limits,
-        ..fast_config()
-    })
-    .await;
+    let server = start_with_limits(limits).await;
     let (_first, greeting) = Client::connect(server.addr).await;
     assert_eq!(greeting.code, 220);
     let (mut second, refusal) = Client::connect(server.addr).await;
@@ -590,7 +665,7 @@ async fn connection_limit() {
 #[tokio::test]
 async fn shutdown_closes_sessions() {
     let server = start(fast_config()).await;
-    let mut client = greeted(&server).await;
+    let mut client = greeted_over_tcp(&server).await;
     server.shutdown.cancel();
     assert_eq!(client.reply().await.code, 421);
     assert!(client.is_closed().await);

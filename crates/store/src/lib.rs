@@ -20,7 +20,8 @@ pub use commit::GroupCommitter;
 
 use std::path::{Path, PathBuf};
 
-use cm_model::{Account, Mailbox, MessageId};
+use bytes::Bytes;
+use cm_model::{Account, Mailbox, MessageId, Outbound};
 use cm_types::{Address, RingKey, hash64};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
@@ -38,6 +39,13 @@ const INDEX: TableDefinition<(u64, &str, u128), (u64, u64)> = TableDefinition::n
 const BODIES: TableDefinition<(u64, &str, u128), &[u8]> = TableDefinition::new("bodies");
 /// (ring key, address, message id) -> deletion time in milliseconds since the epoch.
 const TOMBSTONES: TableDefinition<(u64, &str, u128), u64> = TableDefinition::new("tombstones");
+
+/// (ring key, entry id) -> an outbound queue entry (`cm_model::Outbound`, JSON),
+/// merged on every write. Added without a schema bump: older builds ignore it.
+const OUTBOUND: TableDefinition<(u64, u128), &[u8]> = TableDefinition::new("outbound");
+/// (ring key, entry id) -> the queued message's octets, until the entry is removed.
+const OUTBOUND_BODIES: TableDefinition<(u64, u128), &[u8]> =
+    TableDefinition::new("outbound_bodies");
 
 const SCHEMA_VERSION_KEY: &str = "schema_version";
 
@@ -92,13 +100,21 @@ pub enum Write {
         key: RingKey,
         address: Address,
         id: MessageId,
-        body: Vec<u8>,
+        /// Shared, not copied, between the writes of every recipient and replica.
+        body: Bytes,
     },
     Tombstone {
         key: RingKey,
         address: Address,
         id: MessageId,
         deleted_ms: u64,
+    },
+    /// An outbound queue entry, merged with the stored copy; `body` is stored once,
+    /// with the entry's first write, and dropped when the entry is removed.
+    Outbound {
+        key: RingKey,
+        entry: Box<Outbound>,
+        body: Option<Bytes>,
     },
     /// A small named value of the node itself (its identity, remembered peers).
     Meta { name: String, value: Vec<u8> },
@@ -169,6 +185,8 @@ impl Store {
             txn.open_table(INDEX)?;
             txn.open_table(BODIES)?;
             txn.open_table(TOMBSTONES)?;
+            txn.open_table(OUTBOUND)?;
+            txn.open_table(OUTBOUND_BODIES)?;
         }
         txn.commit()?;
         Ok(())
@@ -183,6 +201,8 @@ impl Store {
             let mut bodies = txn.open_table(BODIES)?;
             let mut tombstones = txn.open_table(TOMBSTONES)?;
             let mut meta = txn.open_table(META)?;
+            let mut outbound = txn.open_table(OUTBOUND)?;
+            let mut outbound_bodies = txn.open_table(OUTBOUND_BODIES)?;
             for write in writes {
                 match write {
                     Write::Account { key, account } => {
@@ -210,7 +230,7 @@ impl Store {
                         }
                         index.insert(row, (body.len() as u64, hash64(body)))?;
                         if tombstones.get(row)?.is_none() {
-                            bodies.insert(row, body.as_slice())?;
+                            bodies.insert(row, body.as_ref())?;
                         }
                     }
                     Write::Tombstone {
@@ -223,6 +243,30 @@ impl Store {
                         let previous = tombstones.get(row)?.map(|value| value.value()).unwrap_or(0);
                         tombstones.insert(row, previous.max(*deleted_ms))?;
                         bodies.remove(row)?;
+                    }
+                    Write::Outbound { key, entry, body } => {
+                        let row = (*key, entry.id.as_u128());
+                        let stored = outbound
+                            .get(row)?
+                            .map(|value| decode_outbound(value.value()))
+                            .transpose()
+                            .map_err(|reason| self.corrupt(reason))?;
+                        let merged = match stored {
+                            Some(mut existing) => {
+                                existing.merge(entry);
+                                existing
+                            }
+                            None => (**entry).clone(),
+                        };
+                        let encoded = serde_json::to_vec(&merged).expect("entries serialise");
+                        outbound.insert(row, encoded.as_slice())?;
+                        if merged.removed_ms.is_some() {
+                            outbound_bodies.remove(row)?;
+                        } else if let Some(body) = body
+                            && outbound_bodies.get(row)?.is_none()
+                        {
+                            outbound_bodies.insert(row, body.as_ref())?;
+                        }
                     }
                     Write::Meta { name, value } => {
                         assert_ne!(
@@ -296,7 +340,7 @@ impl Store {
         key: RingKey,
         address: &Address,
         id: MessageId,
-    ) -> Result<Option<Vec<u8>>, StoreError> {
+    ) -> Result<Option<Bytes>, StoreError> {
         let txn = self.db.begin_read()?;
         let row = (key, address.as_str(), id.as_u128());
         let Some(body) = txn
@@ -314,7 +358,7 @@ impl Store {
         if size != body.len() as u64 || checksum != hash64(&body) {
             return Err(self.corrupt(format!("message {id} of {address} fails its checksum")));
         }
-        Ok(Some(body))
+        Ok(Some(Bytes::from(body)))
     }
 
     /// Removes tombstones deleted before `cutoff_ms`, with the index entries and
@@ -345,6 +389,72 @@ impl Store {
                 tombstones.remove(row)?;
                 index.remove(row)?;
                 bodies.remove(row)?;
+            }
+            n_removed = expired.len();
+        }
+        txn.commit()?;
+        Ok(n_removed)
+    }
+
+    /// One outbound queue entry as held here.
+    pub fn outbound(&self, key: RingKey, id: MessageId) -> Result<Option<Outbound>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(OUTBOUND)?;
+        let Some(value) = table.get((key, id.as_u128()))? else {
+            return Ok(None);
+        };
+        decode_outbound(value.value())
+            .map(Some)
+            .map_err(|reason| self.corrupt(reason))
+    }
+
+    /// The octets of a queued message, while its entry is not removed.
+    pub fn outbound_body(&self, key: RingKey, id: MessageId) -> Result<Option<Bytes>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(OUTBOUND_BODIES)?;
+        Ok(table
+            .get((key, id.as_u128()))?
+            .map(|value| Bytes::copy_from_slice(value.value())))
+    }
+
+    /// Outbound entries held here (removed ones included), in key order, at most
+    /// `n_max`.
+    pub fn outbound_entries(&self, n_max: usize) -> Result<Vec<(RingKey, Outbound)>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(OUTBOUND)?;
+        let mut entries = Vec::new();
+        for row in table.iter()?.take(n_max) {
+            let (row_key, value) = row?;
+            let entry = decode_outbound(value.value()).map_err(|reason| self.corrupt(reason))?;
+            entries.push((row_key.value().0, entry));
+        }
+        Ok(entries)
+    }
+
+    /// Removes outbound entries removed before `cutoff_ms`, at most `n_max` (one
+    /// transaction, fsynced); the same grace rule as [`Store::collect_tombstones`].
+    pub fn collect_outbound(&self, cutoff_ms: u64, n_max: usize) -> Result<usize, StoreError> {
+        let txn = self.db.begin_write()?;
+        let n_removed;
+        {
+            let mut table = txn.open_table(OUTBOUND)?;
+            let mut expired = Vec::new();
+            for row in table.iter()? {
+                let (row_key, value) = row?;
+                let entry =
+                    decode_outbound(value.value()).map_err(|reason| self.corrupt(reason))?;
+                if entry
+                    .removed_ms
+                    .is_some_and(|removed_ms| removed_ms < cutoff_ms)
+                {
+                    expired.push(row_key.value());
+                    if expired.len() == n_max {
+                        break;
+                    }
+                }
+            }
+            for row in &expired {
+                table.remove(*row)?;
             }
             n_removed = expired.len();
         }
@@ -402,6 +512,10 @@ fn decode_u64(bytes: &[u8]) -> Option<u64> {
 
 fn decode_account(bytes: &[u8]) -> Result<Account, String> {
     serde_json::from_slice(bytes).map_err(|error| format!("unreadable account record: {error}"))
+}
+
+fn decode_outbound(bytes: &[u8]) -> Result<Outbound, String> {
+    serde_json::from_slice(bytes).map_err(|error| format!("unreadable outbound entry: {error}"))
 }
 
 #[cfg(test)]

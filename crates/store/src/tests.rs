@@ -1,6 +1,6 @@
 use std::sync::Arc;
 
-use cm_model::Version;
+use cm_model::{Outbound, Version};
 use cm_types::key_of_address;
 
 use super::*;
@@ -14,7 +14,7 @@ fn message(address: &Address, id: u128, body: &[u8]) -> Write {
         key: key_of_address(address, 64),
         address: address.clone(),
         id: MessageId::from_u128(id),
-        body: body.to_vec(),
+        body: Bytes::copy_from_slice(body),
     }
 }
 
@@ -50,7 +50,7 @@ fn messages_and_tombstones_survive_reopening() {
             .body(key, &alice, MessageId::from_u128(2))
             .unwrap()
             .unwrap(),
-        b"two\r\n"
+        &b"two\r\n"[..]
     );
     assert_eq!(
         store.body(key, &alice, MessageId::from_u128(1)).unwrap(),
@@ -241,4 +241,62 @@ fn tombstones_are_collected_only_after_their_grace_period() {
         vec![MessageId::from_u128(3)]
     );
     assert_eq!(store.collect_tombstones(1_000, 16).unwrap(), 0);
+}
+
+/// Goal: an outbound entry merges on every write, keeps its body until it is
+/// removed, and is collected only after the grace period. Method: write the entry
+/// with its body, then a settled copy without a body, then a removal.
+#[test]
+fn outbound_entries_merge_keep_their_body_until_removed_and_are_collected() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let id = MessageId::from_u128(42);
+    let key = cm_types::key_of_outbound(id.as_u128(), 64);
+    let version = Version {
+        wall_ms: 1,
+        counter: 0,
+        node: 1,
+    };
+    let entry = Outbound::new(
+        id,
+        "a@a.test".into(),
+        ["b@b.test".to_owned()],
+        1_000,
+        version,
+    );
+    let write = |entry: &Outbound, body: Option<&'static [u8]>| Write::Outbound {
+        key,
+        entry: Box::new(entry.clone()),
+        body: body.map(Bytes::from_static),
+    };
+    store.apply(&[write(&entry, Some(b"queued\r\n"))]).unwrap();
+    let mut settled = entry.clone();
+    settled
+        .outcomes
+        .insert("b@b.test".into(), cm_model::Outcome::Delivered);
+    store.apply(&[write(&settled, Some(b"other\r\n"))]).unwrap();
+    assert!(store.outbound(key, id).unwrap().unwrap().is_settled());
+    assert_eq!(
+        store.outbound_body(key, id).unwrap().unwrap(),
+        &b"queued\r\n"[..],
+        "the body is written once"
+    );
+    store.apply(&[write(&entry, None)]).unwrap();
+    assert!(
+        store.outbound(key, id).unwrap().unwrap().is_settled(),
+        "an older copy undid an outcome"
+    );
+
+    let mut removed = entry.clone();
+    removed.removed_ms = Some(5_000);
+    store.apply(&[write(&removed, None)]).unwrap();
+    assert_eq!(store.outbound_body(key, id).unwrap(), None);
+    assert_eq!(
+        store.collect_outbound(5_000, 10).unwrap(),
+        0,
+        "inside the grace"
+    );
+    assert_eq!(store.outbound_entries(10).unwrap().len(), 1);
+    assert_eq!(store.collect_outbound(5_001, 10).unwrap(), 1);
+    assert!(store.outbound_entries(10).unwrap().is_empty());
 }

@@ -5,9 +5,11 @@
 //! - [`RingKey`] and [`key_of_address`]: where an address lives on the Chord circle;
 //! - [`limits`]: every bound on an input, as named constants with the unit last;
 //! - [`Address`]: a validated, lower-cased mail address;
+//! - [`date`]: the RFC 5322 date of mail headers;
 //! - [`metrics`]: the node's counters, rendered by the admin API.
 
 pub mod address;
+pub mod date;
 pub mod limits;
 pub mod metrics;
 
@@ -46,9 +48,17 @@ pub fn hash64(bytes: &[u8]) -> u64 {
     u64::from_be_bytes(digest[..8].try_into().expect("sha-256 has 32 bytes"))
 }
 
-/// The ring key under which all data of one mail address lives (DESIGN.md §4).
+/// The ring key under which all data of one mail address lives (docs/DESIGN.md §4).
 pub fn key_of_address(address: &Address, bits: u32) -> RingKey {
     truncate_key(hash64(address.as_str().as_bytes()), bits)
+}
+
+/// The ring key of an outbound queue entry, from its 128-bit id: entries spread
+/// over the ring independently of their sender and recipients.
+pub fn key_of_outbound(id: u128, bits: u32) -> RingKey {
+    let mut named = *b"outbound:0123456789abcdef";
+    named[9..].copy_from_slice(&id.to_be_bytes());
+    truncate_key(hash64(&named), bits)
 }
 
 /// The ring id of a node started without `--id`: the hash of its ring address.

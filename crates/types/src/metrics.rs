@@ -131,6 +131,26 @@ pub static REPLICAS_RESTORE_MS_LAST: Metric = Metric::gauge(
     "chordmail_replicas_restore_ms_last",
     "Milliseconds from the first anti-entropy round that found missing copies to the first that found none, last time",
 );
+pub static OUTBOUND_QUEUE_DEPTH: Metric = Metric::gauge(
+    "chordmail_outbound_queue_depth",
+    "Outbound entries this node coordinates that are not delivered or bounced yet",
+);
+pub static OUTBOUND_OLDEST_AGE_SECONDS: Metric = Metric::gauge(
+    "chordmail_outbound_oldest_entry_age_seconds",
+    "Age of the oldest outbound entry this node coordinates",
+);
+pub static OUTBOUND_DELIVERIES: Metric = Metric::counter(
+    "chordmail_outbound_deliveries_total",
+    "Recipients of outbound mail accepted by the destination",
+);
+pub static OUTBOUND_DEFERRALS: Metric = Metric::counter(
+    "chordmail_outbound_deferrals_total",
+    "Recipients of outbound mail deferred for a later attempt",
+);
+pub static OUTBOUND_BOUNCES: Metric = Metric::counter(
+    "chordmail_outbound_bounces_total",
+    "Recipients of outbound mail that failed for good (5xx or lifetime expiry)",
+);
 pub static ADMIN_UNAUTHORIZED: Metric = Metric::counter(
     "chordmail_admin_unauthorized_total",
     "Admin API requests refused for a missing or wrong token",
@@ -159,6 +179,11 @@ pub static ALL: &[&Metric] = &[
     &ANTI_ENTROPY_ROUNDS,
     &ADDRESSES_OUT_OF_SYNC,
     &REPLICAS_RESTORE_MS_LAST,
+    &OUTBOUND_QUEUE_DEPTH,
+    &OUTBOUND_OLDEST_AGE_SECONDS,
+    &OUTBOUND_DELIVERIES,
+    &OUTBOUND_DEFERRALS,
+    &OUTBOUND_BOUNCES,
     &ADMIN_UNAUTHORIZED,
     &REPLICA_WRITES_REFUSED,
 ];

@@ -8,7 +8,42 @@ fn config() -> SessionConfig {
         hostname: "mx.test".into(),
         limits: SmtpLimits::default(),
         tls_available: true,
+        peer_ip: std::net::IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 7)),
+        session_id: "s1".into(),
     }
+}
+
+/// A session under `limits` past EHLO and MAIL FROM:<a@example.org>, with the
+/// recipients `local_parts` (at example.org) accepted.
+fn in_transaction(limits: SmtpLimits, local_parts: &[&str]) -> Session {
+    let mut session = Session::new(SessionConfig { limits, ..config() });
+    assert_eq!(say(&mut session, "EHLO client.test\r\n"), 250);
+    assert_eq!(say(&mut session, "MAIL FROM:<a@example.org>\r\n"), 250);
+    for local_part in local_parts {
+        let rcpt = format!("RCPT TO:<{local_part}@example.org>\r\n");
+        assert_eq!(say(&mut session, &rcpt), 250, "{rcpt}");
+    }
+    session
+}
+
+const ARRIVAL: Arrival = Arrival {
+    unix_seconds: 951_782_400,
+    nonce: 0xabc,
+};
+
+/// Sends DATA, starts receiving and feeds `wire` (the dot-stuffed message with
+/// its terminator) split at `split_idx`; the step at the end of data.
+fn send_message(session: &mut Session, wire: &[u8], split_idx: usize) -> Step {
+    assert_eq!(say(session, "DATA\r\n"), 354);
+    session.begin_data(ARRIVAL);
+    let mut step = None;
+    for mut piece in [&wire[..split_idx], &wire[split_idx..]] {
+        if step.is_none() {
+            step = session.feed_data(&mut piece);
+        }
+        assert!(piece.is_empty(), "nothing follows the terminating dot");
+    }
+    step.expect("the terminating dot was fed")
 }
 
 /// Parses `line` and gives the session the command; answers the shell's questions
@@ -24,7 +59,7 @@ fn say(session: &mut Session, line: &str) -> u16 {
         InputMode::SaslResponse => {
             session.sasl_response(reader.next_sasl_line(&mut input).expect("a whole line"))
         }
-        InputMode::Data => panic!("feed data with DataReceiver"),
+        InputMode::Data => panic!("feed data with send_message"),
     };
     resolve(session, step)
 }
@@ -123,7 +158,9 @@ fn scripted_conversations() {
             ("cmlnaHQ=\r\n", 235),
             ("AUTH PLAIN AGJAZXhhbXBsZS5vcmcAcmlnaHQ=\r\n", 503),
             ("MAIL FROM:<b@example.org>\r\n", 250),
-            ("RCPT TO:<x@elsewhere.net>\r\n", 550),
+            // Authenticated: another domain is accepted, to be relayed (the
+            // unauthenticated case is refused under "Policy" above).
+            ("RCPT TO:<x@elsewhere.net>\r\n", 250),
             ("QUIT\r\n", 221),
         ],
         &[("EHLO c\r\n", 250), ("STARTTLS\r\n", 220)],
@@ -146,11 +183,7 @@ fn too_many_recipients_is_temporary() {
         recipients_max: 2,
         ..SmtpLimits::default()
     };
-    let mut session = Session::new(SessionConfig { limits, ..config() });
-    say(&mut session, "EHLO c\r\n");
-    say(&mut session, "MAIL FROM:<a@example.org>\r\n");
-    assert_eq!(say(&mut session, "RCPT TO:<r1@example.org>\r\n"), 250);
-    assert_eq!(say(&mut session, "RCPT TO:<r2@example.org>\r\n"), 250);
+    let mut session = in_transaction(limits, &["r1", "r2"]);
     assert_eq!(say(&mut session, "RCPT TO:<r3@example.org>\r\n"), 452);
     assert_eq!(
         say(&mut session, "RCPT TO:<r1@example.org>\r\n"),
@@ -180,29 +213,70 @@ fn bad_commands_in_a_row_close_the_session() {
     );
 }
 
+/// Goal: the core hands over the envelope and the message with its trace headers
+/// in front (RFC 5321 §4.4), adding a Message-ID only when the body has none,
+/// whatever the reads were. Method: the same transaction split at every offset,
+/// with and without a Message-ID.
 #[test]
-fn data_end_hands_over_the_envelope() {
+fn data_end_hands_over_the_message_with_trace_headers() {
+    let trace = "Return-Path: <a@example.org>\r\n\
+                 Received: from client.test ([192.0.2.7])\r\n\
+                 \tby mx.test with UTF8SMTP id s1;\r\n\
+                 \tTue, 29 Feb 2000 00:00:00 +0000\r\n";
+    let added_id = "Message-ID: <951782400.0000000000000abc@mx.test>\r\n";
+    let table: [(&[u8], String); 2] = [
+        (
+            b"Subject: x\r\n\r\n.dot\r\n",
+            format!("{trace}{added_id}Subject: x\r\n\r\n.dot\r\n"),
+        ),
+        (
+            b"Message-ID: <mine@c>\r\n\r\nhi\r\n",
+            format!("{trace}Message-ID: <mine@c>\r\n\r\nhi\r\n"),
+        ),
+    ];
+    for (body, expected) in table {
+        let wire = crate::data::dot_stuff(body);
+        for split_idx in 0..=wire.len() {
+            let mut session = Session::new(config());
+            say(&mut session, "EHLO client.test\r\n");
+            say(&mut session, "MAIL FROM:<a@example.org> SMTPUTF8\r\n");
+            say(&mut session, "RCPT TO:<b@example.org>\r\n");
+            say(&mut session, "RCPT TO:<c@example.org>\r\n");
+            let Step::Deliver(delivery) = send_message(&mut session, &wire, split_idx) else {
+                panic!("deliver expected")
+            };
+            assert_eq!(delivery.reverse_path, "a@example.org");
+            assert_eq!(
+                delivery.recipients,
+                [
+                    Address::parse("b@example.org").unwrap(),
+                    Address::parse("c@example.org").unwrap()
+                ]
+            );
+            assert_eq!(
+                String::from_utf8(delivery.message.to_vec()).unwrap(),
+                expected,
+                "split at {split_idx}"
+            );
+        }
+    }
+}
+
+/// Goal: a single recipient is named in the Received header; after a delivery the
+/// transaction is over; a broken limit is refused and the session goes on.
+#[test]
+fn after_the_end_of_data() {
     let mut session = Session::new(config());
-    say(&mut session, "EHLO client.test\r\n");
-    say(&mut session, "MAIL FROM:<a@example.org> SMTPUTF8\r\n");
+    say(&mut session, "HELO client.test\r\n");
+    say(&mut session, "MAIL FROM:<>\r\n");
     say(&mut session, "RCPT TO:<b@example.org>\r\n");
-    say(&mut session, "RCPT TO:<c@example.org>\r\n");
-    say(&mut session, "DATA\r\n");
-    assert_eq!(session.input_mode(), InputMode::Data);
-    let Step::Deliver(delivery) = session.data_end(Ok(())) else {
+    let Step::Deliver(delivery) = send_message(&mut session, b"hi\r\n.\r\n", 0) else {
         panic!("deliver expected")
     };
-    assert_eq!(
-        delivery,
-        Delivery {
-            reverse_path: "a@example.org".into(),
-            recipients: vec![
-                Address::parse("b@example.org").unwrap(),
-                Address::parse("c@example.org").unwrap()
-            ],
-            helo: "client.test".into(),
-            protocol: "UTF8SMTP",
-        }
+    let message = String::from_utf8(delivery.message.to_vec()).unwrap();
+    assert!(
+        message.starts_with("Return-Path: <>\r\nReceived: from client.test ([192.0.2.7])\r\n\tby mx.test with SMTP id s1\r\n\tfor <b@example.org>;"),
+        "{message}"
     );
     assert!(
         matches!(session.delivery_verdict(DeliveryVerdict::TemporaryFailure), Step::Reply(ref reply) if reply.code == 451)
@@ -213,13 +287,16 @@ fn data_end_hands_over_the_envelope() {
         "the transaction is over"
     );
 
-    say(&mut session, "MAIL FROM:<a@example.org>\r\n");
-    say(&mut session, "RCPT TO:<b@example.org>\r\n");
-    say(&mut session, "DATA\r\n");
+    let limits = SmtpLimits {
+        message_bytes_max: 4,
+        ..SmtpLimits::default()
+    };
+    let mut session = in_transaction(limits, &["b"]);
     assert!(
-        matches!(session.data_end(Err(SmtpError::MessageTooLarge)), Step::Reply(ref reply) if reply.code == 552)
+        matches!(send_message(&mut session, b"too long\r\n.\r\n", 3), Step::Reply(ref reply) if reply.code == 552)
     );
     assert_eq!(session.input_mode(), InputMode::Command);
+    assert_eq!(say(&mut session, "NOOP\r\n"), 250);
 }
 
 #[test]
@@ -255,4 +332,41 @@ fn ehlo_advertises_the_extensions() {
          250-ENHANCEDSTATUSCODES\r\n250-AUTH PLAIN LOGIN\r\n250 HELP\r\n"
     );
     assert_eq!(say(&mut session, "STARTTLS\r\n"), 454);
+}
+
+/// Goal: the delivered message is the receive buffer itself, not a copy of it,
+/// with and without an added Message-ID. Method: note where the buffer's bytes
+/// are before the terminating dot (which appends nothing), and compare with where
+/// the delivered `Bytes` point.
+#[test]
+fn the_body_is_not_copied_at_the_end_of_data() {
+    for (body, has_message_id) in [
+        (&b"Message-ID: <m@c>\r\n\r\nhi\r\n"[..], true),
+        (&b"Subject: s\r\n\r\nhi\r\n"[..], false),
+    ] {
+        let mut session = in_transaction(SmtpLimits::default(), &["b"]);
+        assert_eq!(say(&mut session, "DATA\r\n"), 354);
+        session.begin_data(ARRIVAL);
+        assert!(session.feed_data(&mut &body[..]).is_none());
+        let Phase::Data {
+            incoming: Some(incoming),
+            ..
+        } = &session.phase
+        else {
+            panic!("receiving")
+        };
+        let buffer_start = incoming.buffer.as_ptr() as usize;
+        let room_bytes = incoming.message_id_field.len();
+        let Some(Step::Deliver(delivery)) = session.feed_data(&mut &b".\r\n"[..]) else {
+            panic!("deliver expected")
+        };
+        let message_start = delivery.message.as_ptr() as usize;
+        let expected_start = if has_message_id {
+            buffer_start + room_bytes
+        } else {
+            buffer_start
+        };
+        assert_eq!(message_start, expected_start, "{body:?}");
+        assert!(delivery.message.ends_with(body));
+    }
 }

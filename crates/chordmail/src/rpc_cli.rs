@@ -1,4 +1,6 @@
-//! `chordmail rpc call|serve`: the middleware from the shell (DESIGN.md §7).
+//! `chordmail rpc call|serve`: the middleware of `cm-rpc` from the shell (docs/DESIGN.md §7).
+//! It lives in the binary so that the library needs no clap and installs no
+//! tracing subscriber.
 //!
 //! `call` reads the request body from stdin, prints the reply's body and exits with
 //! the reply's status; `serve` runs a command per request with the body on stdin and
@@ -13,7 +15,8 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
-use crate::{
+use cm_rpc::service::{CONCURRENCY_DEFAULT, CONCURRENCY_MAX, STATUS_SERVICE_FAILED};
+use cm_rpc::{
     Client, ClientConfig, MESSAGE_BYTES_MAX, Reply, Request, Server, Service, ServiceConfig,
 };
 
@@ -80,7 +83,7 @@ pub struct ServeArgs {
     #[arg(long, value_name = "DIR")]
     pub state: Option<PathBuf>,
     /// Requests run at the same time.
-    #[arg(long, default_value_t = crate::service::CONCURRENCY_DEFAULT, value_parser = parse_concurrency)]
+    #[arg(long, default_value_t = CONCURRENCY_DEFAULT, value_parser = parse_concurrency)]
     pub concurrency: usize,
     /// Seconds a command may run before it is killed and status 124 is sent.
     #[arg(long, default_value_t = 300)]
@@ -94,10 +97,10 @@ fn parse_concurrency(text: &str) -> Result<usize, String> {
     let value: usize = text
         .parse()
         .map_err(|_| format!("{text:?} is not a number"))?;
-    if (1..=crate::service::CONCURRENCY_MAX).contains(&value) {
+    if (1..=CONCURRENCY_MAX).contains(&value) {
         Ok(value)
     } else {
-        Err(format!("use 1..={}", crate::service::CONCURRENCY_MAX))
+        Err(format!("use 1..={}", CONCURRENCY_MAX))
     }
 }
 
@@ -107,14 +110,7 @@ pub fn run(args: RpcArgs) -> anyhow::Result<i32> {
         RpcCommand::Call(_) => "warn",
         RpcCommand::Serve(_) => "info",
     };
-    // The chordmail binary installs its subscriber only for `node`; a second
-    // installation attempt (from another embedding) is harmless and ignored.
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+    crate::init_tracing(default_level);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -257,7 +253,7 @@ async fn run_command(command: Vec<String>, request: Request) -> Reply {
         let _ = child.kill().await;
         writer.abort();
         return Reply {
-            status: crate::service::STATUS_SERVICE_FAILED,
+            status: STATUS_SERVICE_FAILED,
             body: b"the service command wrote more than the message size limit\n".to_vec(),
         };
     }
@@ -266,7 +262,7 @@ async fn run_command(command: Vec<String>, request: Request) -> Reply {
         Ok(status) => exit_status_byte(status),
         Err(error) => {
             tracing::error!(%error, "waiting for the service command failed");
-            crate::service::STATUS_SERVICE_FAILED
+            STATUS_SERVICE_FAILED
         }
     };
     Reply {
@@ -287,5 +283,5 @@ fn exit_status_byte(status: std::process::ExitStatus) -> u8 {
             return u8::try_from((128 + signal) & 0xff).expect("masked to a byte");
         }
     }
-    crate::service::STATUS_SERVICE_FAILED
+    STATUS_SERVICE_FAILED
 }

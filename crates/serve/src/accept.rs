@@ -1,0 +1,254 @@
+//! The accept loop: a connection limit, backoff on accept errors, one task and one
+//! span per connection, and a drain on shutdown.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
+
+/// A pause after a failed `accept` (e.g. out of file descriptors), so that the
+/// loop does not spin while the condition lasts.
+pub const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
+
+/// One protocol as the accept loop sees it.
+pub trait Shell: Send + Sync + 'static {
+    /// Why a connection ended other than by the protocol's own end; logged at debug.
+    type Error: std::fmt::Display + Send;
+
+    /// Lower-case protocol name for log events, e.g. `"smtp"`.
+    const PROTOCOL: &'static str;
+
+    /// Connections served at once; the one after them is refused.
+    fn connections_max(&self) -> usize;
+
+    /// The bytes a peer over the connection limit is sent before it is closed.
+    fn refusal(&self) -> Vec<u8>;
+
+    /// The span of one connection. The shell builds it because a span's name must
+    /// be a literal (`smtp.session`, `pop3.session`).
+    fn span(&self, session_id: &str, peer: SocketAddr) -> tracing::Span;
+
+    /// Serves one connection until it ends; on `shutdown` it says goodbye at its
+    /// next read and returns.
+    fn handle(
+        &self,
+        stream: TcpStream,
+        peer: SocketAddr,
+        session_id: &str,
+        shutdown: &CancellationToken,
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send;
+}
+
+/// Accepts connections on `listener` until `shutdown` is cancelled, each in its
+/// own task and span under a fresh 64-bit session id, then waits for the open
+/// connections to end (a delivery or an UPDATE in progress completes first).
+pub async fn serve<S: Shell>(listener: TcpListener, shell: Arc<S>, shutdown: CancellationToken) {
+    let n_connections_max = shell.connections_max();
+    assert!(
+        n_connections_max > 0,
+        "a shell serves at least one connection"
+    );
+    let permits = Arc::new(Semaphore::new(n_connections_max));
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                tracing::warn!(protocol = S::PROTOCOL, %error, "accept failed");
+                tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
+                continue;
+            }
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            refuse_over_limit(&stream, &shell.refusal(), S::PROTOCOL, peer);
+            continue;
+        };
+        let (shell, shutdown) = (shell.clone(), shutdown.clone());
+        let session_id = format!("{:016x}", rand::random::<u64>());
+        let span = shell.span(&session_id, peer);
+        tokio::spawn(
+            async move {
+                let _permit = permit;
+                tracing::debug!("connected");
+                match shell.handle(stream, peer, &session_id, &shutdown).await {
+                    Ok(()) => tracing::debug!("disconnected"),
+                    Err(error) => tracing::debug!(%error, "connection ended"),
+                }
+            }
+            .instrument(span),
+        );
+    }
+    tracing::info!(
+        protocol = S::PROTOCOL,
+        "listener stopped, waiting for open sessions"
+    );
+    let n_permits = u32::try_from(n_connections_max).expect("connection limit fits in u32");
+    let _all_closed = permits.acquire_many(n_permits).await;
+}
+
+/// RFC 5321 §3.1 and RFC 2449 §8.1.2 both let a server refuse at connection time.
+/// A fresh socket's send buffer is empty, so a non-blocking write suffices and
+/// the accept loop never waits on a peer it is turning away.
+fn refuse_over_limit(stream: &TcpStream, refusal: &[u8], protocol: &str, peer: SocketAddr) {
+    tracing::warn!(protocol, %peer, "connection limit reached, refusing");
+    let _ = stream.try_write(refusal);
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    use super::*;
+
+    /// Says hello, then holds the connection until the peer closes it or shutdown,
+    /// and counts the connections that finished.
+    struct Greeter {
+        connections_max: usize,
+        n_finished: AtomicUsize,
+        /// How long a connection takes to say goodbye after shutdown.
+        goodbye_delay: Duration,
+    }
+
+    impl Shell for Greeter {
+        type Error = std::io::Error;
+        const PROTOCOL: &'static str = "test";
+
+        fn connections_max(&self) -> usize {
+            self.connections_max
+        }
+
+        fn refusal(&self) -> Vec<u8> {
+            b"busy\r\n".to_vec()
+        }
+
+        fn span(&self, session_id: &str, peer: SocketAddr) -> tracing::Span {
+            tracing::info_span!("test.session", session_id, %peer)
+        }
+
+        async fn handle(
+            &self,
+            mut stream: TcpStream,
+            _peer: SocketAddr,
+            session_id: &str,
+            shutdown: &CancellationToken,
+        ) -> Result<(), std::io::Error> {
+            assert_eq!(session_id.len(), 16);
+            stream.write_all(b"hello\r\n").await?;
+            let mut byte = [0u8; 1];
+            tokio::select! {
+                _ = shutdown.cancelled() => {
+                    tokio::time::sleep(self.goodbye_delay).await;
+                    stream.write_all(b"bye\r\n").await?;
+                }
+                _ = stream.read(&mut byte) => {}
+            }
+            self.n_finished.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }
+    }
+
+    async fn start(
+        connections_max: usize,
+        goodbye_delay: Duration,
+    ) -> (
+        SocketAddr,
+        Arc<Greeter>,
+        CancellationToken,
+        tokio::task::JoinHandle<()>,
+    ) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shell = Arc::new(Greeter {
+            connections_max,
+            n_finished: AtomicUsize::new(0),
+            goodbye_delay,
+        });
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(serve(listener, shell.clone(), shutdown.clone()));
+        (addr, shell, shutdown, task)
+    }
+
+    async fn read_to_end(stream: &mut TcpStream) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut bytes))
+            .await
+            .expect("the server closes in time")
+            .unwrap();
+        bytes
+    }
+
+    async fn read_line(stream: &mut TcpStream) -> Vec<u8> {
+        let mut line = Vec::new();
+        let mut byte = [0u8; 1];
+        while !line.ends_with(b"\r\n") {
+            let n_read = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut byte))
+                .await
+                .expect("the server answers in time")
+                .unwrap();
+            assert_eq!(n_read, 1, "closed after {line:?}");
+            line.push(byte[0]);
+        }
+        line
+    }
+
+    /// Goal: past the limit a peer gets the refusal and is closed, and a freed
+    /// permit serves the next peer. Method: limit 1, three connections in turn.
+    #[tokio::test]
+    async fn refuses_past_the_limit_and_frees_permits() {
+        let (addr, shell, _shutdown, _task) = start(1, Duration::ZERO).await;
+        let mut first = TcpStream::connect(addr).await.unwrap();
+        assert_eq!(read_line(&mut first).await, b"hello\r\n");
+        let mut second = TcpStream::connect(addr).await.unwrap();
+        assert_eq!(read_to_end(&mut second).await, b"busy\r\n");
+        drop(first);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while shell.n_finished.load(Ordering::SeqCst) < 1 {
+            assert!(tokio::time::Instant::now() < deadline, "first never ended");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let mut third = TcpStream::connect(addr).await.unwrap();
+        assert_eq!(read_line(&mut third).await, b"hello\r\n");
+    }
+
+    /// Goal: connections are served at once, each in its own task. Method: two
+    /// peers both get their greeting while neither has closed.
+    #[tokio::test]
+    async fn serves_connections_concurrently() {
+        let (addr, _shell, _shutdown, _task) = start(2, Duration::ZERO).await;
+        let mut first = TcpStream::connect(addr).await.unwrap();
+        let mut second = TcpStream::connect(addr).await.unwrap();
+        assert_eq!(read_line(&mut second).await, b"hello\r\n");
+        assert_eq!(read_line(&mut first).await, b"hello\r\n");
+    }
+
+    /// Goal: shutdown stops accepting and `serve` returns only after every open
+    /// connection said goodbye. Method: a connection that takes 200 ms to finish
+    /// after shutdown; when `serve` returns it has finished, and new peers are
+    /// no longer greeted.
+    #[tokio::test]
+    async fn shutdown_drains_open_connections() {
+        let (addr, shell, shutdown, task) = start(4, Duration::from_millis(200)).await;
+        let mut open = TcpStream::connect(addr).await.unwrap();
+        assert_eq!(read_line(&mut open).await, b"hello\r\n");
+        shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .expect("serve returns after the drain")
+            .unwrap();
+        assert_eq!(shell.n_finished.load(Ordering::SeqCst), 1);
+        assert_eq!(read_to_end(&mut open).await, b"bye\r\n");
+        assert!(
+            TcpStream::connect(addr).await.is_err(),
+            "the listener is closed once serve returned"
+        );
+    }
+}
