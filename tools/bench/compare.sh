@@ -25,9 +25,10 @@
 #      BIN [target-bench/release/chordmail] OUT [/tmp/cm-compare-<time>]
 #      ONE_PORT [17301] RING_PORT [17311] (ring ports; SMTP +10000, POP3 +20000, admin
 #      +3000, passed to the nodes explicitly)
-# The nodes run as a real cluster would: mutual TLS on the ring port (a CA and node
-# certificates made in $OUT) and the admin token on /api/*.
 #      MAILPEERS_DIR [/tmp/mailpeers-ingest]  CM_RUST_LOG [unset = chordmail default, info]
+# The nodes run as a real cluster would: mutual TLS on the ring port (a CA and node
+# certificates made in $OUT) and the admin token on /api/*. CM_TLS=0 runs the ring
+# port in plaintext instead (loopback only), to measure what TLS costs.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
@@ -78,8 +79,9 @@ start_node() {  # start_node DATA PORT REPLICAS [ENTRY]
   [ -s "$data.cert/node.key" ] || "$BIN" cert node --ca-dir "$CA_DIR" --addr "127.0.0.1:$port" --out "$data.cert" >>"$LOG"
   local args=(node --addr "127.0.0.1:$port" --smtp "127.0.0.1:$((port + SMTP_OFFSET))"
               --pop3 "127.0.0.1:$((port + POP3_OFFSET))" --http "127.0.0.1:$((port + HTTP_OFFSET))"
-              --replicas "$replicas" --domain bench.test --data "$data"
-              --cluster-ca "$CA_DIR/ca.crt" --cluster-cert "$data.cert/node.crt" --cluster-key "$data.cert/node.key")
+              --replicas "$replicas" --domain bench.test --data "$data")
+  [ "${CM_TLS:-1}" = 0 ] || args+=(--cluster-ca "$CA_DIR/ca.crt"
+              --cluster-cert "$data.cert/node.crt" --cluster-key "$data.cert/node.key")
   [ -z "$entry" ] || args+=(--entry-addr "$entry")
   mkdir -p "$data"
   if [ -n "${CM_RUST_LOG:-}" ]; then

@@ -280,4 +280,156 @@ mod tests {
         assert!(!mail.authenticate(&alice, b"secret").await.unwrap());
         server.abort();
     }
+
+    /// Calls every method of the `Replica` service once with harmless requests on
+    /// `channel`; returns the methods that were answered.
+    async fn answered_methods(channel: tonic::transport::Channel) -> Vec<&'static str> {
+        use crate::pb;
+        let mut client = pb::replica_client::ReplicaClient::new(channel);
+        let address = || "alice@example.org".to_owned();
+        let lease = || pb::LeaseRequest {
+            address: address(),
+            lease_id: 7,
+            ttl_ms: 60_000,
+        };
+        let mut answered = Vec::new();
+        let mut note = |name: &'static str, ok: bool| {
+            if ok {
+                answered.push(name);
+            }
+        };
+        note(
+            "Apply",
+            client.apply(pb::WriteBatch::default()).await.is_ok(),
+        );
+        let read = || pb::AddressRequest {
+            address: address(),
+            repair: true,
+        };
+        note("ReadAccount", client.read_account(read()).await.is_ok());
+        note("ReadMailbox", client.read_mailbox(read()).await.is_ok());
+        let body = pb::BodyRequest {
+            address: address(),
+            id: vec![0; 16],
+        };
+        note("ReadBody", client.read_body(body).await.is_ok());
+        note("AcquireLease", client.acquire_lease(lease()).await.is_ok());
+        note("ReleaseLease", client.release_lease(lease()).await.is_ok());
+        let digests = pb::DigestRequest::default();
+        note(
+            "CompareDigests",
+            client.compare_digests(digests).await.is_ok(),
+        );
+        note(
+            "ListAccounts",
+            client.list_accounts(pb::Empty {}).await.is_ok(),
+        );
+        let handoff = pb::HandoffRequest {
+            id: 1,
+            addr: "127.0.0.1:1".to_owned(),
+        };
+        note("Handoff", client.handoff(handoff).await.is_ok());
+        answered
+    }
+
+    /// Goal: no method of the replica service answers a client without a
+    /// certificate of the cluster CA. Method: the service behind the ring port's
+    /// mutual TLS; every method called in plaintext, over TLS without a client
+    /// certificate, with a certificate of another CA (none answered; then the
+    /// account and the lease table are as before), and as a member (the positive
+    /// control: all but the hand-off to an address its certificate does not cover).
+    #[tokio::test]
+    async fn every_replica_method_needs_a_cluster_certificate() {
+        use crate::Mail;
+        use crate::server::ReplicaService;
+        use cm_tls::cluster;
+        use tonic::transport::{ClientTlsConfig, Endpoint};
+
+        let dir = tempfile::tempdir().unwrap();
+        let mail = Mail::open_for_tests(&dir.path().join("data"));
+        let alice = Address::parse("alice@example.org").unwrap();
+        mail.create_account(&alice, "secret").await.unwrap();
+        let before = mail.local().account(&alice).await.unwrap();
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let certs = |ca: &str, node_addr: &str, out: &str| {
+            let ca_dir = dir.path().join(ca);
+            if !ca_dir.join(cluster::CA_KEY_FILE).exists() {
+                cluster::create_ca(&ca_dir).unwrap();
+            }
+            cluster::create_node_cert(&ca_dir, node_addr, &dir.path().join(out)).unwrap();
+            (ca_dir, dir.path().join(out))
+        };
+        let load = |ca_dir: &std::path::Path, cert_dir: &std::path::Path| {
+            cm_net::ClusterTls::load(
+                &ca_dir.join(cluster::CA_CERT_FILE),
+                &cert_dir.join(cluster::NODE_CERT_FILE),
+                &cert_dir.join(cluster::NODE_KEY_FILE),
+            )
+            .unwrap()
+        };
+        let (ca, server_dir) = certs("ca", &addr, "server");
+        let (_, member_dir) = certs("ca", "127.0.0.1:2", "member");
+        let (_, stranger_dir) = certs("other-ca", "127.0.0.1:2", "stranger");
+        let server_tls = load(&ca, &server_dir);
+        let cell = std::sync::Arc::new(std::sync::OnceLock::new());
+        assert!(cell.set(mail.clone()).is_ok());
+        let server = tokio::spawn(
+            tonic::transport::Server::builder()
+                .tls_config(server_tls.server_config())
+                .unwrap()
+                .add_service(ReplicaService::server(mail.local().clone(), cell))
+                .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+        );
+
+        // Every client trusts the server (the CA is the real one), so only the
+        // server's checks can refuse it.
+        let tls_channel = |identity: Option<&std::path::Path>| {
+            let verifier = server_tls.verifier_for(&addr);
+            let config = match identity {
+                Some(cert_dir) => load(&ca, cert_dir).client_config(),
+                None => ClientTlsConfig::new(),
+            };
+            Endpoint::from_shared(format!("https://{addr}"))
+                .unwrap()
+                .tls_config_with_verifier(config, verifier)
+                .unwrap()
+                .connect_lazy()
+        };
+        let plaintext = Endpoint::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect_lazy();
+        assert_eq!(answered_methods(plaintext).await, Vec::<&str>::new());
+        assert_eq!(
+            answered_methods(tls_channel(None)).await,
+            Vec::<&str>::new()
+        );
+        assert_eq!(
+            answered_methods(tls_channel(Some(&stranger_dir))).await,
+            Vec::<&str>::new()
+        );
+        assert_eq!(mail.local().account(&alice).await.unwrap(), before);
+        assert!(
+            mail.local()
+                .leases
+                .acquire(&alice, 99, std::time::Duration::from_secs(1))
+        );
+        mail.local().leases.release(&alice, 99);
+
+        assert_eq!(
+            answered_methods(tls_channel(Some(&member_dir))).await,
+            [
+                "Apply",
+                "ReadAccount",
+                "ReadMailbox",
+                "ReadBody",
+                "AcquireLease",
+                "ReleaseLease",
+                "CompareDigests",
+                "ListAccounts"
+            ]
+        );
+        server.abort();
+    }
 }
