@@ -1,7 +1,7 @@
 """The short fault-injection suite CI runs every time.
 
-Goal: DESIGN.md §9.1-9.3 under faults, on a real cluster. Method: tools/faults/run.py
-with a handful of seeds, 5 nodes in network namespaces, a seeded SMTP/POP3 workload
+Goal: docs/DESIGN.md §9.1-9.3 under faults, on a real cluster. Method: the fault harness
+(`python3 -m tools.faults.run`, tools/faults/) with a handful of seeds, 5 nodes in network namespaces, a seeded SMTP/POP3 workload
 and seeded crashes, pauses, partitions, one-way partitions, slow links (fault proxy)
 and disk losses within §9.1 for a few seconds each; then healing, a bounded
 convergence wait and the history checker. The summary line goes to the CI log
@@ -15,9 +15,10 @@ from pathlib import Path
 
 import pytest
 
+from tools.chordlab import default_binary
+
 ROOT = Path(__file__).resolve().parent.parent
-RUN = ROOT / "tools" / "faults" / "run.py"
-BIN = os.environ.get("CHORDMAIL_BIN", str(ROOT / "target" / "debug" / "chordmail"))
+BIN = default_binary()
 SEEDS = int(os.environ.get("FAULTS_CI_SEEDS", "4"))
 FIRST_SEED = int(os.environ.get("FAULTS_CI_FIRST_SEED", "1"))
 
@@ -35,9 +36,9 @@ def missing_requirements():
 
 @pytest.mark.skipif(missing_requirements() is not None, reason=str(missing_requirements()))
 def test_fault_scenarios_lose_nothing(capsys):
-    command = [sys.executable, str(RUN), "--seeds", str(SEEDS), "--first-seed", str(FIRST_SEED),
+    command = [sys.executable, "-m", "tools.faults.run", "--seeds", str(SEEDS), "--first-seed", str(FIRST_SEED),
                "--duration", "15", "--bin", BIN]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=60 * 15)
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60 * 15, cwd=ROOT)
     summary = [line for line in result.stdout.splitlines() if line.startswith("faults: scenarios=")]
     with capsys.disabled():
         sys.stderr.write("\n" + result.stdout[-20000:] + result.stderr[-5000:])

@@ -1,13 +1,8 @@
 """The fault checker must fail on broken histories: a harness that cannot fail is
-worthless. Goal: feed tools/faults/checker.py hand-made histories (no processes) with
+worthless. Goal: feed the checker (tools/faults/checker.py) hand-made histories (no processes) with
 a lost acknowledged message, a resurrected delete, a corrupted body, and a clean one,
 and check what it flags."""
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools" / "faults"))
-
-import checker  # noqa: E402
+from tools.faults import checker
 
 ACCOUNT = "user0@example.org"
 
@@ -30,6 +25,16 @@ def pop(id, retrieved, deleted=(), quit="ok", t0=2.0):
 
 def final(messages, node=0, ok=True):
     return {"node": node, "account": ACCOUNT, "ok": ok, "messages": dict(messages)}
+
+
+def deleted_then_listed(t_delete, t_list):
+    """A message delivered, deleted by a session at `t_delete` and listed again by a
+    session at `t_list`."""
+    return [
+        deliver(0, "FT-1-1"),
+        pop(1, {"u1": message("FT-1-1")}, deleted=["u1"], t0=t_delete),
+        pop(2, {"u1": message("FT-1-1")}, t0=t_list),
+    ]
 
 
 def test_a_clean_history_passes():
@@ -81,11 +86,7 @@ def test_a_resurrected_delete_is_flagged():
 
 
 def test_a_delete_undone_during_the_run_is_flagged():
-    history = [
-        deliver(0, "FT-1-1"),
-        pop(1, {"u1": message("FT-1-1")}, deleted=["u1"], t0=2.0),
-        pop(2, {"u1": message("FT-1-1")}, t0=5.0),
-    ]
+    history = deleted_then_listed(2.0, 5.0)
     report = checker.check(history, [final({})])
     assert report.counts()["resurrected"] == 1
 
@@ -125,11 +126,7 @@ def test_a_stale_read_in_a_quiet_cluster_is_flagged_but_not_during_faults():
 
 
 def test_a_delete_listed_again_is_flagged_when_quiet_but_only_noted_right_after_a_fault():
-    history = [
-        deliver(0, "FT-1-1"),
-        pop(1, {"u1": message("FT-1-1")}, deleted=["u1"], t0=20.0),
-        pop(2, {"u1": message("FT-1-1")}, t0=25.0),
-    ]
+    history = deleted_then_listed(20.0, 25.0)
     report = checker.check(history, [final({})])
     assert report.violations and report.counts()["resurrected"] == 1
     # A partition healed between the deletion and the later session: the design keeps

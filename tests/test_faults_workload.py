@@ -5,23 +5,20 @@ and a refused QUIT does not excuse the deleted messages, so the checker reported
 them lost); a 451 after DATA is a refusal, not an acknowledgement (smtplib's data()
 returns the reply instead of raising it). Method: scripted POP3 and SMTP servers on
 loopback."""
-import socket
-import sys
-import threading
-from pathlib import Path
-
 import poplib
+import socket
+import threading
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools" / "faults"))
-
-import workload  # noqa: E402
+from tools.faults import workload
 
 MESSAGE = b"Subject: x\r\n\r\ntoken FT-1-1\r\n"
 
 
-def serve_once(script):
-    """Runs `script(connection, lines)` for the first connection to a loopback
-    listener, then closes both; returns the listener's port."""
+def scripted_server(greeting, answer):
+    """A loopback server for one connection: it sends `greeting`, then for each line
+    received sends what `answer(line)` returns, a (reply, go_on) pair (reply None:
+    nothing), and closes both sockets when go_on is false or the client leaves.
+    Returns the listener's port."""
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen(1)
@@ -29,7 +26,13 @@ def serve_once(script):
     def serve():
         connection, _ = listener.accept()
         try:
-            script(connection, connection.makefile("rb"))
+            connection.sendall(greeting)
+            for line in connection.makefile("rb"):
+                reply, go_on = answer(line)
+                if reply is not None:
+                    connection.sendall(reply)
+                if not go_on:
+                    return
         finally:
             connection.close()
             listener.close()
@@ -38,28 +41,21 @@ def serve_once(script):
     return listener.getsockname()[1]
 
 
-def scripted_server(quit_reply):
+def scripted_pop3_server(quit_reply):
     """A one-connection POP3 server with one message; `quit_reply` None closes."""
-    def script(connection, lines):
-        connection.sendall(b"+OK ready\r\n")
-        for line in lines:
-            command = line.split()[0].upper()
-            if command == b"UIDL":
-                connection.sendall(b"+OK\r\n1 u1\r\n.\r\n")
-            elif command == b"RETR":
-                connection.sendall(b"+OK\r\n" + MESSAGE + b".\r\n")
-            elif command == b"QUIT":
-                if quit_reply is not None:
-                    connection.sendall(quit_reply)
-                return
-            else:
-                connection.sendall(b"+OK\r\n")
+    replies = {b"UIDL": b"+OK\r\n1 u1\r\n.\r\n", b"RETR": b"+OK\r\n" + MESSAGE + b".\r\n"}
 
-    return serve_once(script)
+    def answer(line):
+        command = line.split()[0].upper()
+        if command == b"QUIT":
+            return quit_reply, False
+        return replies.get(command, b"+OK\r\n"), True
+
+    return scripted_server(b"+OK ready\r\n", answer)
 
 
 def session(quit_reply, monkeypatch):
-    port = scripted_server(quit_reply)
+    port = scripted_pop3_server(quit_reply)
     monkeypatch.setattr(workload, "pop3_connect", lambda ip, timeout: poplib.POP3(ip, port, timeout=timeout))
     history = workload.History()
     return workload.pop_session(history, AlwaysDelete(), 0, "127.0.0.1", "user0@example.org", delete_fraction=1.0)
@@ -91,30 +87,24 @@ def test_a_quit_answered_ok_is_ok(monkeypatch):
 def scripted_smtp_server(final_reply):
     """A one-connection SMTP server that answers the end of DATA with `final_reply`
     (None: closes the connection instead)."""
-    def script(connection, lines):
-        connection.sendall(b"220 scripted ESMTP\r\n")
-        in_data = False
-        for line in lines:
-            if in_data:
-                if line == b".\r\n":
-                    if final_reply is None:
-                        return
-                    connection.sendall(final_reply)
-                    in_data = False
-                continue
-            command = line[:4].upper()
-            if command == b"EHLO":
-                connection.sendall(b"250 scripted\r\n")
-            elif command == b"DATA":
-                connection.sendall(b"354 go on\r\n")
-                in_data = True
-            elif command == b"QUIT":
-                connection.sendall(b"221 bye\r\n")
-                return
-            else:
-                connection.sendall(b"250 ok\r\n")
+    in_data = False
 
-    return serve_once(script)
+    def answer(line):
+        nonlocal in_data
+        if in_data:
+            if line != b".\r\n":
+                return None, True
+            in_data = False
+            return final_reply, final_reply is not None
+        command = line[:4].upper()
+        if command == b"DATA":
+            in_data = True
+            return b"354 go on\r\n", True
+        if command == b"QUIT":
+            return b"221 bye\r\n", False
+        return (b"250 scripted\r\n" if command == b"EHLO" else b"250 ok\r\n"), True
+
+    return scripted_server(b"220 scripted ESMTP\r\n", answer)
 
 
 def delivery(final_reply, monkeypatch):

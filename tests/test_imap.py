@@ -17,7 +17,7 @@ import re
 import socket
 import time
 
-from conftest import wait_until
+from tools.chordlab import wait_until
 from test_replication import PASSWORD, add_users, message, replica_set, send, start_ring
 
 IMAP_OFFSET = 9_000

@@ -7,7 +7,13 @@ import poplib
 import socket
 import subprocess
 
-from conftest import BIN, Node, http, run_cli, wait_until
+from conftest import Node, run_cli
+from tools.chordlab import private_file
+
+
+def token_of(node):
+    """The CLI flags that hand `node`'s admin token to `chordmail user`/`ring`."""
+    return ["--token-file", str(node.token_file)]
 
 
 def pop3_login_works(node, address, password):
@@ -24,34 +30,33 @@ def pop3_login_works(node, address, password):
 
 def test_account_survives_kill_9_right_after_creation(node, tmp_path):
     """Goal: 201 means durable. Method: user add, SIGKILL at once, restart, log in."""
-    password_file = tmp_path / "pw"
-    password_file.write_text("durable secret\n")
-    status, out, err = run_cli("user", "add", "dora@example.org", "--node", node.http, "--password-file", str(password_file))
+    password_file = private_file(tmp_path / "pw", "durable secret\n")
+    status, out, err = run_cli("user", "add", "dora@example.org", "--node", node.http, "--password-file", str(password_file), *token_of(node))
     assert status == 0, err
     node.kill()
     node.start()
-    status, out, err = run_cli("user", "list", "--node", node.http)
+    status, out, err = run_cli("user", "list", "--node", node.http, *token_of(node))
     assert status == 0 and "dora@example.org" in out.split(), (out, err)
     assert pop3_login_works(node, "dora@example.org", "durable secret")
     assert not pop3_login_works(node, "dora@example.org", "wrong secret")
 
 
 def test_user_commands_and_their_errors(node, tmp_path):
-    password_file = tmp_path / "pw"
-    password_file.write_text("pw1\n")
-    ok = run_cli("user", "add", "ed@localhost", "--node", node.http, "--password-file", str(password_file))
+    password_file = private_file(tmp_path / "pw", "pw1\n")
+    token = token_of(node)
+    ok = run_cli("user", "add", "ed@localhost", "--node", node.http, "--password-file", str(password_file), *token)
     assert ok[0] == 0, ok
-    again = run_cli("user", "add", "ed@localhost", "--node", node.http, "--password-file", str(password_file))
+    again = run_cli("user", "add", "ed@localhost", "--node", node.http, "--password-file", str(password_file), *token)
     assert again[0] == 1 and "already exists" in again[2], again
-    changed = run_cli("user", "passwd", "ed@localhost", "--node", node.http, "--password-file", "-", input="pw2\n")
+    changed = run_cli("user", "passwd", "ed@localhost", "--node", node.http, "--password-file", "-", *token, input="pw2\n")
     assert changed[0] == 0, changed
-    deleted = run_cli("user", "del", "ed@localhost", "--node", node.http)
+    deleted = run_cli("user", "del", "ed@localhost", "--node", node.http, *token)
     assert deleted[0] == 0, deleted
-    missing = run_cli("user", "del", "ed@localhost", "--node", node.http)
+    missing = run_cli("user", "del", "ed@localhost", "--node", node.http, *token)
     assert missing[0] == 1 and "no such account" in missing[2], missing
-    unreachable = run_cli("user", "list", "--node", "http://127.0.0.1:1")
+    unreachable = run_cli("user", "list", "--node", "http://127.0.0.1:1", *token)
     assert unreachable[0] == 1 and "127.0.0.1:1" in unreachable[2], unreachable
-    no_password = run_cli("user", "add", "fay@localhost", "--node", node.http)
+    no_password = run_cli("user", "add", "fay@localhost", "--node", node.http, *token)
     assert no_password[0] == 2 and "--password-file" in no_password[2], no_password
 
 
@@ -84,9 +89,9 @@ def test_ring_views_of_a_lone_node(node):
     assert view["successors"][0] == {"id": view["id"], "addr": node.addr}
     status, cluster = node.api("GET", "/api/cluster")
     assert status == 200 and cluster == {"nodes": [{"id": view["id"], "addr": node.addr}]}
-    code, out, err = run_cli("ring", "--node", node.http)
+    code, out, err = run_cli("ring", "--node", node.http, *token_of(node))
     assert code == 0 and node.addr in out, (out, err)
-    code, out, err = run_cli("ring", "--node", node.http, "--json")
+    code, out, err = run_cli("ring", "--node", node.http, "--json", *token_of(node))
     assert code == 0 and '"nodes"' in out
 
 

@@ -1,4 +1,4 @@
-"""POP3 (DESIGN.md §6, issue 4) against a running node with real clients.
+"""POP3 (docs/DESIGN.md §6, issue 4) against a running node with real clients.
 
 Method: start one `chordmail node`, create an account over the admin API, put mail
 in with smtplib through the node's SMTP server, and take it out with Python's
@@ -18,7 +18,7 @@ import sys
 
 import pytest
 
-from conftest import wait_until
+from tools.chordlab import wait_until
 
 ALICE = "alice@example.org"
 PASSWORD = "pop3 secret"

@@ -1,4 +1,4 @@
-"""Replicated mail on the ring (issue 6, DESIGN.md §4 and §9.1-9.3) across real nodes.
+"""Replicated mail on the ring (issue 6, docs/DESIGN.md §4 and §9.1-9.3) across real nodes.
 
 Method: rings of 3 to 5 `chordmail node` processes on loopback with `--replicas 3`
 and the fast timing of FAST_TIMING (anti-entropy every 500 ms, ring calls time out
@@ -13,7 +13,6 @@ printed with a `[replication timing]` prefix (run with `-s` to see them); typica
 values measured on a 2-core container with the debug binary are quoted in the
 docstrings.
 """
-import hashlib
 import poplib
 import shutil
 import signal
@@ -24,22 +23,13 @@ from pathlib import Path
 
 import pytest
 
-from conftest import http, wait_until
+from tools.chordlab import FAST_TIMING, fetcher, key_of, wait_for_ring, wait_until, write_config
+from tools.chordlab import replica_set as placement
 
 BITS = 64
 REPLICAS = 3
 PASSWORD = "replicated secret"
-FAST_TIMING = {
-    "anti_entropy_ms": 500,
-    "stabilize_ms": 100,
-    "fix_fingers_ms": 100,
-    "fix_successors_ms": 200,
-    "check_predecessor_ms": 200,
-    "probe_ms": 500,
-    "rpc_timeout_ms": 300,
-}
-
-# Bounds asserted below, with fast timing (DESIGN.md §9.3 ceilings, default timing, in
+# Bounds asserted below, with fast timing (docs/DESIGN.md §9.3 ceilings, default timing, in
 # brackets). Measured values are an order of magnitude lower.
 RING_BOUND_S = 15.0  # ring correct after a start, join, crash or restart [30 s]
 SERVE_BOUND_S = 15.0  # a mailbox served through another node after its coordinator's kill -9 [30 s]
@@ -53,27 +43,13 @@ def report(what, seconds):
 
 # ----- placement, as the node computes it -----
 
-def key_of(address, bits=BITS):
-    """cm_types::key_of_address: SHA-256 of the lower-cased address, first 8 bytes
-    big-endian, masked to `bits`."""
-    key = int.from_bytes(hashlib.sha256(address.lower().encode()).digest()[:8], "big")
-    return key if bits == 64 else key & ((1 << bits) - 1)
-
-
 def ring_id(node):
-    if getattr(node, "ring_id", None) is None:
-        status, view = node.api("GET", "/api/ring")
-        assert status == 200, view
-        node.ring_id = view["id"]
-    return node.ring_id
+    return node.member()["id"]
 
 
 def replica_set(live, address, replicas=REPLICAS):
     """The first `replicas` of `live` clockwise from the address's key, coordinator first."""
-    ordered = sorted(live, key=ring_id)
-    key = key_of(address)
-    start = next((index for index, node in enumerate(ordered) if ring_id(node) >= key), 0)
-    return [ordered[(start + offset) % len(ordered)] for offset in range(min(replicas, len(ordered)))]
+    return placement(live, address, replicas, id_of=ring_id, bits=BITS)
 
 
 def address_coordinated_by(coordinator, live, prefix):
@@ -88,9 +64,7 @@ def address_coordinated_by(coordinator, live, prefix):
 # ----- starting rings -----
 
 def fast_config(tmp_path):
-    path = Path(tmp_path) / "fast.toml"
-    path.write_text("".join(f"{key} = {value}\n" for key, value in FAST_TIMING.items()))
-    return path
+    return write_config(Path(tmp_path) / "fast.toml", FAST_TIMING)
 
 
 def start_ring(make_node, tmp_path, n):
@@ -113,24 +87,7 @@ def joiner(make_node, tmp_path, entry, start=True):
 def wait_ring(live, what, timeout=RING_BOUND_S):
     """Polls until every live node shows the one correct ring of `live` (its walk of
     the ring, its successor list and its predecessor); returns the seconds it took."""
-    started = time.monotonic()
-    ordered = sorted(live, key=ring_id)
-
-    def correct():
-        for index, node in enumerate(ordered):
-            want = [member.addr for member in ordered[index:] + ordered[:index]]
-            status, cluster = http("GET", node.http + "/api/cluster", timeout=5)
-            got = [entry["addr"] for entry in cluster["nodes"]]
-            assert got == want, f"{node.addr} walks {got}, want {want}"
-            view = node.api("GET", "/api/ring")[1]
-            successors = [entry["addr"] for entry in view["successors"]]
-            assert successors == (want[1:] or want), f"{node.addr} successors {successors}"
-            if len(want) > 1:
-                assert view["predecessor"] and view["predecessor"]["addr"] == want[-1], f"{node.addr} predecessor"
-        return True
-
-    wait_until(correct, timeout, what, interval=0.05)
-    return time.monotonic() - started
+    return wait_for_ring(fetcher(live), [node.member() for node in live], timeout, what, interval=0.05)
 
 
 # ----- mail through real clients -----
@@ -190,6 +147,23 @@ def pop_fetch_when_free(node, address, timeout=LOCK_BOUND_S):
             assert b"[IN-USE]" in error.args[0], error
             return None
     return wait_until(attempt, timeout, f"the maildrop of {address} on {node.addr}")
+
+
+def pop_login_when_free(node, address, password, timeout=LOCK_BOUND_S):
+    """A POP3 session logged in through `node`, retried while the maildrop is still
+    locked by the previous session (whose lease a remote member releases
+    asynchronously, after that session's QUIT was answered)."""
+    def attempt():
+        client = poplib.POP3("127.0.0.1", node.pop3_port, timeout=30)
+        client.user(address)
+        try:
+            client.pass_(password)
+        except poplib.error_proto as error:
+            client.close()
+            assert b"[IN-USE]" in error.args[0], error
+            return None
+        return client
+    return wait_until(attempt, timeout, f"a POP3 session of {address} on {node.addr}")
 
 
 def assert_bodies(stored, sent):
@@ -440,9 +414,7 @@ def test_deletion_while_a_replica_is_down_never_reappears(make_node, tmp_path):
 
     coordinator, _, replica = replica_set(nodes, address)
     replica.kill()
-    client = poplib.POP3("127.0.0.1", coordinator.pop3_port, timeout=30)
-    client.user(address)
-    client.pass_(PASSWORD)
+    client = pop_login_when_free(coordinator, address, PASSWORD)
     _, listing, _ = client.uidl()
     by_number = {int(number): uid.decode() for number, uid in (line.split() for line in listing)}
     _, lines, _ = client.retr(1)
@@ -495,9 +467,7 @@ def test_replica_that_missed_a_message_and_its_deletion_converges(make_node, tmp
     coordinator, _, replica = replica_set(nodes, address)
     replica.kill()
     send(coordinator, [address], message("short-lived"))
-    client = poplib.POP3("127.0.0.1", coordinator.pop3_port, timeout=30)
-    client.user(address)
-    client.pass_(PASSWORD)
+    client = pop_login_when_free(coordinator, address, PASSWORD)
     _, listing, _ = client.uidl()
     [deleted_uid] = [uid.decode() for _, uid in (line.split() for line in listing) if uid.decode() != kept_uid]
     number = next(int(n) for n, uid in (line.split() for line in listing) if uid.decode() == deleted_uid)
@@ -557,6 +527,31 @@ def test_restarted_node_catches_up(make_node, tmp_path):
     assert_bodies(pop_fetch_when_free(victim, new[0]), sent[new[0]])
 
 
+def open_sessions_before_a_crash(make_node, tmp_path, name):
+    """A ring of 3 (replicas 3) whose first node, the survivor, serves `name`@example.org
+    with 2 messages on all 3 replicas, and on the survivor an SMTP session open up to
+    RCPT (250) and a POP3 session that marked message 1 deleted.
+    Returns (nodes, address, bodies, expected ids, smtp, pop, uidl of message 1)."""
+    nodes = start_ring(make_node, tmp_path, 3)
+    survivor = nodes[0]
+    address = f"{name}@example.org"
+    survivor.add_user(address, PASSWORD)
+    bodies = [message(f"{name}-1"), message(f"{name}-2")]
+    for body in bodies:
+        send(survivor, [address], body)
+    expected = expected_ids(survivor, {address: bodies})
+    wait_replicated(nodes, expected, "2 messages on 3 replicas")
+
+    smtp = smtplib.SMTP("127.0.0.1", survivor.smtp_port, local_hostname="client.test", timeout=30)
+    smtp.ehlo()
+    assert smtp.mail("sender@elsewhere.example")[0] == 250
+    assert smtp.rcpt(address)[0] == 250
+    pop = pop_login_when_free(survivor, address, PASSWORD)
+    deleted_uid = pop.uidl(1).split()[2].decode()
+    assert pop.dele(1).startswith(b"+OK")
+    return nodes, address, bodies, expected, smtp, pop, deleted_uid
+
+
 def test_one_replica_of_three_refuses_writes(make_node, tmp_path):
     """Goal: below a write quorum nothing is acknowledged (§4): SMTP answers 451 4.3.0,
     a POP3 QUIT after DELE answers -ERR, and a new POP3 login fails with -ERR; once the
@@ -569,24 +564,8 @@ def test_one_replica_of_three_refuses_writes(make_node, tmp_path):
     a new SMTP transaction and a new POP3 login, all through S. Restart both nodes on
     the same --data, wait for out_of_sync 0 and read the mailbox through every node:
     both old messages, nothing else."""
-    nodes = start_ring(make_node, tmp_path, 3)
+    nodes, address, bodies, expected, smtp, pop, _ = open_sessions_before_a_crash(make_node, tmp_path, "quorum")
     survivor, others = nodes[0], nodes[1:]
-    address = "quorum@example.org"
-    survivor.add_user(address, PASSWORD)
-    bodies = [message("quorum-1"), message("quorum-2")]
-    for body in bodies:
-        send(survivor, [address], body)
-    expected = expected_ids(survivor, {address: bodies})
-    wait_replicated(nodes, expected, "2 messages on 3 replicas")
-
-    smtp = smtplib.SMTP("127.0.0.1", survivor.smtp_port, local_hostname="client.test", timeout=30)
-    smtp.ehlo()
-    assert smtp.mail("sender@elsewhere.example")[0] == 250
-    assert smtp.rcpt(address)[0] == 250
-    pop = poplib.POP3("127.0.0.1", survivor.pop3_port, timeout=30)
-    pop.user(address)
-    pop.pass_(PASSWORD)
-    assert pop.dele(1).startswith(b"+OK")
 
     for node in others:
         node.kill()
@@ -687,25 +666,8 @@ def test_write_refused_in_the_instant_of_the_crash(make_node, tmp_path):
     refused message shows up at most once (it may have reached the survivor); the
     refused DELE never takes effect, since a deletion first checks that a write
     quorum answers and writes nothing otherwise."""
-    nodes = start_ring(make_node, tmp_path, 3)
-    survivor, others = nodes[0], nodes[1:]
-    address = "instant@example.org"
-    survivor.add_user(address, PASSWORD)
-    bodies = [message("instant-1"), message("instant-2")]
-    for body in bodies:
-        send(survivor, [address], body)
-    expected = expected_ids(survivor, {address: bodies})
-    wait_replicated(nodes, expected, "2 messages on 3 replicas")
-
-    smtp = smtplib.SMTP("127.0.0.1", survivor.smtp_port, local_hostname="client.test", timeout=30)
-    smtp.ehlo()
-    assert smtp.mail("sender@elsewhere.example")[0] == 250
-    assert smtp.rcpt(address)[0] == 250
-    pop = poplib.POP3("127.0.0.1", survivor.pop3_port, timeout=30)
-    pop.user(address)
-    pop.pass_(PASSWORD)
-    deleted_uid = pop.uidl(1).split()[2].decode()
-    assert pop.dele(1).startswith(b"+OK")
+    nodes, address, bodies, expected, smtp, pop, deleted_uid = open_sessions_before_a_crash(make_node, tmp_path, "instant")
+    others = nodes[1:]
     for node in others:
         node.kill()
     refused = message("refused-at-crash")
@@ -732,7 +694,7 @@ def test_write_refused_in_the_instant_of_the_crash(make_node, tmp_path):
     print(f"[replication] after the restarts: the 451'd message shows {len(refused_uids)} time(s); "
           f"the -ERR'd DELE took effect: {dele_took_effect}")
     assert len(refused_uids) <= 1
-    assert not dele_took_effect, "a deletion answered -ERR must remove nothing (DESIGN.md §6)"
+    assert not dele_took_effect, "a deletion answered -ERR must remove nothing (docs/DESIGN.md §6)"
     old = {uid: octets for uid, octets in stored.items() if uid not in refused_uids}
     assert set(old) == expected[address] - ({deleted_uid} if dele_took_effect else set())
     assert_bodies(old, [body for body in bodies if any(octets.endswith(body) for octets in old.values())])
@@ -893,7 +855,7 @@ def test_a_replica_refilled_after_a_disk_loss_does_not_bring_a_deletion_back(mak
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         listings.append(pop_uidls_when_free(y, address))
-        if http("GET", x.http + "/healthz", timeout=2)[0] == 200 and len(listings) > 3:
+        if x.is_ready(timeout=2) and len(listings) > 3:
             break
     else:
         raise AssertionError("X did not serve again within 20 s")

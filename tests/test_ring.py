@@ -1,4 +1,4 @@
-"""The Chord ring across real `chordmail node` processes (issue 5, DESIGN.md §3 and §9.3).
+"""The Chord ring across real `chordmail node` processes (issue 5, docs/DESIGN.md §3 and §9.3).
 
 Method: start real nodes (on loopback, or each in its own network namespace), then
 crash, stop, pause, partition and feed them garbage, and poll `/api/cluster` and
@@ -8,23 +8,26 @@ ring: ids ascending from that node and wrapping, successor list and predecessor 
 Timing: the tests marked "default timing" run the nodes on the built-in intervals
 (stabilize 250 ms, rpc timeout 1 s); the others use FAST_TIMING below. Measured
 convergence times are printed (run with `-s` to see them); the asserted bounds are
-tighter than DESIGN.md's ceilings (30 s after a join, crash or restart; 90 s after a
+tighter than docs/DESIGN.md's ceilings (30 s after a join, crash or restart; 90 s after a
 healed partition) and are stated next to each assertion.
 """
 import json
 import os
 import random
-import secrets
 import shutil
 import signal
 import socket
 import subprocess
 import time
+import types
 from pathlib import Path
 
 import pytest
 
-from conftest import BIN, HTTP_OFFSET, POP3_OFFSET, SMTP_OFFSET, Node, free_ring_port, http, port_is_free, run_cli, wait_until
+from conftest import BIN, Node, run_cli
+from tools.chordlab import (ClusterCa, fetcher, free_port_block, free_ring_port, netns, new_token_file, wait_for_ring,
+                            wait_until, write_config)
+from tools.chordlab.ring import ref
 
 # Maintenance intervals for the tests that do not test the defaults.
 FAST_TIMING = {
@@ -36,11 +39,7 @@ FAST_TIMING = {
     "rpc_timeout_ms": 1000,  # the default: shorter deadlines misfire on a loaded CI host
 }
 
-# The successor list length s of the ring crate's default (SUCCESSOR_LIST_LEN_DEFAULT;
-# it is max(8, --replicas) and the tests use --replicas <= 3).
-SUCCESSOR_LIST_LEN = 8
-
-# Bounds asserted below (DESIGN.md §9.3 ceilings in brackets).
+# Bounds asserted below (docs/DESIGN.md §9.3 ceilings in brackets).
 FORM_BOUND_S = 15.0  # a freshly started ring is correct [30 s after a join]
 CRASH_BOUND_S = 10.0  # kill -9 of one node, default timing [30 s]
 RESTART_BOUND_S = 10.0  # the crashed node is back with its old id, default timing [30 s]
@@ -52,80 +51,12 @@ HEAL_BOUND_S = 30.0  # one ring of 6 after the partition heals, fast timing [90 
 
 
 def write_fast_config(directory):
-    path = Path(directory) / "fast-ring.toml"
-    path.write_text("".join(f"{key} = {value}\n" for key, value in FAST_TIMING.items()))
-    return path
-
-
-def ref(entry):
-    """The {"id", "addr"} part of a node entry (the API may add fields)."""
-    return {"id": entry["id"], "addr": entry["addr"]}
-
-
-def names(entries):
-    return [f"{entry['id']}@{entry['addr']}" for entry in entries]
-
-
-def ring_problems(fetch, members):
-    """What is wrong with the ring that `members` (each {"id", "addr"}) should form.
-
-    `fetch(member, path)` returns the parsed JSON of one admin API GET on that member.
-    Every member must show the whole ring in ring order starting from itself, its
-    successor list must be the next min(N - 1, SUCCESSOR_LIST_LEN) nodes in order, and
-    its predecessor the previous node.
-    """
-    members = sorted((ref(member) for member in members), key=lambda member: member["id"])
-    assert len({member["id"] for member in members}) == len(members), "test bug: duplicate ids"
-    problems = []
-    for index, member in enumerate(members):
-        order = members[index:] + members[:index]
-        cluster = [ref(node) for node in fetch(member, "/api/cluster")["nodes"]]
-        if cluster != order:
-            problems.append(f"{member['id']}: cluster {names(cluster)}, want {names(order)}")
-        view = fetch(member, "/api/ring")
-        if ref(view) != member:
-            problems.append(f"{member['addr']}: is {ref(view)}, want {member}")
-        successors = [ref(node) for node in view["successors"]]
-        want_successors = order[1 : 1 + SUCCESSOR_LIST_LEN] if len(order) > 1 else [member]
-        if successors != want_successors:
-            problems.append(f"{member['id']}: successors {names(successors)}, want {names(want_successors)}")
-        predecessor = view["predecessor"] and ref(view["predecessor"])
-        want_predecessor = order[-1] if len(order) > 1 else None
-        if predecessor != want_predecessor and not (len(order) == 1 and predecessor in (None, member)):
-            problems.append(f"{member['id']}: predecessor {predecessor}, want {want_predecessor}")
-    return problems
-
-
-def wait_for_ring(fetch, members, timeout, what):
-    """Polls until `members` form the correct ring; returns the seconds it took."""
-    started = time.monotonic()
-
-    def correct():
-        problems = ring_problems(fetch, members)
-        if problems:
-            raise AssertionError("; ".join(problems))
-        return True
-
-    wait_until(correct, timeout, what, interval=0.1)
-    return time.monotonic() - started
-
-
-def loopback_fetch(nodes):
-    """A `fetch` for nodes on 127.0.0.1, found by their ring address."""
-    by_addr = {node.addr: node for node in nodes}
-
-    def fetch(member, path):
-        status, body = http("GET", by_addr[member["addr"]].http + path, timeout=5)
-        assert status == 200, f"GET {path} on {member['addr']}: {status} {body}"
-        return body
-
-    return fetch
+    return write_config(Path(directory) / "fast-ring.toml", FAST_TIMING)
 
 
 def member_of(node):
-    status, view = node.api("GET", "/api/ring")
-    assert status == 200, view
-    return {"id": view["id"], "addr": node.addr}
+    """{"id", "addr"} as the node's /api/ring tells it now."""
+    return {"id": node.get("/api/ring")["id"], "addr": node.addr}
 
 
 def report(what, seconds):
@@ -134,23 +65,17 @@ def report(what, seconds):
 
 class VerbatimNode(Node):
     """A node started with exactly the given arguments, in `workdir` as its cwd (so the
-    default `--data`, chordmail-data/<ip>_<port>, lands in the test's directory)."""
+    default `--data`, chordmail-data/<ip>_<port>, lands in the test's directory), on
+    the ports the binary picks by itself."""
 
     def __init__(self, workdir, ring_port, argv):
-        super().__init__(workdir, ring_port=ring_port, data=Path(workdir) / "chordmail-data" / f"127.0.0.1_{ring_port}")
-        self.workdir = Path(workdir)
+        super().__init__(workdir, ring_port=ring_port, data=Path(workdir) / "chordmail-data" / f"127.0.0.1_{ring_port}",
+                         cwd=workdir)
+        self.with_default_ports()
         self.argv = list(argv)
 
-    def command(self):
+    def command(self, entry=None):
         return [BIN, "node", *self.argv]
-
-    def start(self, wait=True):
-        env = dict(os.environ, RUST_LOG=os.environ.get("RUST_LOG", "info"), RUST_BACKTRACE="1")
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(self.command(), cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT, env=env)
-        if wait:
-            self.wait_ready()
-        return self
 
 
 @pytest.fixture
@@ -181,11 +106,11 @@ def test_seed_commands_verbatim_form_one_ring(tmp_path, verbatim_nodes):
         verbatim_nodes.append(node)
         node.start()
     members = [{"id": 2, "addr": f"127.0.0.1:{first}"}, {"id": 5, "addr": f"127.0.0.1:{second}"}, {"id": 0, "addr": f"127.0.0.1:{third}"}]
-    took = wait_for_ring(loopback_fetch(verbatim_nodes), members, FORM_BOUND_S, "the seed's ring of 3")
+    took = wait_for_ring(fetcher(verbatim_nodes), members, FORM_BOUND_S, "the seed's ring of 3")
     report("seed ring of 3 correct after the last start", took)
     report("seed ring of 3 correct after the first start", time.monotonic() - started)
     # From node 5 the ring wraps: 5, 0, 2.
-    assert http("GET", verbatim_nodes[1].http + "/api/cluster")[1]["nodes"] == [
+    assert verbatim_nodes[1].get("/api/cluster")["nodes"] == [
         members[1],
         members[2],
         members[0],
@@ -205,7 +130,7 @@ def test_crash_restart_and_leave_default_timing(make_node):
     entry = make_node(replicas=3)
     nodes = [entry] + [make_node(replicas=3, args=["--entry-addr", entry.addr]) for _ in range(4)]
     members = {node.addr: member_of(node) for node in nodes}
-    fetch = loopback_fetch(nodes)
+    fetch = fetcher(nodes)
     took = wait_for_ring(fetch, members.values(), FORM_BOUND_S, "a ring of 5")
     report("ring of 5 formed (after the last join)", took)
 
@@ -234,7 +159,7 @@ def test_crash_restart_and_leave_default_timing(make_node):
 def test_entry_less_node_rejoins_by_remembered_peers(make_node, tmp_path):
     """Goal: a node restarted with no --entry-addr at all (the ring's first node, whose
     command line has none) finds its old ring again through the peers it remembered in
-    --data, instead of staying a ring of its own (DESIGN.md §3, partition healing).
+    --data, instead of staying a ring of its own (docs/DESIGN.md §3, partition healing).
     Method: 4 nodes, fast timing; kill -9 the first one, wait for the ring of 3, restart
     it with its unchanged command line and poll for the ring of 4."""
     config = write_fast_config(tmp_path)
@@ -242,7 +167,7 @@ def test_entry_less_node_rejoins_by_remembered_peers(make_node, tmp_path):
     first = make_node(replicas=3, args=args)
     nodes = [first] + [make_node(replicas=3, args=args + ["--entry-addr", first.addr]) for _ in range(3)]
     members = [member_of(node) for node in nodes]
-    fetch = loopback_fetch(nodes)
+    fetch = fetcher(nodes)
     wait_for_ring(fetch, members, FORM_BOUND_S, "a ring of 4")
     first.kill()
     wait_for_ring(fetch, members[1:], CRASH_BOUND_S, "the ring without the first node")
@@ -263,7 +188,7 @@ def test_paused_node_is_routed_around_and_comes_back(make_node, tmp_path):
     first = make_node(replicas=3, args=args)
     nodes = [first] + [make_node(replicas=3, args=args + ["--entry-addr", first.addr]) for _ in range(3)]
     members = {node.addr: member_of(node) for node in nodes}
-    fetch = loopback_fetch(nodes)
+    fetch = fetcher(nodes)
     wait_for_ring(fetch, members.values(), FORM_BOUND_S, "a ring of 4")
     paused = nodes[2]
     paused.process.send_signal(signal.SIGSTOP)
@@ -292,7 +217,7 @@ def test_concurrent_joins_and_adjacent_crashes(make_node, tmp_path):
         node.wait_ready()
     nodes = [first] + others
     members = {node.addr: member_of(node) for node in nodes}
-    fetch = loopback_fetch(nodes)
+    fetch = fetcher(nodes)
     took = wait_for_ring(fetch, members.values(), CONCURRENT_JOIN_BOUND_S, "a ring of 8 from concurrent joins")
     report("8 concurrent joins: ring correct", took)
 
@@ -323,7 +248,7 @@ def test_stable_ring_does_not_log_merges(make_node, tmp_path):
     config = write_fast_config(tmp_path)
     first = make_node(replicas=3, args=["--config", str(config)])
     nodes = [first] + [make_node(replicas=3, args=["--config", str(config), "--entry-addr", first.addr]) for _ in range(2)]
-    wait_for_ring(loopback_fetch(nodes), [member_of(node) for node in nodes], FORM_BOUND_S, "a ring of 3")
+    wait_for_ring(fetcher(nodes), [member_of(node) for node in nodes], FORM_BOUND_S, "a ring of 3")
     deadline = time.monotonic() + 10 * FAST_TIMING["probe_ms"] / 1000
     while time.monotonic() < deadline:
         for node in nodes:
@@ -358,7 +283,7 @@ def garbage_connection_is_dropped(port, payload, timeout=10.0):
 
 
 def test_bad_input_duplicate_id_dead_entry_and_garbage(make_node, tmp_path):
-    """Goal: bad input gets a clear error and changes nothing (DESIGN.md §9.4): a
+    """Goal: bad input gets a clear error and changes nothing (docs/DESIGN.md §9.4): a
     duplicate --id is refused naming the holder, and the refused --data stays unclaimed;
     an --entry-addr that does not answer (or is not a ring port) exits 1 naming it;
     garbage on the ring port is dropped and the node keeps serving.
@@ -373,20 +298,20 @@ def test_bad_input_duplicate_id_dead_entry_and_garbage(make_node, tmp_path):
     c = make_node(replicas=3, args=base + ["--id", "30", "--entry-addr", b.addr])
     nodes = [a, b, c]
     members = [{"id": 10, "addr": a.addr}, {"id": 20, "addr": b.addr}, {"id": 30, "addr": c.addr}]
-    wait_for_ring(loopback_fetch(nodes), members, FORM_BOUND_S, "a ring of 3")
+    wait_for_ring(fetcher(nodes), members, FORM_BOUND_S, "a ring of 3")
 
     # A duplicate id, joining through a node that is not the holder.
     newcomer = make_node(start=False, replicas=3, args=base + ["--id", "20", "--entry-addr", a.addr])
     refused = subprocess.run(newcomer.command(), capture_output=True, text=True, timeout=60)
     assert refused.returncode == 1, refused
     assert b.addr in refused.stderr and "20" in refused.stderr, refused.stderr
-    wait_for_ring(loopback_fetch(nodes), members, FORM_BOUND_S, "the ring unchanged by the refused join")
+    wait_for_ring(fetcher(nodes), members, FORM_BOUND_S, "the ring unchanged by the refused join")
     # Its --data is not claimed: it starts with another id.
     newcomer.args = base + ["--id", "25", "--entry-addr", a.addr]
     newcomer.start()
     nodes.append(newcomer)
     members.append({"id": 25, "addr": newcomer.addr})
-    wait_for_ring(loopback_fetch(nodes), members, FORM_BOUND_S, "a ring of 4 with the once-refused --data")
+    wait_for_ring(fetcher(nodes), members, FORM_BOUND_S, "a ring of 4 with the once-refused --data")
 
     # Entry addresses that do not answer, or answer in another protocol.
     silent = socket.socket()  # accepts connections (the kernel does) but never answers
@@ -418,7 +343,7 @@ def test_bad_input_duplicate_id_dead_entry_and_garbage(make_node, tmp_path):
         assert garbage_connection_is_dropped(a.ring_port, payload), f"{what}: connection not dropped"
         assert a.alive(), f"{what} killed the node:\n{a.log()}"
         assert a.api("GET", "/healthz")[0] == 200
-    wait_for_ring(loopback_fetch(nodes), members, FORM_BOUND_S, "the ring after garbage")
+    wait_for_ring(fetcher(nodes), members, FORM_BOUND_S, "the ring after garbage")
 
 
 def test_ring_command_prints_table_and_json(make_node, tmp_path):
@@ -431,32 +356,23 @@ def test_ring_command_prints_table_and_json(make_node, tmp_path):
     b = make_node(replicas=3, args=base + ["--id", "40000", "--entry-addr", a.addr])
     c = make_node(replicas=3, args=base + ["--id", "65535", "--entry-addr", a.addr])
     members = [{"id": 100, "addr": a.addr}, {"id": 40000, "addr": b.addr}, {"id": 65535, "addr": c.addr}]
-    wait_for_ring(loopback_fetch([a, b, c]), members, FORM_BOUND_S, "a ring of 3")
+    wait_for_ring(fetcher([a, b, c]), members, FORM_BOUND_S, "a ring of 3")
 
-    code, out, err = run_cli("ring", "--node", b.http)
+    token = ["--token-file", str(b.token_file)]
+    code, out, err = run_cli("ring", "--node", b.http, *token)
     assert code == 0, err
     rows = [line.split() for line in out.splitlines() if line.split()[:1] in (["100"], ["40000"], ["65535"])]
     assert [row[:2] for row in rows] == [["40000", b.addr], ["65535", c.addr], ["100", a.addr]], out
     assert "this node" in " ".join(rows[0]) and "this node" not in " ".join(rows[1] + rows[2]), out
     assert "3 nodes" in out, out
 
-    code, out, err = run_cli("ring", "--node", b.http, "--json")
+    code, out, err = run_cli("ring", "--node", b.http, "--json", *token)
     assert code == 0, err
     assert json.loads(out) == b.api("GET", "/api/cluster")[1]
     assert [ref(node) for node in json.loads(out)["nodes"]] == [members[1], members[2], members[0]]
 
-    code, out, err = run_cli("ring", "--node", "http://127.0.0.1:1")
+    code, out, err = run_cli("ring", "--node", "http://127.0.0.1:1", *token)
     assert code == 1 and "127.0.0.1:1" in err, (code, out, err)
-
-
-def free_port_block(count):
-    """A base port P with P..P+count-1 and their SMTP/POP3/HTTP companions all free."""
-    for _ in range(1000):
-        base = random.randrange(20_000, 35_000 - count)
-        ports = [base + i + offset for i in range(count) for offset in (0, SMTP_OFFSET, POP3_OFFSET, HTTP_OFFSET)]
-        if all(port_is_free(port) for port in ports):
-            return base
-    raise RuntimeError("no free block of loopback ports")
 
 
 def node_processes_of(data_dir):
@@ -489,9 +405,10 @@ def test_up_forms_a_ring_and_sigint_stops_every_node(tmp_path):
     try:
         wait_until(lambda: "Ctrl-C" in log_path.read_text(errors="replace") or up.poll() is not None, 60, "`up` to start 3 nodes")
         assert up.poll() is None, log_path.read_text()
-        nodes = [Node(tmp_path, ring_port=base + i, data=data / f"node-{i}") for i in range(3)]
+        nodes = [Node(tmp_path, ring_port=base + i, data=data / f"node-{i}", token_file=data / "admin.token").with_default_ports()
+                 for i in range(3)]
         members = [member_of(node) for node in nodes]
-        took = wait_for_ring(loopback_fetch(nodes), members, FORM_BOUND_S, "the ring of `up`")
+        took = wait_for_ring(fetcher(nodes), members, FORM_BOUND_S, "the ring of `up`")
         report("`up`: ring of 3 correct after `up` printed its directions", took)
         assert len(node_processes_of(data)) == 3, node_processes_of(data)
 
@@ -519,151 +436,32 @@ def test_up_forms_a_ring_and_sigint_stops_every_node(tmp_path):
 
 NETNS_NODES = 6
 NETNS_RING_PORT = 7000
-# Helper run inside the bridge's namespace: reads one URL a line, prints one JSON line.
-FETCH_HELPER = r"""
-import json, sys, urllib.request, urllib.error
-for line in sys.stdin:
-    try:
-        with urllib.request.urlopen(line.strip(), timeout=2) as response:
-            out = {"status": response.status, "body": response.read().decode()}
-    except urllib.error.HTTPError as error:
-        out = {"status": error.code, "body": error.read().decode()}
-    except Exception as error:
-        out = {"error": repr(error)}
-    print(json.dumps(out), flush=True)
-"""
-
-
-def run(*command, check=True):
-    result = subprocess.run(list(command), capture_output=True, text=True, timeout=30)
-    if check and result.returncode != 0:
-        raise AssertionError(f"{' '.join(command)} failed ({result.returncode}): {result.stderr.strip()}")
-    return result
-
-
-class NetnsLab:
-    """Network namespaces `cmtest-<tag>-1..6`, each with one veth (eth0, 10.X.Y.i/24)
-    whose peer sits on bridge br0 in namespace `cmtest-<tag>-br` (10.X.Y.254). Every
-    device is created inside those namespaces, so deleting them removes everything;
-    nothing is added to the root namespace."""
-
-    def __init__(self, workdir):
-        self.workdir = Path(workdir)
-        self.tag = secrets.token_hex(4)
-        self.subnet = f"10.{random.randrange(100, 250)}.{random.randrange(256)}"
-        self.bridge_ns = f"cmtest-{self.tag}-br"
-        self.namespaces = []
-        self.processes = []
-        self.helper = None
-
-    def ns(self, i):
-        return f"cmtest-{self.tag}-{i}"
-
-    def ip(self, i):
-        return f"{self.subnet}.{i}"
-
-    def build(self, count):
-        run("ip", "netns", "add", self.bridge_ns)
-        self.namespaces.append(self.bridge_ns)
-        run("ip", "-n", self.bridge_ns, "link", "set", "lo", "up")
-        run("ip", "-n", self.bridge_ns, "link", "add", "br0", "type", "bridge")
-        run("ip", "-n", self.bridge_ns, "addr", "add", f"{self.subnet}.254/24", "dev", "br0")
-        run("ip", "-n", self.bridge_ns, "link", "set", "br0", "up")
-        for i in range(1, count + 1):
-            run("ip", "netns", "add", self.ns(i))
-            self.namespaces.append(self.ns(i))
-            run("ip", "-n", self.ns(i), "link", "set", "lo", "up")
-            run("ip", "-n", self.bridge_ns, "link", "add", f"port{i}", "type", "veth", "peer", "name", "eth0", "netns", self.ns(i))
-            run("ip", "-n", self.bridge_ns, "link", "set", f"port{i}", "master", "br0", "up")
-            run("ip", "-n", self.ns(i), "addr", "add", f"{self.ip(i)}/24", "dev", "eth0")
-            run("ip", "-n", self.ns(i), "link", "set", "eth0", "up")
-        self.helper = subprocess.Popen(
-            ["ip", "netns", "exec", self.bridge_ns, "python3", "-u", "-c", FETCH_HELPER],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-        )
-        self.processes.append(self.helper)
-
-    def get(self, url):
-        """(status, parsed JSON) of a GET made from the bridge's namespace."""
-        assert self.helper.poll() is None, "the fetch helper died"
-        self.helper.stdin.write(url + "\n")
-        self.helper.stdin.flush()
-        out = json.loads(self.helper.stdout.readline())
-        if "error" in out:
-            raise ConnectionError(f"GET {url}: {out['error']}")
-        try:
-            return out["status"], json.loads(out["body"]) if out["body"] else None
-        except ValueError:
-            return out["status"], out["body"]
-
-    def start_node(self, i, node_id, extra):
-        log = open(self.workdir / f"netns-node-{i}.log", "ab")
-        command = [
-            "ip", "netns", "exec", self.ns(i), BIN, "node",
-            "--addr", f"{self.ip(i)}:{NETNS_RING_PORT}", "--id", str(node_id),
-            "--data", str(self.workdir / f"netns-data-{i}"), "--replicas", "3", *extra,
-        ]
-        env = dict(os.environ, RUST_LOG=os.environ.get("RUST_LOG", "info"))
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
-        log.close()
-        self.processes.append(process)
-        url = f"http://{self.ip(i)}:{NETNS_RING_PORT + HTTP_OFFSET}/healthz"
-
-        def ready():
-            if process.poll() is not None:
-                raise AssertionError(f"node {i} exited {process.returncode}:\n{self.log(i)}")
-            return self.get(url)[0] == 200
-
-        wait_until(ready, 30, f"node {i} in {self.ns(i)} to serve /healthz")
-
-    def log(self, i):
-        return (self.workdir / f"netns-node-{i}.log").read_text(errors="replace")
-
-    def fetch(self, member, path):
-        host = member["addr"].rsplit(":", 1)[0]
-        status, body = self.get(f"http://{host}:{NETNS_RING_PORT + HTTP_OFFSET}{path}")
-        assert status == 200, f"GET {path} on {member['addr']}: {status} {body}"
-        return body
-
-    def iptables(self, i, *rule):
-        run("ip", "netns", "exec", self.ns(i), "iptables", "-w", *rule)
-
-    def destroy(self):
-        for process in self.processes:
-            if process.poll() is None:
-                process.kill()
-            process.wait(timeout=30)
-        for ns in self.namespaces:
-            # Anything still running inside (there should be nothing) was started by us.
-            pids = run("ip", "netns", "pids", ns, check=False).stdout.split()
-            for pid in pids:
-                try:
-                    os.kill(int(pid), signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            run("ip", "netns", "del", ns, check=False)
-        left = [line for line in run("ip", "netns", "list").stdout.splitlines() if self.tag in line]
-        assert not left, f"namespaces left behind: {left}"
 
 
 @pytest.fixture
 def netns_lab(tmp_path):
-    """A NetnsLab, torn down (processes, namespaces and so every veth and bridge) even
+    """A `chordlab.netns.Network` (a private bridge, one namespace per node) and the
+    nodes started in it, all torn down (processes, namespaces, veths and bridge) even
     when the test fails."""
     if os.geteuid() != 0:
         pytest.skip("network namespaces need root (CI runs as root)")
     if shutil.which("ip") is None or subprocess.run(["ip", "netns", "list"], capture_output=True).returncode != 0:
         pytest.skip("`ip netns` is unavailable (install iproute2: tools/install-test-deps.sh)")
-    lab = NetnsLab(tmp_path)
+    lab = types.SimpleNamespace(net=netns.Network(kind="ct"), nodes=[])
     try:
+        lab.net.create()
         yield lab
     finally:
-        lab.destroy()
+        for node in lab.nodes:
+            node.kill()
+        lab.net.destroy()
+        left = netns.leftovers(lab.net.prefix)
+        assert left == ([], []), f"namespaces or links left behind: {left}"
 
 
 def test_partition_in_namespaces_splits_and_heals(netns_lab, tmp_path):
     """Goal: a 6-node ring split in two halves becomes two rings of 3, and after the
-    partition heals merges into one ring of 6 (DESIGN.md §3; §9.3 allows 90 s, we assert
+    partition heals merges into one ring of 6 (docs/DESIGN.md §3; §9.3 allows 90 s, we assert
     HEAL_BOUND_S with fast timing).
     Method: each node in its own network namespace on a private bridge (10.X.Y.0/24);
     ids interleaved so every successor crosses the cut (nodes 1,2,3 = ids 10,50,90;
@@ -671,29 +469,38 @@ def test_partition_in_namespaces_splits_and_heals(netns_lab, tmp_path):
     the other half's addresses (a black hole: calls time out, nothing is refused);
     poll each half for its ring of 3; flush the rules; poll for the ring of 6."""
     assert shutil.which("iptables"), "iptables is missing: run tools/install-test-deps.sh"
-    lab = netns_lab
-    lab.build(NETNS_NODES)
+    net = netns_lab.net
     config = write_fast_config(tmp_path)
+    # The nodes' ring addresses are not loopback, so they run with mutual TLS and
+    # one admin token (docs/DESIGN.md §10).
+    ca = ClusterCa(BIN, tmp_path / "netns-ca")
+    token_file = new_token_file(tmp_path / "netns-admin.token")
     ids = {1: 10, 2: 50, 3: 90, 4: 30, 5: 70, 6: 110}
-    entry = f"{lab.ip(1)}:{NETNS_RING_PORT}"
-    extra = ["--bits", "8", "--config", str(config)]
+    nodes = {}
     for i in range(1, NETNS_NODES + 1):
-        lab.start_node(i, ids[i], extra + (["--entry-addr", entry] if i > 1 else []))
-    member = {i: {"id": ids[i], "addr": f"{lab.ip(i)}:{NETNS_RING_PORT}"} for i in ids}
-    took = wait_for_ring(lab.fetch, member.values(), FORM_BOUND_S, "one ring of 6 in namespaces")
+        net.add_node(i)
+        addr = f"{net.node_ip(i)}:{NETNS_RING_PORT}"
+        trust = [*ca.node_args(addr, tmp_path / f"netns-cert-{i}"), "--admin-token-file", str(token_file)]
+        nodes[i] = Node(tmp_path, ring_port=NETNS_RING_PORT, host=net.node_ip(i), netns=net.ns(i), replicas=3,
+                        data=tmp_path / f"netns-data-{i}", log_path=tmp_path / f"netns-node-{i}.log",
+                        args=["--id", str(ids[i]), "--bits", "8", "--config", str(config), *trust])
+        netns_lab.nodes.append(nodes[i])
+        nodes[i].start(entry=nodes[1].addr if i > 1 else None)
+    member = {i: {"id": ids[i], "addr": nodes[i].addr} for i in ids}
+    fetch = fetcher(nodes.values())
+    took = wait_for_ring(fetch, member.values(), FORM_BOUND_S, "one ring of 6 in namespaces")
     report("netns: ring of 6 formed", took)
 
     halves = ([1, 2, 3], [4, 5, 6])
     for side, other in (halves, halves[::-1]):
         for i in side:
             for j in other:
-                lab.iptables(i, "-I", "INPUT", "-s", lab.ip(j), "-j", "DROP")
+                net.drop_from(i, j)
     cut_at = time.monotonic()
     for side in halves:
-        wait_for_ring(lab.fetch, [member[i] for i in side], PARTITION_BOUND_S, f"half {side} to form its own ring")
+        wait_for_ring(fetch, [member[i] for i in side], PARTITION_BOUND_S, f"half {side} to form its own ring")
     report("netns: both halves are rings of 3", time.monotonic() - cut_at)
 
-    for i in range(1, NETNS_NODES + 1):
-        lab.iptables(i, "-F", "INPUT")
-    took = wait_for_ring(lab.fetch, member.values(), HEAL_BOUND_S, "one ring of 6 after healing")
+    net.heal_all()
+    took = wait_for_ring(fetch, member.values(), HEAL_BOUND_S, "one ring of 6 after healing")
     report("netns: one ring of 6 after healing", took)

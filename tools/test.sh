@@ -6,6 +6,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 tools/install-test-deps.sh
+# The dependencies above include the real peers some tests talk to (Postfix): here a
+# missing peer fails those tests instead of letting them check nothing.
+export CHORDMAIL_REQUIRE_PEERS=1
 cargo build --workspace --bins --locked
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --locked --no-fail-fast

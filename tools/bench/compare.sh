@@ -8,8 +8,8 @@
 #   ring   chordmail, 3 node processes on this machine, --replicas 3 (W = 2), fresh
 #          --data; SMTP and POP3 through the first node
 # and, per system and round, on a fresh store:
-#   1. SMTP  N msgs x SIZE B at concurrency 1           (smtp-load.sh)
-#   2. POP3  cold pass (first read, poplib, P sessions)  (pop3-load.py, --expect N)
+#   1. SMTP  N msgs x SIZE B at concurrency 1           (peers/smtp-load.sh)
+#   2. POP3  cold pass (first read, poplib, P sessions)  (peers/pop3-load.py, --expect N)
 #   3. POP3  warm pass, poplib, P sessions
 #   4. POP3  warm pass, --fast-retr, P sessions
 #   5. POP3  pass with DELE (empties the mailboxes)
@@ -17,17 +17,21 @@
 # Server CPU of every step is taken exactly from the servers' process trees
 # (tree-cpu.py: live processes + reaped children), so other processes on the
 # machine are not counted. Results: $OUT/results.tsv and $OUT/summary.md (medians,
-# ratios against the peers). Needs root (the peers), Postfix's smtp-source, python3,
-# curl, and a release build of chordmail.
+# ratios against the peers). Needs root (the peers), python3, curl, and a release build
+# of chordmail; peers/peers-setup.sh installs Postfix (smtp-source), Dovecot and the
+# rest with apt when they are missing.
 #
 # Env: ROUNDS [3] N [5000] SIZE [4096] K [100] P [8] SYSTEMS ["peers one ring"]
 #      BIN [target-bench/release/chordmail] OUT [/tmp/cm-compare-<time>]
-#      ONE_PORT [17301] RING_PORT [17311] (ring ports +10000 SMTP, +20000 POP3, +30000 admin)
+#      ONE_PORT [17301] RING_PORT [17311] (ring ports; SMTP +10000, POP3 +20000, admin
+#      +3000, passed to the nodes explicitly)
+# The nodes run as a real cluster would: mutual TLS on the ring port (a CA and node
+# certificates made in $OUT) and the admin token on /api/*.
 #      MAILPEERS_DIR [/tmp/mailpeers-ingest]  CM_RUST_LOG [unset = chordmail default, info]
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
-BENCH=${BENCH:-$REPO/../shared/bench}
+BENCH=${BENCH:-$HERE/peers}
 ROUNDS=${ROUNDS:-3} N=${N:-5000} SIZE=${SIZE:-4096} K=${K:-100} P=${P:-8}
 SYSTEMS=${SYSTEMS:-peers one ring}
 BIN=${BIN:-$REPO/../target-bench/release/chordmail}
@@ -37,6 +41,7 @@ export MAILPEERS_DIR=${MAILPEERS_DIR:-/tmp/mailpeers-ingest}
 mkdir -p "$OUT"; RES=$OUT/results.tsv; LOG=$OUT/run.log
 [ -s "$RES" ] || printf 'system\tround\tstep\tmsgs\tseconds\tmsg_per_s\tMB_per_s\tserver_cpu_s\tload1\n' > "$RES"
 [ -x "$BIN" ] || { echo "compare: no chordmail binary at $BIN (cargo build --release -p chordmail)" >&2; exit 1; }
+command -v curl >/dev/null || { echo "compare: needs curl (apt-get install curl)" >&2; exit 1; }
 
 CM_PIDS=()
 cleanup() {
@@ -52,7 +57,13 @@ load1() { cut -d' ' -f1 /proc/loadavg; }
 
 # ---- servers --------------------------------------------------------------
 ROOTS=() SMTP_PORT= POP3_PORT= WAIT=()
+SMTP_OFFSET=10000 POP3_OFFSET=20000 HTTP_OFFSET=3000
 wait_http() { for ((t = 0; t < 300; t++)); do curl -fs "$1" >/dev/null 2>&1 && return 0; sleep 0.1; done; return 1; }
+api() {  # api DATA CURL_ARGS...: an admin API call to the node of DATA, with its token if it has one
+  local data=$1 auth=(); shift
+  [ ! -s "$data/admin.token" ] || auth=(-H "Authorization: Bearer $(cat "$data/admin.token")")
+  curl -fs "${auth[@]}" "$@"
+}
 
 start_peers() {
   "$BENCH/peers-setup.sh" --clean >>"$LOG" 2>&1 </dev/null
@@ -60,9 +71,15 @@ start_peers() {
   SMTP_PORT=2526 POP3_PORT=1111 WAIT=(--wait-maildir "$MAILPEERS_DIR/maildirs")
 }
 
+CA_DIR=$OUT/ca
 start_node() {  # start_node DATA PORT REPLICAS [ENTRY]
   local data=$1 port=$2 replicas=$3 entry=${4:-}
-  local args=(node --addr "127.0.0.1:$port" --replicas "$replicas" --domain bench.test --data "$data")
+  [ -s "$CA_DIR/ca.key" ] || "$BIN" cert ca --dir "$CA_DIR" >>"$LOG"
+  [ -s "$data.cert/node.key" ] || "$BIN" cert node --ca-dir "$CA_DIR" --addr "127.0.0.1:$port" --out "$data.cert" >>"$LOG"
+  local args=(node --addr "127.0.0.1:$port" --smtp "127.0.0.1:$((port + SMTP_OFFSET))"
+              --pop3 "127.0.0.1:$((port + POP3_OFFSET))" --http "127.0.0.1:$((port + HTTP_OFFSET))"
+              --replicas "$replicas" --domain bench.test --data "$data"
+              --cluster-ca "$CA_DIR/ca.crt" --cluster-cert "$data.cert/node.crt" --cluster-key "$data.cert/node.key")
   [ -z "$entry" ] || args+=(--entry-addr "$entry")
   mkdir -p "$data"
   if [ -n "${CM_RUST_LOG:-}" ]; then
@@ -71,19 +88,27 @@ start_node() {  # start_node DATA PORT REPLICAS [ENTRY]
     "$BIN" "${args[@]}" >"$data.log" 2>&1 </dev/null &
   fi
   CM_PIDS+=($!); ROOTS+=($!)
-  wait_http "http://127.0.0.1:$((port + 30000))/healthz" || { echo "compare: node :$port did not come up" >&2; exit 1; }
+  wait_http "http://127.0.0.1:$((port + HTTP_OFFSET))/healthz" || { echo "compare: node :$port did not come up" >&2; exit 1; }
 }
 
-add_users() {  # add_users ADMIN_PORT
-  seq 0 $((K - 1)) | xargs -P 4 -I{} curl -fs -o /dev/null -X POST -H 'content-type: application/json' \
-    -d '{"address":"user{}@bench.test","password":"pass"}' "http://127.0.0.1:$1/api/users"
+add_users() {  # add_users DATA PORT: user0..user(K-1)@bench.test through the node of DATA, 4 at once
+  local user pid pids=()
+  for ((user = 0; user < K; user++)); do
+    api "$1" -o /dev/null -X POST -H 'content-type: application/json' \
+      -d "{\"address\":\"user$user@bench.test\",\"password\":\"pass\"}" "http://127.0.0.1:$(($2 + HTTP_OFFSET))/api/users" &
+    pids+=($!)
+    if [ ${#pids[@]} = 4 ] || [ $user = $((K - 1)) ]; then
+      for pid in "${pids[@]}"; do wait "$pid" || { echo "compare: creating the users failed" >&2; exit 1; }; done
+      pids=()
+    fi
+  done
 }
 
 start_one() {
   local d=$OUT/data/one-$1; rm -rf "$d"; ROOTS=()
   start_node "$d" "$ONE_PORT" 1
-  add_users $((ONE_PORT + 30000))
-  SMTP_PORT=$((ONE_PORT + 10000)) POP3_PORT=$((ONE_PORT + 20000)) WAIT=()
+  add_users "$d" "$ONE_PORT"
+  SMTP_PORT=$((ONE_PORT + SMTP_OFFSET)) POP3_PORT=$((ONE_PORT + POP3_OFFSET)) WAIT=()
 }
 
 start_ring() {
@@ -94,15 +119,15 @@ start_ring() {
   # wait until every node sees all three (the ring has stabilised)
   for ((i = 0; i < 600; i++)); do
     local ok=1 n
-    for n in 0 1 2; do
-      [ "$(curl -fs "http://127.0.0.1:$((RING_PORT + 30000 + n))/api/cluster" | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["nodes"]))' 2>/dev/null)" = 3 ] || ok=0
+    for n in a:0 b:1 c:2; do
+      [ "$(api "$d/${n%:*}" "http://127.0.0.1:$((RING_PORT + HTTP_OFFSET + ${n#*:}))/api/cluster" | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["nodes"]))' 2>/dev/null)" = 3 ] || ok=0
     done
     [ $ok = 1 ] && break; sleep 0.2
   done
   [ $ok = 1 ] || { echo "compare: ring did not converge" >&2; exit 1; }
   sleep 3   # a few more stabilisation rounds (successor lists, fingers)
-  add_users $((RING_PORT + 30000))
-  SMTP_PORT=$((RING_PORT + 10000)) POP3_PORT=$((RING_PORT + 20000)) WAIT=()
+  add_users "$d/a" "$RING_PORT"
+  SMTP_PORT=$((RING_PORT + SMTP_OFFSET)) POP3_PORT=$((RING_PORT + POP3_OFFSET)) WAIT=()
 }
 
 stop_system() { cleanup; }

@@ -1,4 +1,4 @@
-"""The checker: DESIGN.md §9.1 and §9.2 over a recorded history. Pure, no I/O.
+"""The checker: docs/DESIGN.md §9.1 and §9.2 over a recorded history. Pure, no I/O.
 
 A history is a list of operations (plain dicts, JSON-serialisable):
 

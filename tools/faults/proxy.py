@@ -18,6 +18,8 @@ import random
 import socket
 import threading
 
+from tools.chordlab import netns
+
 PORT_BASE = 9000
 NODES_MAX = 32
 CHUNK_BYTES = 64 * 1024
@@ -57,7 +59,6 @@ class FaultProxy:
         assert index < NODES_MAX
         self.call(self._listen(index))
         ns = self.net.ns(index)
-        import netns
         for other in range(NODES_MAX):
             if other == index:
                 continue

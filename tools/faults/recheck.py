@@ -2,7 +2,7 @@
 """Runs the current checker again over kept seeds (history.json and final_reads.json
 under run.py's --keep-dir), e.g. after a change of the rules:
 
-    python3 tools/faults/recheck.py target/faults-failures/seed-*
+    python3 -m tools.faults.recheck target/faults-failures/seed-*
 
 Prints one line of counts per seed and exits 1 if any still violates.
 """
@@ -10,9 +10,7 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import checker  # noqa: E402
+from tools.faults import checker
 
 
 def main(paths):

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Fault-injection runs against a real chordmail cluster (needs root: namespaces).
 
-    python3 tools/faults/run.py --seeds K [--first-seed S] [--nodes N] [--duration SEC] [--long]
+    python3 -m tools.faults.run --seeds K [--first-seed S] [--nodes N] [--duration SEC] [--long]
 
 Each seed is one scenario (scenario.py): N nodes in network namespaces on a private
 bridge, a seeded workload and seeded faults for --duration seconds, then healing, a
@@ -12,7 +12,7 @@ bounded convergence wait and the checker (checker.py). Prints one summary line:
 and exits 1 on any violation; for each violating seed it prints the seed, the fault
 schedule and the first offending operations, and keeps the logs under --keep-dir.
 `--long` runs longer scenarios (90 s of faults each). Leftovers of a run killed with
--9 are removed by `python3 tools/faults/netns.py`.
+-9 are removed by `python3 -m tools.chordlab.netns`.
 """
 import argparse
 import os
@@ -23,13 +23,9 @@ import tempfile
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-
-import scenario as scenario_mod  # noqa: E402
-
-ROOT = HERE.parent.parent
-DEFAULT_BIN = os.environ.get("CHORDMAIL_BIN", str(ROOT / "target" / "debug" / "chordmail"))
+from tools.chordlab.node import REPO, default_binary
+from tools.faults import checker
+from tools.faults import scenario as scenario_mod
 
 
 class Totals:
@@ -90,7 +86,6 @@ def run_one(seed, args, binary, totals, out):
         except KeyboardInterrupt:
             raise
         except Exception as error:  # noqa: BLE001 - a harness or cluster failure is reported, not hidden
-            import checker
             report = checker.Report()
             report.extra.extend(scenario.extra)
             report.extra.append(f"scenario aborted: {type(error).__name__}: {error}")
@@ -111,7 +106,7 @@ def run_one(seed, args, binary, totals, out):
     if bad:
         totals.failed_seeds.append(seed)
         kept = scenario.keep(report)
-        print(f"--- seed {seed}: violations (rerun: python3 tools/faults/run.py --seeds 1 --first-seed {seed} "
+        print(f"--- seed {seed}: violations (rerun: python3 -m tools.faults.run --seeds 1 --first-seed {seed} "
               f"--nodes {args.nodes} --duration {args.duration:g})", file=out)
         for line in report.describe(limit=8):
             print("  " + line, file=out)
@@ -135,9 +130,9 @@ def main(argv=None):
     parser.add_argument("--no-proxy", action="store_true", help="no userspace fault proxy (no slow faults)")
     parser.add_argument("--strict-out-of-sync", action="store_true",
                         help="a node whose out_of_sync stays > 0 after the replica sets agree is a violation")
-    parser.add_argument("--bin", default=DEFAULT_BIN)
+    parser.add_argument("--bin", default=default_binary())
     parser.add_argument("--workdir", default=None, help="where nodes keep data and logs while running")
-    parser.add_argument("--keep-dir", default=str(ROOT / "target" / "faults-failures"),
+    parser.add_argument("--keep-dir", default=str(REPO / "target" / "faults-failures"),
                         help="where the logs of violating seeds are kept")
     parser.add_argument("--keep-all", action="store_true",
                         help="keep logs, history and schedule of every seed, not only of violating ones")

@@ -10,28 +10,21 @@ Faults (drawn from the scenario's seeded PRNG; the schedule is printed on a viol
   replace    kill -9 a node for good and join a fresh node (a disk loss)
   slow       node-to-node traffic of some nodes through the fault proxy (delay,
              jitter, stalls, resets) for a while (see proxy.py)
-Disk losses stay within DESIGN.md §9.1: at most W - 1 at once (W = majority of
+Disk losses stay within docs/DESIGN.md §9.1: at most W - 1 at once (W = majority of
 --replicas), and a further one only after everything was healed and re-replication
 finished (out_of_sync == 0 everywhere and every key with `replicas` full copies).
 """
-import hashlib
 import json
-import os
 import shutil
 import signal
-import subprocess
 import threading
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
-import checker
-import netns
-import workload
+from tools.chordlab import ApiError, ClusterCa, Node, NodeError, netns, new_token_file, replica_set, ring_problems
+from tools.faults import checker, proxy, workload
 
-RING_PORT = 7000
-HTTP_PORT = RING_PORT + 30_000
+RING_PORT = workload.RING_PORT
 READY_TIMEOUT_S = 30.0
 CONVERGE_TIMEOUT_S = 120.0
 STABLE_CONFIRM_S = 2.5  # one anti-entropy period (2 s) and a bit: out_of_sync is per round
@@ -44,92 +37,47 @@ DOWN_MAX = 2  # nodes killed or paused at once, so that the workload still makes
 ACTIVE = set()
 
 
-def http_json(ip, path, method="GET", body=None, timeout=3.0):
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(f"http://{ip}:{HTTP_PORT}{path}", data=data, method=method)
-    if data is not None:
-        request.add_header("Content-Type", "application/json")
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            status, raw = response.status, response.read()
-    except urllib.error.HTTPError as error:
-        status, raw = error.code, error.read()
-    try:
-        return status, json.loads(raw) if raw else None
-    except ValueError:
-        return status, raw.decode(errors="replace")
+class NodeProc(Node):
+    """Node `index` of a scenario, in its own namespace, with the harness's state."""
 
-
-class NodeProc:
     def __init__(self, scenario, index):
+        args = ["--config", str(scenario.config_path)] if scenario.config_path else []
+        # The nodes' ring addresses are not loopback: mutual TLS and one admin token,
+        # as a real cluster runs (docs/DESIGN.md §10).
+        addr = f"{scenario.net.node_ip(index)}:{RING_PORT}"
+        args += [*scenario.ca.node_args(addr, scenario.workdir / f"cert-{index}"),
+                 "--admin-token-file", str(scenario.token_file)]
+        super().__init__(scenario.binary, scenario.workdir, ring_port=RING_PORT, host=scenario.net.node_ip(index),
+                         data=scenario.workdir / f"data-{index}", log_path=scenario.workdir / f"node-{index}.log",
+                         args=args, replicas=scenario.replicas, domains=(workload.DOMAIN,),
+                         netns=scenario.net.ns(index), rust_log="info,cm_repl::antientropy=debug")
         self.scenario = scenario
         self.index = index
-        self.ip = scenario.net.node_ip(index)
-        self.addr = f"{self.ip}:{RING_PORT}"
-        self.data = scenario.workdir / f"data-{index}"
-        self.log_path = scenario.workdir / f"node-{index}.log"
-        self.process = None
+        self.ip = self.host
         self.state = "new"  # running | killed | paused | gone
         self.started_at = None
         self.entry = None
         self.has_data = False  # set once it served: its --data then holds its identity
 
-    def command(self, entry):
-        command = ["ip", "netns", "exec", self.scenario.net.ns(self.index), str(self.scenario.binary), "node",
-                   "--addr", self.addr, "--data", str(self.data), "--replicas", str(self.scenario.replicas),
-                   "--domain", workload.DOMAIN]
-        if entry:
-            command += ["--entry-addr", entry]
-        if self.scenario.config_path:
-            command += ["--config", str(self.scenario.config_path)]
-        return command
-
     def start(self, entry=None):
         self.entry = entry
-        with open(self.log_path, "ab") as log:
-            log.write(f"\n=== faults: start t={self.scenario.history.now()} entry={entry}\n".encode())
-            log.flush()
-            env = dict(os.environ, RUST_LOG=os.environ.get("RUST_LOG", "info,cm_repl::antientropy=debug"), RUST_BACKTRACE="1")
-            self.process = subprocess.Popen(self.command(entry), stdout=log, stderr=subprocess.STDOUT, env=env,
-                                            stdin=subprocess.DEVNULL)
+        super().start(entry, wait=False, note=f"faults: start t={self.scenario.history.now()} entry={entry}")
         self.state = "running"
         self.started_at = time.monotonic()
 
-    def alive(self):
-        return self.process is not None and self.process.poll() is None
-
     def ready(self):
-        try:
-            return http_json(self.ip, "/healthz", timeout=1.0)[0] == 200
-        except OSError:
-            return False
+        return self.is_ready(timeout=1.0)
 
     def wait_ready(self, timeout=READY_TIMEOUT_S):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if not self.alive():
-                return False
-            if self.ready():
-                self.has_data = True
-                return True
-            time.sleep(0.1)
-        return False
+        try:
+            super().wait_ready(timeout)
+        except NodeError:
+            return False
+        self.has_data = True
+        return True
 
-    def signal(self, sig):
-        if self.alive():
-            try:
-                os.kill(self.process.pid, sig)
-            except ProcessLookupError:
-                pass
-
-    def kill(self):
-        if self.process is not None and self.process.poll() is None:
-            self.signal(signal.SIGCONT)
-            self.signal(signal.SIGKILL)
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                pass
+    def call(self, path, method="GET", body=None, timeout=3.0):
+        return self.api(method, path, body, timeout=timeout)
 
 
 class Scenario:
@@ -203,18 +151,19 @@ class Scenario:
     def setup(self):
         ACTIVE.add(self)
         self.workdir.mkdir(parents=True, exist_ok=True)
+        self.ca = ClusterCa(self.binary, self.workdir / "ca")
+        self.token_file = new_token_file(self.workdir / "admin.token")
         self.net.create()
         if self.use_proxy:
-            import proxy
             self.proxy = proxy.FaultProxy(self.net, RING_PORT, seed=self.seed)
             self.proxy.start()
         first = self.add_node()
         if not first.wait_ready():
-            raise RuntimeError(f"node 0 did not start:\n{tail(first.log_path)}")
+            raise RuntimeError(f"node 0 did not start:\n{first.log_tail()}")
         for _ in range(1, self.n_nodes):
             node = self.add_node(entry=first.addr)
             if not node.wait_ready():
-                raise RuntimeError(f"node {node.index} did not start:\n{tail(node.log_path)}")
+                raise RuntimeError(f"node {node.index} did not start:\n{node.log_tail()}")
         self.wait_converged("initial ring", check_replicas=False)
         deadline = time.monotonic() + 60
         for i in range(ACCOUNTS):
@@ -224,7 +173,7 @@ class Scenario:
                 node = self.rng.choice(self.running())
                 op["node"] = node.index
                 try:
-                    status, body = http_json(node.ip, "/api/users", "POST",
+                    status, body = node.call("/api/users", "POST",
                                              {"address": account, "password": workload.password_of(account)},
                                              timeout=10)
                 except OSError as error:
@@ -250,36 +199,28 @@ class Scenario:
         views = {}
         for node in members:
             try:
-                status, view = http_json(node.ip, "/api/ring")
-            except OSError as error:
-                return f"node {node.index}: /api/ring {error}"
-            if status != 200:
-                return f"node {node.index}: /api/ring {status}"
-            views[node.index] = view
-        order = sorted(members, key=lambda n: views[n.index]["id"])
-        ids = [views[n.index]["id"] for n in order]
-        if len(set(ids)) != len(ids):
-            return f"duplicate ids {ids}"
-        for position, node in enumerate(order):
-            view = views[node.index]
-            successor = order[(position + 1) % len(order)]
-            predecessor = order[position - 1]
-            if not view["successors"] or view["successors"][0]["addr"] != successor.addr:
-                return f"node {node.index}: successor {view['successors'][:1]} != {successor.addr}"
-            if len(order) > 1 and (view["predecessor"] is None or view["predecessor"]["addr"] != predecessor.addr):
-                return f"node {node.index}: predecessor {view['predecessor']} != {predecessor.addr}"
-            try:
-                status, cluster = http_json(node.ip, "/api/cluster", timeout=5)
-            except OSError as error:
-                return f"node {node.index}: /api/cluster {error}"
-            walked = [entry["addr"] for entry in cluster["nodes"]]
-            expected = [n.addr for n in order[position:] + order[:position]]
-            if walked != expected:
-                return f"node {node.index}: /api/cluster {walked} != {expected}"
-            self.last_out_of_sync[node.index] = view.get("out_of_sync", 0)
+                views[node.addr] = node.get("/api/ring", timeout=3.0)
+            except (OSError, ApiError) as error:
+                return f"node {node.index}: {error}"
+        by_addr = {node.addr: node for node in members}
+
+        def fetch(member, path):
+            if path == "/api/ring":
+                return views[member["addr"]]
+            return by_addr[member["addr"]].get(path, timeout=5.0)
+
+        try:
+            problems = ring_problems(fetch, [{"id": view["id"], "addr": addr} for addr, view in views.items()],
+                                     successors="first")
+        except (OSError, ApiError) as error:
+            return str(error)
+        if problems:
+            return problems[0]
+        for node in members:
+            self.last_out_of_sync[node.index] = views[node.addr].get("out_of_sync", 0)
         if check_replicas:
             for account in self.accounts:
-                reason = self.replica_state(account, members, {n.index: views[n.index]["id"] for n in members})
+                reason = self.replica_state(account, members, {n.index: views[n.addr]["id"] for n in members})
                 if reason:
                     return reason
         return None
@@ -288,7 +229,7 @@ class Scenario:
         copies = {}
         for node in members:
             try:
-                status, body = http_json(node.ip, f"/api/replicas/{account}")
+                status, body = node.call(f"/api/replicas/{account}")
             except OSError as error:
                 return f"node {node.index}: /api/replicas {error}"
             if status != 200:
@@ -313,10 +254,7 @@ class Scenario:
 
     def replica_set(self, account, members, ids):
         """Indexes of the first `replicas` members clockwise from the account's key."""
-        key = int.from_bytes(hashlib.sha256(account.lower().encode()).digest()[:8], "big")
-        order = sorted(members, key=lambda n: ids[n.index])
-        start = next((p for p, n in enumerate(order) if ids[n.index] >= key), 0)
-        return {order[(start + k) % len(order)].index for k in range(min(self.replicas, len(order)))}
+        return {n.index for n in replica_set(members, account, self.replicas, id_of=lambda n: ids[n.index])}
 
     def wait_converged(self, what, check_replicas=True, timeout=CONVERGE_TIMEOUT_S):
         """Waits for one correct ring (and full replication); records the time taken
@@ -350,7 +288,7 @@ class Scenario:
             values = {}
             for node in self.members():
                 try:
-                    values[node.index] = http_json(node.ip, "/api/ring")[1].get("out_of_sync", 0)
+                    values[node.index] = node.call("/api/ring")[1].get("out_of_sync", 0)
                 except (OSError, AttributeError):
                     values[node.index] = None
             if all(v == 0 for v in values.values()):
@@ -369,7 +307,7 @@ class Scenario:
             entry = state[node.index] = {"addr": node.addr, "state": node.state}
             for path in ["/api/ring", "/api/cluster", "/metrics"] + [f"/api/replicas/{a}" for a in self.accounts]:
                 try:
-                    entry[path] = http_json(node.ip, path, timeout=3)
+                    entry[path] = node.call(path, timeout=3)
                 except OSError as error:
                     entry[path] = str(error)
         self.dumps[name] = state
@@ -512,7 +450,7 @@ class Scenario:
             if node.state not in ("running", "paused") or node.alive():
                 continue
             code = node.process.returncode
-            if code == 101 or "panicked" in tail(node.log_path, 4000):
+            if code == 101 or "panicked" in node.log_tail(4000):
                 self.extra.append(f"node {node.index} panicked (exit {code}); see its log")
             self.note(f"node {node.index} exited by itself with {code}; starting it again")
             others = [n for n in self.running() if n is not node and n.alive()]
@@ -633,10 +571,3 @@ def has_identity(node):
     created), so that a restart without an entry rejoins through remembered peers."""
     return node.has_data
 
-
-def tail(path, size=3000):
-    try:
-        data = Path(path).read_bytes()
-    except OSError:
-        return ""
-    return data[-size:].decode(errors="replace")

@@ -8,8 +8,12 @@ import ssl
 import threading
 import time
 
+from tools.chordlab.ports import POP3_OFFSET, SMTP_OFFSET
+
 CLIENT_TIMEOUT_S = 12.0
 DOMAIN = "example.org"
+RING_PORT = 7000  # every node of a scenario, each at its own address
+SMTP_PORT, POP3_PORT = RING_PORT + SMTP_OFFSET, RING_PORT + POP3_OFFSET
 
 
 def tls_context():
@@ -25,7 +29,7 @@ TLS = tls_context()
 
 def pop3_connect(ip, timeout):
     """A POP3 session after STLS (a node refuses plaintext passwords off loopback)."""
-    client = poplib.POP3(ip, 20_000 + 7000, timeout=timeout)
+    client = poplib.POP3(ip, POP3_PORT, timeout=timeout)
     try:
         client.stls(TLS)
     except BaseException:
@@ -134,7 +138,7 @@ def deliver(history, rng, node, ip, account, token):
     op = history.new(op="deliver", account=account, token=token, body=body, node=node, outcome=None, detail=None)
     phase = "connect"
     try:
-        with smtplib.SMTP(ip, 10_000 + 7000, timeout=CLIENT_TIMEOUT_S, local_hostname="faults.test") as smtp:
+        with smtplib.SMTP(ip, SMTP_PORT, timeout=CLIENT_TIMEOUT_S, local_hostname="faults.test") as smtp:
             phase = "envelope"
             smtp.ehlo()
             code, reply = smtp.mail(sender)

@@ -1,4 +1,4 @@
-//! `chordmail user` and `chordmail ring`: clients of a node's admin HTTP API.
+//! `chordmail user`, `ring` and `queue`: clients of a node's admin HTTP API.
 
 use std::io::Read as _;
 use std::time::Duration;
@@ -6,7 +6,40 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use serde_json::{Value, json};
 
-use crate::cli::{RingArgs, UserAction, UserArgs, UserWithPassword};
+use crate::cli::{
+    QueueAction, QueueArgs, RingArgs, TokenArgs, UserAction, UserArgs, UserWithPassword,
+};
+
+/// The environment variable the clients read the admin token from when no
+/// `--token-file` is given (DESIGN.md §8).
+const TOKEN_ENV: &str = "CHORDMAIL_TOKEN";
+/// The token file of `chordmail up` with its default `--data`, the last resort.
+const UP_TOKEN_FILE: &str = "chordmail-data/up/admin.token";
+
+/// The admin token: `--token-file`, else `$CHORDMAIL_TOKEN`, else `up`'s token file.
+fn token(args: &TokenArgs) -> anyhow::Result<String> {
+    let from_file = |path: &std::path::Path| -> anyhow::Result<String> {
+        let token = crate::trust::read_token_file(path, "the token file")
+            .map_err(|error| anyhow::anyhow!("{error}"))?;
+        Ok(token.secret().to_owned())
+    };
+    if let Some(path) = &args.token_file {
+        return from_file(path);
+    }
+    if let Ok(token) = std::env::var(TOKEN_ENV)
+        && !token.trim().is_empty()
+    {
+        return Ok(token.trim().to_owned());
+    }
+    let up_file = std::path::Path::new(UP_TOKEN_FILE);
+    if up_file.exists() {
+        return from_file(up_file);
+    }
+    bail!(
+        "no admin token: pass --token-file DATA/admin.token (the node logs its path at start), \
+         or set {TOKEN_ENV}"
+    )
+}
 
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -27,15 +60,32 @@ fn url(node: &str, path: &str) -> String {
     format!("{}{path}", base.trim_end_matches('/'))
 }
 
-/// Sends a request and returns (status, JSON body or Null), naming the node on failure.
-fn call(node: &str, method: &str, path: &str, body: Option<Value>) -> anyhow::Result<(u16, Value)> {
+/// Sends a request with the admin token and returns (status, JSON body or Null),
+/// naming the node on failure.
+fn call(
+    node: &str,
+    token: &str,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+) -> anyhow::Result<(u16, Value)> {
     let agent = agent();
     let target = url(node, path);
+    let bearer = format!("Bearer {token}");
     let response = match (method, body) {
-        ("GET", _) => agent.get(&target).call(),
-        ("DELETE", _) => agent.delete(&target).call(),
-        ("POST", Some(body)) => agent.post(&target).send_json(body),
-        ("PUT", Some(body)) => agent.put(&target).send_json(body),
+        ("GET", _) => agent.get(&target).header("Authorization", &bearer).call(),
+        ("DELETE", _) => agent
+            .delete(&target)
+            .header("Authorization", &bearer)
+            .call(),
+        ("POST", Some(body)) => agent
+            .post(&target)
+            .header("Authorization", &bearer)
+            .send_json(body),
+        ("PUT", Some(body)) => agent
+            .put(&target)
+            .header("Authorization", &bearer)
+            .send_json(body),
         _ => unreachable!("every admin call pairs its method with a body as written above"),
     };
     let mut response = response
@@ -43,6 +93,12 @@ fn call(node: &str, method: &str, path: &str, body: Option<Value>) -> anyhow::Re
     let status = response.status().as_u16();
     let text = response.body_mut().read_to_string().unwrap_or_default();
     let value = serde_json::from_str(&text).unwrap_or(Value::Null);
+    if status == 401 {
+        bail!(
+            "the node at {target} refused the admin token (HTTP 401): pass the node's token with \
+             --token-file DATA/admin.token or {TOKEN_ENV}"
+        );
+    }
     Ok((status, value))
 }
 
@@ -60,6 +116,8 @@ fn read_password(source: &str) -> anyhow::Result<String> {
             .read_to_string(&mut text)
             .context("cannot read the password from stdin")?;
     } else {
+        cm_tls::cluster::check_private_file(std::path::Path::new(source))
+            .map_err(|error| anyhow::anyhow!("--password-file: {error}"))?;
         text = std::fs::read_to_string(source)
             .with_context(|| format!("cannot read --password-file {source}"))?;
     }
@@ -87,8 +145,11 @@ fn encode_path_segment(text: &str) -> String {
 
 pub fn user(args: UserArgs) -> anyhow::Result<()> {
     let Some(node) = args.node.as_deref() else {
-        bail!("--node URL is required, e.g. --node http://127.0.0.1:35000");
+        bail!("--node URL is required, e.g. --node http://127.0.0.1:8000");
     };
+    let token = token(&args.token)?;
+    let call =
+        |method: &str, path: &str, body: Option<Value>| call(node, &token, method, path, body);
     match args.action {
         UserAction::Add(UserWithPassword {
             address,
@@ -96,7 +157,6 @@ pub fn user(args: UserArgs) -> anyhow::Result<()> {
         }) => {
             let password = read_password(&password_file)?;
             let (status, value) = call(
-                node,
                 "POST",
                 "/api/users",
                 Some(json!({ "address": address, "password": password })),
@@ -112,7 +172,7 @@ pub fn user(args: UserArgs) -> anyhow::Result<()> {
         }) => {
             let password = read_password(&password_file)?;
             let path = format!("/api/users/{}/password", encode_path_segment(&address));
-            let (status, value) = call(node, "PUT", &path, Some(json!({ "password": password })))?;
+            let (status, value) = call("PUT", &path, Some(json!({ "password": password })))?;
             match status {
                 204 => println!("password of {address} changed"),
                 _ => bail!(
@@ -123,7 +183,6 @@ pub fn user(args: UserArgs) -> anyhow::Result<()> {
         }
         UserAction::Del { address } => {
             let (status, value) = call(
-                node,
                 "DELETE",
                 &format!("/api/users/{}", encode_path_segment(&address)),
                 None,
@@ -134,7 +193,7 @@ pub fn user(args: UserArgs) -> anyhow::Result<()> {
             }
         }
         UserAction::List => {
-            let (status, value) = call(node, "GET", "/api/users", None)?;
+            let (status, value) = call("GET", "/api/users", None)?;
             if status != 200 {
                 bail!("cannot list users: {}", error_text(status, &value));
             }
@@ -146,8 +205,73 @@ pub fn user(args: UserArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+pub fn queue(args: QueueArgs) -> anyhow::Result<()> {
+    let Some(node) = args.node.as_deref() else {
+        bail!("--node URL is required, e.g. --node http://127.0.0.1:8000");
+    };
+    let token = token(&args.token)?;
+    match args.action {
+        QueueAction::List => {
+            let (status, value) = call(node, &token, "GET", "/api/queue", None)?;
+            if status != 200 {
+                bail!("cannot list the queue: {}", error_text(status, &value));
+            }
+            let entries = value["entries"].as_array().cloned().unwrap_or_default();
+            println!(
+                "{:<32}  {:<24}  {:>8}  {:<13}  RECIPIENTS / LAST ERROR",
+                "ID", "SENDER", "ATTEMPTS", "NEXT IN"
+            );
+            let now_ms = cm_repl::now_ms();
+            for entry in &entries {
+                let next_ms = entry["next_attempt"].as_u64().unwrap_or(0);
+                let next_in = format!("{} s", next_ms.saturating_sub(now_ms) / 1000);
+                let sender = match entry["sender"].as_str().unwrap_or_default() {
+                    "" => "<>",
+                    sender => sender,
+                };
+                let recipients: Vec<&str> = entry["recipients"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_str)
+                    .collect();
+                println!(
+                    "{:<32}  {:<24}  {:>8}  {:<13}  {}",
+                    entry["id"].as_str().unwrap_or("?"),
+                    sender,
+                    entry["attempts"],
+                    next_in,
+                    recipients.join(", ")
+                );
+                if let Some(error) = entry["last_error"].as_str() {
+                    println!("{:>84}{error}", "");
+                }
+            }
+            println!("{} entries", entries.len());
+        }
+        QueueAction::Retry { id } => {
+            let path = format!("/api/queue/{}/retry", encode_path_segment(&id));
+            let (status, value) = call(node, &token, "POST", &path, Some(json!({})))?;
+            match status {
+                204 => println!("{id} will be tried again within a second"),
+                _ => bail!("cannot retry {id}: {}", error_text(status, &value)),
+            }
+        }
+        QueueAction::Delete { id } => {
+            let path = format!("/api/queue/{}", encode_path_segment(&id));
+            let (status, value) = call(node, &token, "DELETE", &path, None)?;
+            match status {
+                204 => println!("deleted {id}"),
+                _ => bail!("cannot delete {id}: {}", error_text(status, &value)),
+            }
+        }
+    }
+    Ok(())
+}
+
 pub fn ring(args: RingArgs) -> anyhow::Result<()> {
-    let (status, cluster) = call(&args.node, "GET", "/api/cluster", None)?;
+    let token = token(&args.token)?;
+    let (status, cluster) = call(&args.node, &token, "GET", "/api/cluster", None)?;
     if status != 200 {
         bail!(
             "cannot read the cluster view: {}",
@@ -158,7 +282,7 @@ pub fn ring(args: RingArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&cluster)?);
         return Ok(());
     }
-    let (status, view) = call(&args.node, "GET", "/api/ring", None)?;
+    let (status, view) = call(&args.node, &token, "GET", "/api/ring", None)?;
     if status != 200 {
         bail!("cannot read the ring view: {}", error_text(status, &view));
     }

@@ -1,4 +1,4 @@
-//! The command line (DESIGN.md §2) and its mapping onto a resolved configuration.
+//! The command line (docs/DESIGN.md §2) and its mapping onto a resolved configuration.
 
 use std::path::PathBuf;
 
@@ -25,7 +25,11 @@ pub enum Command {
     User(UserArgs),
     /// Show the ring as a node sees it.
     Ring(RingArgs),
-    /// Request/reply between programs over mail (DESIGN.md §7).
+    /// Show, retry and delete outbound mail a node holds (docs/DESIGN.md §12).
+    Queue(QueueArgs),
+    /// Make the certificates of a cluster's mutual TLS (docs/DESIGN.md §10).
+    Cert(CertArgs),
+    /// Request/reply between programs over mail (docs/DESIGN.md §7).
     Rpc(crate::rpc_cli::RpcArgs),
 }
 
@@ -53,7 +57,7 @@ pub struct NodeArgs {
     /// IMAP listener (default: ring port + 9000).
     #[arg(long)]
     pub imap: Option<String>,
-    /// Admin HTTP listener (default: ring port + 30000).
+    /// Admin HTTP listener (default: 127.0.0.1, ring port + 3000).
     #[arg(long)]
     pub http: Option<String>,
     /// Data directory (default: ./chordmail-data/HOST_PORT).
@@ -77,6 +81,22 @@ pub struct NodeArgs {
     /// PEM private key matching --tls-cert.
     #[arg(long)]
     pub tls_key: Option<PathBuf>,
+    /// The cluster CA certificate (`chordmail cert ca`): peers must present a
+    /// certificate it signed.
+    #[arg(long)]
+    pub cluster_ca: Option<PathBuf>,
+    /// This node's cluster certificate (`chordmail cert node`).
+    #[arg(long)]
+    pub cluster_cert: Option<PathBuf>,
+    /// The private key of --cluster-cert (mode 0600).
+    #[arg(long)]
+    pub cluster_key: Option<PathBuf>,
+    /// Run the ring port in plaintext without certificates, on any address.
+    #[arg(long)]
+    pub insecure_ring: bool,
+    /// File holding the admin API token (default: DATA/admin.token, made on first start).
+    #[arg(long)]
+    pub admin_token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -84,7 +104,7 @@ pub struct UpArgs {
     /// Number of nodes.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub nodes: u16,
-    /// Ring port of the first node; node i uses base + i (services: +10000/+20000/+30000).
+    /// Ring port of the first node; node i uses base + i (services: +10000/+20000/+3000).
     #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u16).range(1..=35000))]
     pub base_port: u16,
     /// Directory holding each node's data and log.
@@ -96,9 +116,68 @@ pub struct UpArgs {
 pub struct UserArgs {
     #[command(subcommand)]
     pub action: UserAction,
-    /// Admin URL of any node, e.g. http://127.0.0.1:35000.
+    /// Admin URL of any node, e.g. http://127.0.0.1:8000.
     #[arg(long, global = true)]
     pub node: Option<String>,
+    #[command(flatten)]
+    pub token: TokenArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct QueueArgs {
+    #[command(subcommand)]
+    pub action: QueueAction,
+    /// Admin URL of any node, e.g. http://127.0.0.1:8000.
+    #[arg(long, global = true)]
+    pub node: Option<String>,
+    #[command(flatten)]
+    pub token: TokenArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum QueueAction {
+    /// List the outbound entries the node holds a copy of.
+    List,
+    /// Try an entry again now.
+    Retry { id: String },
+    /// Remove an entry without delivering or bouncing it.
+    Delete { id: String },
+}
+
+/// Where the admin API clients find the token: `--token-file`, else the environment
+/// variable `CHORDMAIL_TOKEN`, else the file `chordmail up` writes.
+#[derive(Debug, Args)]
+pub struct TokenArgs {
+    /// File holding the node's admin token (e.g. DATA/admin.token).
+    #[arg(long, global = true)]
+    pub token_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct CertArgs {
+    #[command(subcommand)]
+    pub action: CertAction,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CertAction {
+    /// Make a cluster CA: DIR/ca.crt and DIR/ca.key (0600).
+    Ca {
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// Make a node certificate for one ring address: OUT/node.crt and OUT/node.key.
+    Node {
+        /// The directory of `chordmail cert ca`.
+        #[arg(long)]
+        ca_dir: PathBuf,
+        /// The node's ring address (its --addr), HOST:PORT.
+        #[arg(long)]
+        addr: String,
+        /// Where to write node.crt and node.key.
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -123,12 +202,14 @@ pub struct UserWithPassword {
 
 #[derive(Debug, Args)]
 pub struct RingArgs {
-    /// Admin URL of any node, e.g. http://127.0.0.1:35000.
+    /// Admin URL of any node, e.g. http://127.0.0.1:8000.
     #[arg(long)]
     pub node: String,
     /// Print the raw cluster view as JSON.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub token: TokenArgs,
 }
 
 /// The seed's single-dash spellings (`python chord.py -id 2 -addr ... -bits 3

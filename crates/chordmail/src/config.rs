@@ -7,12 +7,23 @@ use serde::Deserialize;
 
 use crate::cli::NodeArgs;
 
-/// Service ports default to the ring port plus these offsets (DESIGN.md §2), so that
+/// Service ports default to the ring port plus these offsets (docs/DESIGN.md §2), so that
 /// the seed's two commands (ring ports 5000 and 5002) run side by side on one host.
+/// No default lands in Linux's ephemeral range (32768-60999) for ring ports up to
+/// 5000: a port there can be held in TIME_WAIT by any outgoing connection and then
+/// refuses a restarted listener.
 pub const SMTP_PORT_OFFSET: u16 = 10_000;
 pub const POP3_PORT_OFFSET: u16 = 20_000;
-pub const HTTP_PORT_OFFSET: u16 = 30_000;
+pub const HTTP_PORT_OFFSET: u16 = 3_000;
 pub const IMAP_PORT_OFFSET: u16 = 9_000;
+
+/// The three files of the ring port's mutual TLS (DESIGN.md §10).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterFiles {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
 
 /// A node's configuration once flags, file and defaults are merged and checked.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,9 +42,14 @@ pub struct NodeConfig {
     pub hostname: String,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
+    /// `None`: the ring port runs in plaintext (loopback, or `--insecure-ring`).
+    pub cluster: Option<ClusterFiles>,
+    pub admin_token_file: Option<PathBuf>,
     pub ring_timing: cm_net::Timing,
     pub anti_entropy_period: std::time::Duration,
     pub tombstone_grace: std::time::Duration,
+    /// The outbound queue's `[relay]` table (docs/DESIGN.md §12), validated.
+    pub relay: cm_relay::RelayConfig,
 }
 
 /// The `--config` file: the same options as the flags.
@@ -55,6 +71,11 @@ struct ConfigFile {
     hostname: Option<String>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
+    cluster_ca: Option<PathBuf>,
+    cluster_cert: Option<PathBuf>,
+    cluster_key: Option<PathBuf>,
+    insecure_ring: Option<bool>,
+    admin_token_file: Option<PathBuf>,
     /// Ring maintenance periods and the ring call deadline, in milliseconds
     /// (file only: operators rarely need them, tests and benchmarks do).
     stabilize_ms: Option<u64>,
@@ -67,6 +88,8 @@ struct ConfigFile {
     anti_entropy_ms: Option<u64>,
     /// Age in seconds after which tombstones of deleted mail are collected.
     tombstone_grace_s: Option<u64>,
+    /// Mail to other domains: routes, smarthost, retries (file only).
+    relay: Option<cm_relay::RelayConfig>,
 }
 
 /// A configuration mistake: reported with exit status 2 (bad usage).
@@ -128,7 +151,31 @@ impl NodeConfig {
         let smtp = service("--smtp", args.smtp.clone().or(file.smtp), SMTP_PORT_OFFSET)?;
         let pop3 = service("--pop3", args.pop3.clone().or(file.pop3), POP3_PORT_OFFSET)?;
         let imap = service("--imap", args.imap.clone().or(file.imap), IMAP_PORT_OFFSET)?;
-        let http = service("--http", args.http.clone().or(file.http), HTTP_PORT_OFFSET)?;
+        let mut http = service(
+            "--http",
+            args.http.clone().or(file.http.clone()),
+            HTTP_PORT_OFFSET,
+        )?;
+        if args.http.is_none() && file.http.is_none() {
+            // The admin API stays on the host unless asked otherwise (DESIGN.md §2).
+            http.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        let cluster = resolve_cluster_files(
+            addr,
+            [
+                ("--cluster-ca", args.cluster_ca.clone().or(file.cluster_ca)),
+                (
+                    "--cluster-cert",
+                    args.cluster_cert.clone().or(file.cluster_cert),
+                ),
+                (
+                    "--cluster-key",
+                    args.cluster_key.clone().or(file.cluster_key),
+                ),
+            ],
+            args.insecure_ring || file.insecure_ring.unwrap_or(false),
+        )?;
+        let admin_token_file = args.admin_token_file.clone().or(file.admin_token_file);
         let data = args.data.clone().or(file.data).unwrap_or_else(|| {
             PathBuf::from("chordmail-data").join(format!("{}_{}", addr.ip(), addr.port()))
         });
@@ -217,6 +264,14 @@ impl NodeConfig {
             Some(seconds) => std::time::Duration::from_secs(seconds),
             None => cm_repl::antientropy::TOMBSTONE_GRACE_DEFAULT,
         };
+        let mut relay = file.relay.unwrap_or_default();
+        if relay.hostname == cm_relay::RelayConfig::default().hostname {
+            // The EHLO name of outbound mail is the node's, unless [relay] names one.
+            relay.hostname = hostname.clone();
+        }
+        relay
+            .validate()
+            .map_err(|error| usage(format!("[relay] in --config: {error}")))?;
         Ok(NodeConfig {
             id,
             addr,
@@ -232,10 +287,47 @@ impl NodeConfig {
             hostname,
             tls_cert,
             tls_key,
+            cluster,
+            admin_token_file,
             ring_timing,
             anti_entropy_period,
             tombstone_grace,
+            relay,
         })
+    }
+}
+
+/// The cluster files, all three or none. Without them the ring port would be open to
+/// anyone who reaches it, so that is allowed only on a loopback address (the seed's
+/// commands, which must work verbatim) or with the explicit `--insecure-ring`; the
+/// check runs before anything binds or touches `--data`.
+fn resolve_cluster_files(
+    addr: SocketAddr,
+    files: [(&str, Option<PathBuf>); 3],
+    insecure_ring: bool,
+) -> Result<Option<ClusterFiles>, UsageError> {
+    let given: Vec<&str> = files
+        .iter()
+        .filter(|(_, path)| path.is_some())
+        .map(|(flag, _)| *flag)
+        .collect();
+    let [(_, ca), (_, cert), (_, key)] = files;
+    match (ca, cert, key) {
+        (Some(_), Some(_), Some(_)) if insecure_ring => Err(usage(
+            "--insecure-ring and the cluster files (--cluster-ca/--cluster-cert/--cluster-key) exclude each other: drop one",
+        )),
+        (Some(ca), Some(cert), Some(key)) => Ok(Some(ClusterFiles { ca, cert, key })),
+        (None, None, None) if insecure_ring || addr.ip().is_loopback() => Ok(None),
+        (None, None, None) => Err(usage(format!(
+            "the ring address {addr} is not a loopback address, and the ring port would accept anyone without certificates: \
+             make them with `chordmail cert ca --dir CA` and `chordmail cert node --ca-dir CA --addr {addr} --out DIR`, \
+             then pass --cluster-ca CA/ca.crt --cluster-cert DIR/node.crt --cluster-key DIR/node.key \
+             (or pass --insecure-ring to run the ring port in plaintext on a network you trust)"
+        ))),
+        _ => Err(usage(format!(
+            "set all three of --cluster-ca, --cluster-cert and --cluster-key, or none (given: {})",
+            given.join(", ")
+        ))),
     }
 }
 
@@ -270,7 +362,8 @@ mod tests {
         assert_eq!(config.smtp.to_string(), "127.0.0.1:15000");
         assert_eq!(config.pop3.to_string(), "127.0.0.1:25000");
         assert_eq!(config.imap.to_string(), "127.0.0.1:14000");
-        assert_eq!(config.http.to_string(), "127.0.0.1:35000");
+        assert_eq!(config.http.to_string(), "127.0.0.1:8000");
+        assert_eq!(config.cluster, None);
         assert_eq!((config.bits, config.replicas), (64, 3));
         assert_eq!(config.domains, ["localhost"]);
         assert_eq!(config.data, PathBuf::from("chordmail-data/127.0.0.1_5000"));
@@ -344,6 +437,58 @@ mod tests {
             (7000, 16, 2)
         );
         assert_eq!(merged.smtp.to_string(), "127.0.0.1:17000");
+    }
+
+    #[test]
+    fn the_admin_api_binds_loopback_unless_told_otherwise() {
+        let insecure = NodeArgs {
+            insecure_ring: true,
+            ..args("10.1.2.3:5000")
+        };
+        let config = NodeConfig::resolve(&insecure).unwrap();
+        assert_eq!(config.http.to_string(), "127.0.0.1:8000");
+        assert_eq!(config.smtp.to_string(), "10.1.2.3:15000");
+        let explicit = NodeArgs {
+            http: Some("10.1.2.3:9000".to_owned()),
+            ..insecure
+        };
+        assert_eq!(
+            NodeConfig::resolve(&explicit).unwrap().http.to_string(),
+            "10.1.2.3:9000"
+        );
+    }
+
+    #[test]
+    fn a_ring_port_off_loopback_needs_certificates_or_the_opt_out() {
+        let error = NodeConfig::resolve(&args("10.0.0.1:5000")).unwrap_err().0;
+        assert!(error.contains("chordmail cert"), "{error}");
+        assert!(error.contains("--insecure-ring"), "{error}");
+        let with_files = NodeArgs {
+            cluster_ca: Some("ca.crt".into()),
+            cluster_cert: Some("node.crt".into()),
+            cluster_key: Some("node.key".into()),
+            ..args("10.0.0.1:5000")
+        };
+        let cluster = NodeConfig::resolve(&with_files).unwrap().cluster.unwrap();
+        assert_eq!(cluster.key, PathBuf::from("node.key"));
+        let partial = NodeArgs {
+            cluster_key: None,
+            ..with_files.clone()
+        };
+        let error = NodeConfig::resolve(&partial).unwrap_err().0;
+        assert!(error.contains("--cluster-ca, --cluster-cert"), "{error}");
+        let both = NodeArgs {
+            insecure_ring: true,
+            ..with_files
+        };
+        assert!(
+            NodeConfig::resolve(&both)
+                .unwrap_err()
+                .0
+                .contains("exclude")
+        );
+        let loopback = NodeConfig::resolve(&args("127.0.0.2:5000")).unwrap();
+        assert_eq!(loopback.cluster, None);
     }
 
     #[test]

@@ -6,6 +6,7 @@ mod cli;
 mod config;
 mod node;
 mod rpc_cli;
+mod trust;
 mod up;
 
 use std::process::ExitCode;
@@ -33,11 +34,20 @@ fn main() -> ExitCode {
                 }
             };
             init_tracing("info");
-            run_async(node::run(config))
+            let prepared = match node::prepare(&config) {
+                Ok(prepared) => prepared,
+                Err(error) => {
+                    eprintln!("error: {error}");
+                    return ExitCode::from(2);
+                }
+            };
+            run_async(node::run(config, prepared))
         }
+        Command::Cert(args) => return cert(args),
         Command::Up(args) => run_async(up::run(args)),
         Command::User(args) => admin_client::user(args),
         Command::Ring(args) => admin_client::ring(args),
+        Command::Queue(args) => admin_client::queue(args),
         // `rpc` runs its own runtime and returns the exit status it wants (the
         // service's status for `call`).
         Command::Rpc(args) => match rpc_cli::run(args) {
@@ -50,6 +60,41 @@ fn main() -> ExitCode {
         Err(error) => {
             eprintln!("error: {error:#}");
             ExitCode::from(1)
+        }
+    }
+}
+
+/// `chordmail cert`: the cluster CA and node certificates (DESIGN.md §10).
+fn cert(args: cli::CertArgs) -> ExitCode {
+    use cm_tls::cluster;
+    let outcome = match &args.action {
+        cli::CertAction::Ca { dir } => cluster::create_ca(dir).map(|()| {
+            println!(
+                "wrote {} and {} (keep the key offline; copy ca.crt to every node)",
+                dir.join(cluster::CA_CERT_FILE).display(),
+                dir.join(cluster::CA_KEY_FILE).display()
+            )
+        }),
+        cli::CertAction::Node { ca_dir, addr, out } => cluster::create_node_cert(ca_dir, addr, out)
+            .map(|()| {
+                println!(
+                    "wrote {} and {} for ring address {addr}",
+                    out.join(cluster::NODE_CERT_FILE).display(),
+                    out.join(cluster::NODE_KEY_FILE).display()
+                )
+            }),
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error}");
+            let usage = matches!(
+                error,
+                cm_tls::TlsError::BadAddr { .. }
+                    | cm_tls::TlsError::Exists { .. }
+                    | cm_tls::TlsError::Readable { .. }
+            );
+            ExitCode::from(if usage { 2 } else { 1 })
         }
     }
 }

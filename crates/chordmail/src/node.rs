@@ -17,7 +17,34 @@ use crate::config::NodeConfig;
 const META_NODE_ID: &str = "node.id";
 const META_NODE_BITS: &str = "node.bits";
 
-pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
+/// What `prepare` checked and loaded before the runtime starts.
+pub struct Prepared {
+    /// `None` until the node makes `DATA/admin.token` on its first start.
+    admin_token: Option<cm_admin::AdminToken>,
+    admin_token_path: std::path::PathBuf,
+    cluster_tls: Option<cm_net::ClusterTls>,
+}
+
+/// The checks of DESIGN.md §10 that must pass before anything binds or is written:
+/// secret files private, the admin token and the cluster files readable.
+pub fn prepare(config: &NodeConfig) -> Result<Prepared, crate::config::UsageError> {
+    crate::trust::check_tls_key(config)?;
+    let cluster_tls = crate::trust::cluster_tls(config)?;
+    let (admin_token, admin_token_path) = crate::trust::admin_token(config)?;
+    Ok(Prepared {
+        admin_token,
+        admin_token_path,
+        cluster_tls,
+    })
+}
+
+pub async fn run(config: NodeConfig, prepared: Prepared) -> anyhow::Result<()> {
+    crate::trust::prepare_data_dir(&config.data)?;
+    let admin_token = match prepared.admin_token {
+        Some(token) => token,
+        None => crate::trust::make_admin_token(&prepared.admin_token_path)?,
+    };
+    tracing::info!(path = %prepared.admin_token_path.display(), "the admin API (/api/*) needs the token in this file");
     let store = Arc::new(Store::open(&config.data)?);
     let (id, identity_is_new) = node_identity(&store, &config)?;
     tracing::info!(id, addr = %config.addr, bits = config.bits, data = %config.data.display(), "node starting");
@@ -50,6 +77,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         remembered: remembered_peers(&store),
         timing: config.ring_timing,
         on_peers_changed: Box::new(move |peers| save_remembered_peers(&peers_store, &peers)),
+        tls: prepared.cluster_tls,
     };
     let local = Arc::new(LocalReplica::new(store.clone(), config.bits));
     let mail_cell = Arc::new(std::sync::OnceLock::new());
@@ -94,6 +122,12 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         shutdown.clone(),
     ));
 
+    tasks.spawn(outbound_task(
+        mail.clone(),
+        Arc::new(config.relay.clone()),
+        shutdown.clone(),
+    ));
+
     let smtp_config = cm_smtp::SmtpConfig {
         hostname: config.hostname.clone(),
         tls: Some(tls.clone()),
@@ -125,7 +159,12 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         mail.clone(),
         shutdown.clone(),
     ));
-    let admin = cm_admin::router(mail.clone(), Arc::new(RingAdmin(ring.clone())));
+    let admin = cm_admin::router(
+        mail.clone(),
+        Arc::new(RingAdmin(ring.clone())),
+        admin_token,
+        vec![config.hostname.to_lowercase()],
+    );
     let admin_shutdown = shutdown.clone();
     tasks.spawn(async move {
         axum::serve(http, admin)
@@ -162,6 +201,26 @@ async fn anti_entropy_task(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     cm_repl::antientropy::run(mail, period, tombstone_grace, shutdown).await;
+    Ok(())
+}
+
+/// The outbound queue's worker (docs/DESIGN.md §12), with the system's DNS when its
+/// configuration can be read.
+async fn outbound_task(
+    mail: Mail,
+    relay: Arc<cm_relay::RelayConfig>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    match cm_relay::DnsResolver::from_system_conf() {
+        Ok(resolver) => cm_relay::queue::run(mail, relay, Arc::new(resolver), shutdown).await,
+        Err(error) => {
+            tracing::warn!(%error, "no DNS for outbound mail: only [relay] routes and the smarthost are used");
+            let resolver = cm_relay::NoResolver {
+                reason: format!("no DNS resolver: {error}"),
+            };
+            cm_relay::queue::run(mail, relay, Arc::new(resolver), shutdown).await
+        }
+    }
     Ok(())
 }
 
@@ -288,49 +347,14 @@ fn save_remembered_peers(store: &Store, peers: &[cm_ring::NodeRef]) {
 /// The admin API's view of the ring driver.
 struct RingAdmin(RingHandle);
 
-fn node_ref(node: &cm_ring::NodeRef) -> NodeRef {
-    NodeRef {
-        id: node.id,
-        addr: node.addr.clone(),
-    }
-}
-
 impl RingStatus for RingAdmin {
     fn view(&self) -> RingView {
-        let view = self.0.view();
-        let me = NodeRef {
-            id: view.id,
-            addr: view.addr.clone(),
-        };
-        // A lone node is its own successor; the ring crate leaves the list empty then.
-        let successors = if view.successors.is_empty() {
-            vec![me]
-        } else {
-            view.successors.iter().map(node_ref).collect()
-        };
-        RingView {
-            id: view.id,
-            addr: view.addr,
-            predecessor: view.predecessor.as_ref().map(node_ref),
-            successors,
-            fingers: view
-                .fingers
-                .into_iter()
-                .map(|finger| cm_admin::Finger {
-                    start: finger.start,
-                    id: finger.id,
-                    addr: finger.addr,
-                })
-                .collect(),
-            keys: 0,
-            replicas: 0,
-            out_of_sync: 0,
-        }
+        self.0.view()
     }
 
     fn cluster(
         &self,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Vec<NodeRef>> + Send + '_>> {
-        Box::pin(async move { self.0.cluster().await.iter().map(node_ref).collect() })
+        Box::pin(self.0.cluster())
     }
 }

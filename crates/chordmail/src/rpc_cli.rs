@@ -1,4 +1,4 @@
-//! `chordmail rpc call|serve`: the middleware of `cm-rpc` from the shell (DESIGN.md §7).
+//! `chordmail rpc call|serve`: the middleware of `cm-rpc` from the shell (docs/DESIGN.md §7).
 //! It lives in the binary so that the library needs no clap and installs no
 //! tracing subscriber.
 //!

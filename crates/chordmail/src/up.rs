@@ -30,12 +30,28 @@ impl Drop for Ring {
     }
 }
 
+/// Where `up` keeps its cluster CA, below its `--data`.
+const CA_DIR: &str = "ca";
+/// Where each node's cluster certificate goes, below the node's own data directory.
+const NODE_CERT_DIR: &str = "cluster";
+
 pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let n_nodes = args.nodes;
     let replicas = n_nodes.min(3);
     let exe = std::env::current_exe().context("cannot find the chordmail executable")?;
-    std::fs::create_dir_all(&args.data)
-        .with_context(|| format!("cannot create {}", args.data.display()))?;
+    crate::trust::prepare_data_dir(&args.data)?;
+    let token_path = args.data.join(crate::trust::ADMIN_TOKEN_FILE);
+    if !token_path.exists() {
+        let token = crate::trust::new_token_text();
+        crate::trust::write_new_private(&token_path, format!("{token}\n").as_bytes())
+            .with_context(|| format!("cannot create {}", token_path.display()))?;
+    }
+    let token = crate::trust::read_token_file(&token_path, "the admin token")
+        .map_err(|error| anyhow::anyhow!("{error}"))?;
+    let ca_dir = args.data.join(CA_DIR);
+    if !ca_dir.join(cm_tls::cluster::CA_KEY_FILE).exists() {
+        cm_tls::cluster::create_ca(&ca_dir)?;
+    }
     let mut ring = Ring {
         children: Vec::new(),
     };
@@ -43,6 +59,11 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     for node_idx in 0..n_nodes {
         let port = first_port + node_idx;
         let data = args.data.join(format!("node-{node_idx}"));
+        let ring_addr = format!("127.0.0.1:{port}");
+        let cert_dir = data.join(NODE_CERT_DIR);
+        if !cert_dir.join(cm_tls::cluster::NODE_KEY_FILE).exists() {
+            cm_tls::cluster::create_node_cert(&ca_dir, &ring_addr, &cert_dir)?;
+        }
         let log_path = args.data.join(format!("node-{node_idx}.log"));
         let log = std::fs::File::create(&log_path)
             .with_context(|| format!("cannot create {}", log_path.display()))?;
@@ -57,6 +78,14 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             ])
             .arg("--data")
             .arg(&data)
+            .arg("--admin-token-file")
+            .arg(&token_path)
+            .arg("--cluster-ca")
+            .arg(ca_dir.join(cm_tls::cluster::CA_CERT_FILE))
+            .arg("--cluster-cert")
+            .arg(cert_dir.join(cm_tls::cluster::NODE_CERT_FILE))
+            .arg("--cluster-key")
+            .arg(cert_dir.join(cm_tls::cluster::NODE_KEY_FILE))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
@@ -79,8 +108,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             log_path.display()
         );
     }
-    create_demo_account(first_port + HTTP_PORT_OFFSET).await?;
-    print_directions(n_nodes, first_port, replicas);
+    create_demo_account(first_port + HTTP_PORT_OFFSET, token.secret()).await?;
+    print_directions(n_nodes, first_port, replicas, &token_path);
 
     let outcome = supervise(&mut ring).await;
     stop(&mut ring).await;
@@ -131,11 +160,13 @@ async fn wait_ready(ring: &mut Ring, port: u16, log_path: &Path) -> anyhow::Resu
 
 /// Creates the demo account, retrying while the ring is still forming (a write needs a
 /// majority of the replicas to be in the ring and known to the node).
-async fn create_demo_account(http_port: u16) -> anyhow::Result<()> {
+async fn create_demo_account(http_port: u16, token: &str) -> anyhow::Result<()> {
     let url = format!("http://127.0.0.1:{http_port}/api/users");
+    let bearer = format!("Bearer {token}");
     let deadline = Instant::now() + READY_TIMEOUT;
     loop {
         let target = url.clone();
+        let bearer = bearer.clone();
         let (status, reason) =
             tokio::task::spawn_blocking(move || -> anyhow::Result<(u16, String)> {
                 let agent: ureq::Agent = ureq::Agent::config_builder()
@@ -145,7 +176,10 @@ async fn create_demo_account(http_port: u16) -> anyhow::Result<()> {
                     .into();
                 let body =
                     serde_json::json!({ "address": DEMO_ADDRESS, "password": DEMO_PASSWORD });
-                let mut response = agent.post(&target).send_json(body)?;
+                let mut response = agent
+                    .post(&target)
+                    .header("Authorization", &bearer)
+                    .send_json(body)?;
                 let status = response.status().as_u16();
                 Ok((
                     status,
@@ -163,14 +197,14 @@ async fn create_demo_account(http_port: u16) -> anyhow::Result<()> {
     }
 }
 
-fn print_directions(n_nodes: u16, first_port: u16, replicas: u16) {
+fn print_directions(n_nodes: u16, first_port: u16, replicas: u16, token_path: &Path) {
     let smtp = first_port + SMTP_PORT_OFFSET;
     let pop3 = first_port + POP3_PORT_OFFSET;
     let http = first_port + HTTP_PORT_OFFSET;
     let imap = first_port + IMAP_PORT_OFFSET;
     println!();
     println!(
-        "chordmail: a ring of {n_nodes} nodes on 127.0.0.1 is up ({replicas} copies of every key)."
+        "chordmail: a ring of {n_nodes} nodes on 127.0.0.1 is up ({replicas} copies of every key, mutual TLS between nodes)."
     );
     println!("  account   {DEMO_ADDRESS}, password \"{DEMO_PASSWORD}\"");
     println!(
@@ -187,6 +221,10 @@ fn print_directions(n_nodes: u16, first_port: u16, replicas: u16) {
     );
     println!(
         "  admin     http://127.0.0.1:{http}/  (chordmail ring --node http://127.0.0.1:{http})"
+    );
+    println!(
+        "  token     {}  (the admin API needs it: Authorization: Bearer TOKEN)",
+        token_path.display()
     );
     println!(
         "  try       swaks --server 127.0.0.1:{smtp} --to {DEMO_ADDRESS} --from you@localhost"

@@ -20,6 +20,56 @@ pub struct Account {
     pub deleted: bool,
 }
 
+/// The costs a stored argon2id hash may ask for. Hashes are made with the crate's
+/// defaults (19 MiB, 2 passes, 1 lane), far below these; a hash past them comes from
+/// a forged or corrupt record, and verifying it would tie up a node's memory or CPU
+/// (m = 4294967295 KiB aborts the process), so it is refused without being run.
+pub const ARGON2_MEMORY_KIB_MAX: u32 = 256 * 1024;
+pub const ARGON2_PASSES_MAX: u32 = 16;
+pub const ARGON2_LANES_MAX: u32 = 8;
+/// A PHC string of argon2id with the largest costs above is about 120 bytes.
+pub const PASSWORD_HASH_BYTES_MAX: usize = 256;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HashError {
+    #[error("a password hash is longer than {PASSWORD_HASH_BYTES_MAX} bytes")]
+    TooLong,
+    #[error("a password hash is not a PHC string")]
+    Unparsable,
+    #[error("a password hash uses {0}, not argon2id version 19")]
+    Scheme(String),
+    #[error("a password hash asks for costs past the bounds (m={m} KiB, t={t}, p={p})")]
+    Cost { m: u32, t: u32, p: u32 },
+}
+
+/// Checks that `phc` is an argon2id (version 19) hash whose costs lie within the
+/// bounds above. Every hash that arrives from a peer, and every hash before it is
+/// verified, passes this check.
+pub fn check_password_hash(phc: &str) -> Result<(), HashError> {
+    if phc.len() > PASSWORD_HASH_BYTES_MAX {
+        return Err(HashError::TooLong);
+    }
+    let hash = PasswordHash::new(phc).map_err(|_| HashError::Unparsable)?;
+    if hash.algorithm != argon2::ARGON2ID_IDENT || hash.version != Some(0x13) {
+        return Err(HashError::Scheme(format!(
+            "{} v{:?}",
+            hash.algorithm, hash.version
+        )));
+    }
+    let param = |name: &str| hash.params.get_decimal(name);
+    let (Some(m), Some(t), Some(p)) = (param("m"), param("t"), param("p")) else {
+        return Err(HashError::Unparsable);
+    };
+    if m > ARGON2_MEMORY_KIB_MAX || t > ARGON2_PASSES_MAX || p > ARGON2_LANES_MAX {
+        return Err(HashError::Cost { m, t, p });
+    }
+    argon2::Params::try_from(&hash).map_err(|_| HashError::Unparsable)?;
+    if hash.hash.is_none() || hash.salt.is_none() {
+        return Err(HashError::Unparsable);
+    }
+    Ok(())
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PasswordError {
     #[error("password is empty")]
@@ -47,6 +97,9 @@ impl Account {
     /// Whether `password` matches. A deleted account matches nothing.
     pub fn verify(&self, password: &[u8]) -> bool {
         if self.deleted || password.is_empty() || password.len() > PASSWORD_BYTES_MAX {
+            return false;
+        }
+        if check_password_hash(&self.password_hash).is_err() {
             return false;
         }
         let Ok(hash) = PasswordHash::new(&self.password_hash) else {
@@ -119,6 +172,61 @@ mod tests {
             ..account
         };
         assert!(!deleted.verify(b"correct horse"));
+    }
+
+    #[test]
+    fn only_bounded_argon2id_hashes_pass_and_verify() {
+        let address = Address::parse("alice@example.org").unwrap();
+        let account = Account::new(address, "pw", version(1, 1)).unwrap();
+        assert_eq!(check_password_hash(&account.password_hash), Ok(()));
+        let (_, tail) = account.password_hash.split_once("$m=").unwrap();
+        let (_, rest) = tail.split_once(',').unwrap();
+        // The same salt and output under costs a forger would pick.
+        for (params, expected) in [
+            (
+                "m=4294967295,t=2,p=1",
+                HashError::Cost {
+                    m: 4294967295,
+                    t: 2,
+                    p: 1,
+                },
+            ),
+            (
+                "m=19456,t=4294967295,p=1",
+                HashError::Cost {
+                    m: 19456,
+                    t: 4294967295,
+                    p: 1,
+                },
+            ),
+            (
+                "m=19456,t=2,p=255",
+                HashError::Cost {
+                    m: 19456,
+                    t: 2,
+                    p: 255,
+                },
+            ),
+        ] {
+            let (_, after_t_p) = rest.split_once('$').unwrap();
+            let forged = format!("$argon2id$v=19${params}${after_t_p}");
+            assert_eq!(check_password_hash(&forged), Err(expected), "{forged}");
+            let forged_account = Account {
+                password_hash: forged,
+                ..account.clone()
+            };
+            assert!(!forged_account.verify(b"pw"), "refused, not hashed");
+        }
+        let argon2i = account.password_hash.replacen("argon2id", "argon2i", 1);
+        assert!(matches!(
+            check_password_hash(&argon2i),
+            Err(HashError::Scheme(_))
+        ));
+        assert_eq!(check_password_hash("plain"), Err(HashError::Unparsable));
+        assert_eq!(
+            check_password_hash(&"$".repeat(PASSWORD_HASH_BYTES_MAX + 1)),
+            Err(HashError::TooLong)
+        );
     }
 
     #[test]

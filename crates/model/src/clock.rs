@@ -44,14 +44,22 @@ impl HybridClock {
         }
     }
 
-    /// A version greater than every version this clock issued or observed.
+    /// A version greater than every version this clock issued or observed, as long
+    /// as one exists: at the very top of the range (a forged version near `u64::MAX`
+    /// observed) the clock saturates and repeats its last reading instead of
+    /// overflowing. Replicas refuse such versions on arrival, so that needs a
+    /// corrupt store.
     pub fn tick(&self, wall_ms: u64) -> Version {
         let mut last = self.last.lock().expect("clock mutex poisoned");
         let (last_ms, last_counter) = *last;
         let next = if wall_ms > last_ms {
             (wall_ms, 0)
+        } else if let Some(counter) = last_counter.checked_add(1) {
+            (last_ms, counter)
+        } else if let Some(ms) = last_ms.checked_add(1) {
+            (ms, 0)
         } else {
-            (last_ms, last_counter + 1)
+            (last_ms, last_counter)
         };
         *last = next;
         Version {
@@ -88,5 +96,25 @@ mod tests {
         });
         let fourth = clock.tick(1000);
         assert_eq!((fourth.wall_ms, fourth.counter, fourth.node), (5000, 4, 7));
+    }
+
+    #[test]
+    fn the_clock_saturates_at_the_top_instead_of_overflowing() {
+        let clock = HybridClock::new(7);
+        clock.observe(Version {
+            wall_ms: 5000,
+            counter: u32::MAX,
+            node: 1,
+        });
+        let carried = clock.tick(1000);
+        assert_eq!((carried.wall_ms, carried.counter), (5001, 0));
+        clock.observe(Version {
+            wall_ms: u64::MAX,
+            counter: u32::MAX,
+            node: 1,
+        });
+        let top = clock.tick(1000);
+        assert_eq!((top.wall_ms, top.counter), (u64::MAX, u32::MAX));
+        assert_eq!(clock.tick(u64::MAX), top);
     }
 }

@@ -1,6 +1,6 @@
 //! The mail model of chordmail: what is stored, and how two copies of it merge.
 //!
-//! Every type here is plain data designed for replication from day one (DESIGN.md §4):
+//! Every type here is plain data designed for replication from day one (docs/DESIGN.md §4):
 //! - [`Message`] is immutable and named by a unique [`MessageId`] (its POP3 UIDL);
 //! - [`Mailbox`] is the set of message ids received minus a set of tombstones, and
 //!   [`Mailbox::merge`] is set union on both, so replicas reconcile without conflicts;
@@ -24,7 +24,7 @@ pub mod message;
 pub mod outbound;
 pub mod uids;
 
-pub use account::{Account, PasswordError};
+pub use account::{Account, HashError, PasswordError, check_password_hash};
 pub use clock::{HybridClock, Version};
 pub use encoding::DecodeError;
 pub use flags::{FlagError, FlagName, Flags};

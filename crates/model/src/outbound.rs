@@ -185,7 +185,11 @@ mod tests {
         Outbound::new(
             MessageId::from_u128(7),
             "alice@a.test".to_owned(),
-            ["Bob@B.test".to_owned(), "carol@b.test".to_owned(), "bob@b.test".to_owned()],
+            [
+                "Bob@B.test".to_owned(),
+                "carol@b.test".to_owned(),
+                "bob@b.test".to_owned(),
+            ],
             1_000,
             version(1_000, 1),
         )
@@ -271,7 +275,9 @@ mod tests {
         let mut entry = base();
         assert_eq!(entry.recipients, vec!["bob@b.test", "carol@b.test"]);
         assert!(!entry.is_settled());
-        entry.outcomes.insert("bob@b.test".to_owned(), Outcome::Delivered);
+        entry
+            .outcomes
+            .insert("bob@b.test".to_owned(), Outcome::Delivered);
         assert_eq!(entry.pending().collect::<Vec<_>>(), vec!["carol@b.test"]);
         entry.outcomes.insert(
             "carol@b.test".to_owned(),

@@ -1,4 +1,4 @@
-//! The UID map of one folder (DESIGN.md §11): which IMAP UID names which message,
+//! The UID map of one folder (docs/DESIGN.md §11): which IMAP UID names which message,
 //! as mergeable data with a deterministic conflict rule.
 //!
 //! The map is a grow-only set of [`UidClaim`]s, and [`UidMap::merge`] is set union,

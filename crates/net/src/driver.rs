@@ -1,13 +1,12 @@
 //! Runs a [`cm_ring::Node`] over the network: join, periodic maintenance, lookups,
 //! graceful leave.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cm_ring::{
-    Effect, JoinError, Lookup, LookupAction, LookupError, LookupResult, Node, NodeRef, RingConfig,
-    choose_join_successor,
+    JoinError, Lookup, LookupError, LookupResult, Node, NodeRef, RingConfig, choose_join_successor,
 };
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
@@ -16,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use crate::pb::ring_server::RingServer;
 use crate::peers::Peers;
 use crate::server::RingService;
+use crate::shared::Shared;
 
 /// Periods of the maintenance tasks and the deadline of every ring call. The
 /// defaults converge a LAN ring of a few dozen nodes within seconds.
@@ -42,12 +42,15 @@ impl Default for Timing {
     }
 }
 
-/// Stabilize rounds run back to back at most when successors keep turning out dead.
-const STABILIZE_RETRIES_MAX: usize = cm_ring::SUCCESSOR_LIST_LEN_MAX;
+/// Concurrent gRPC calls a peer may have open on one connection: every node keeps one
+/// connection per peer and multiplexes all its calls on it, so this bounds what one
+/// peer can make this node work on at once, far above what SMTP/POP3 sessions need.
+const RING_STREAMS_PER_CONNECTION_MAX: u32 = 1024;
+/// The server-side deadline of every call on the ring port: longer than any caller's
+/// own deadline (a hand-off's is 60 s), so it only ends work nobody waits for.
+const RING_CALL_SERVER_TIMEOUT: Duration = Duration::from_secs(180);
 /// Nodes a cluster walk visits at most.
 const CLUSTER_WALK_NODES_MAX: usize = 4096;
-/// Fingers refreshed per fix_fingers period.
-const FINGERS_PER_ROUND: usize = 4;
 
 pub struct RingOptions {
     pub me: NodeRef,
@@ -59,12 +62,14 @@ pub struct RingOptions {
     pub timing: Timing,
     /// Called (from a maintenance task) when the set of remembered peers changed.
     pub on_peers_changed: Box<dyn Fn(Vec<NodeRef>) + Send + Sync>,
+    /// Mutual TLS on the ring port, both directions; `None` runs it in plaintext.
+    pub tls: Option<crate::ClusterTls>,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error(
-        "entry node {addr} does not answer on its ring port; check --entry-addr and that it runs"
+        "entry node {addr} does not answer on its ring port, or refused this node's cluster certificate; check --entry-addr, that it runs, and that both nodes have certificates of the same cluster CA"
     )]
     EntryUnreachable { addr: String },
     #[error(transparent)]
@@ -73,136 +78,6 @@ pub enum StartError {
     JoinFailed { addr: String, reason: String },
     #[error("the ring service failed: {0}")]
     Serve(String),
-}
-
-/// State shared by the server, the maintenance tasks and [`RingHandle`]s.
-pub struct Shared {
-    /// A std `Mutex`: every critical section is a few field updates, never an await.
-    node: Mutex<Node>,
-    peers: Peers,
-    /// The last check_predecessor outcome, the failure detector `on_notify` consults.
-    predecessor_alive: AtomicBool,
-}
-
-impl Shared {
-    pub(crate) fn node(&self) -> MutexGuard<'_, Node> {
-        self.node.lock().expect("ring node mutex poisoned")
-    }
-
-    pub(crate) fn predecessor_alive(&self) -> bool {
-        self.predecessor_alive.load(Ordering::Relaxed)
-    }
-
-    fn me(&self) -> NodeRef {
-        self.node().me().clone()
-    }
-
-    /// Carries out what an apply step asked for; follow-up effects included, bounded.
-    pub(crate) async fn run_effects(&self, mut effects: Vec<Effect>) {
-        let me = self.me();
-        for _ in 0..STABILIZE_RETRIES_MAX {
-            let mut next = Vec::new();
-            for effect in effects {
-                match effect {
-                    Effect::Notify { to } => {
-                        let _ = self.peers.notify(&to, &me).await;
-                    }
-                    Effect::QueryCandidate { candidate } => {
-                        let reply = self.peers.get_state(&candidate.addr).await;
-                        next.extend(self.node().apply_stabilize_candidate(&candidate, reply));
-                    }
-                    Effect::StabilizeAgain => next.extend(self.stabilize_once().await),
-                }
-            }
-            if next.is_empty() {
-                return;
-            }
-            effects = next;
-        }
-    }
-
-    async fn stabilize_once(&self) -> Vec<Effect> {
-        let Some(target) = self.node().stabilize_target() else {
-            return Vec::new();
-        };
-        let reply = self.peers.get_state(&target.addr).await;
-        self.node().apply_stabilize(&target, reply)
-    }
-
-    async fn stabilize(&self) {
-        let effects = self.stabilize_once().await;
-        self.run_effects(effects).await;
-    }
-
-    async fn check_predecessor(&self) {
-        let Some(target) = self.node().check_predecessor_target() else {
-            return;
-        };
-        let reply = self.peers.get_state(&target.addr).await.and_then(|state| {
-            if state.node == target {
-                Ok(())
-            } else {
-                Err(cm_ring::Unreachable)
-            }
-        });
-        self.predecessor_alive
-            .store(reply.is_ok(), Ordering::Relaxed);
-        self.node().apply_check_predecessor(&target, reply);
-    }
-
-    async fn fix_successors(&self) {
-        let Some(target) = self.node().fix_successors_target() else {
-            return;
-        };
-        let reply = self.peers.get_state(&target.addr).await;
-        self.node().apply_fix_successors(&target, reply);
-    }
-
-    async fn fix_fingers(&self) {
-        for _ in 0..FINGERS_PER_ROUND {
-            let Some(request) = self.node().fix_fingers_target() else {
-                return;
-            };
-            let lookup = self.node().start_lookup(request.start);
-            let outcome = self.drive(lookup).await;
-            self.node().apply_fix_finger(request, outcome);
-        }
-    }
-
-    async fn probe(&self) {
-        let Some(peer) = self.node().probe_target() else {
-            return;
-        };
-        let key = self.node().probe_key();
-        let outcome = self.drive(Lookup::via(key, peer.clone())).await;
-        let successor_before = self.node().successor().clone();
-        let effects = self.node().apply_probe(outcome);
-        let successor_after = self.node().successor().clone();
-        if successor_after != successor_before {
-            // A probe changes our successor only when it found a closer node outside
-            // our view: another ring after a healed partition, or a node we missed.
-            tracing::info!(peer = %peer.addr, successor = %successor_after.addr, "probe found a closer successor; merging rings");
-        }
-        self.run_effects(effects).await;
-    }
-
-    /// Runs an iterative lookup to its end; queries to ourselves are answered locally.
-    async fn drive(&self, mut lookup: Lookup) -> Result<LookupResult, LookupError> {
-        let me = self.me();
-        loop {
-            match lookup.next_action() {
-                LookupAction::Finished(outcome) => return outcome,
-                LookupAction::Query(target) => {
-                    let reply = if target == me {
-                        Ok(self.node().next_hop(lookup.key()))
-                    } else {
-                        self.peers.next_hop(&target, lookup.key()).await
-                    };
-                    lookup.on_reply(&target, reply);
-                }
-            }
-        }
-    }
 }
 
 /// A handle on the running ring of this node; cheap to clone.
@@ -297,6 +172,7 @@ impl RingDriver {
             remembered,
             timing,
             on_peers_changed,
+            tls,
         } = options;
         let node = Node::new_ring(config, me.clone(), remembered.clone()).map_err(|error| {
             StartError::JoinFailed {
@@ -306,8 +182,9 @@ impl RingDriver {
         })?;
         let shared = Arc::new(Shared {
             node: Mutex::new(node),
-            peers: Peers::new(timing.rpc_timeout),
+            peers: Peers::with_tls(timing.rpc_timeout, tls.as_ref()),
             predecessor_alive: AtomicBool::new(true),
+            tls_on: tls.is_some(),
         });
 
         let service = RingServer::new(RingService {
@@ -315,8 +192,16 @@ impl RingDriver {
         });
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
         let server_shutdown = shutdown.clone();
+        let mut builder = tonic::transport::Server::builder()
+            .max_concurrent_streams(RING_STREAMS_PER_CONNECTION_MAX)
+            .timeout(RING_CALL_SERVER_TIMEOUT);
+        if let Some(tls) = &tls {
+            builder = builder
+                .tls_config(tls.server_config())
+                .map_err(|error| StartError::Serve(error.to_string()))?;
+        }
         tasks.spawn(async move {
-            tonic::transport::Server::builder()
+            builder
                 .add_routes(other_services)
                 .add_service(service)
                 .serve_with_incoming_shutdown(incoming, server_shutdown.cancelled_owned())

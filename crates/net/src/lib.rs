@@ -7,6 +7,7 @@
 //!   Other services (cm-repl's replication) run their own clients over
 //!   [`Peers::channel`] and are served next to the ring's through the routes given to
 //!   [`RingDriver::start`].
+//! - [`ClusterTls`]: mutual TLS on the ring port with the cluster's certificates.
 //! - [`RingDriver`] / [`RingHandle`]: joins or starts a ring, serves the ring RPCs,
 //!   runs the periodic maintenance (stabilize, fix_fingers, fix_successors,
 //!   check_predecessor, probing remembered peers) and answers lookups.
@@ -22,6 +23,9 @@ mod convert;
 mod driver;
 mod peers;
 mod server;
+mod shared;
+pub mod tls;
 
 pub use driver::{RingDriver, RingHandle, RingOptions, StartError, Timing};
 pub use peers::Peers;
+pub use tls::{ClusterTls, ClusterTlsError};

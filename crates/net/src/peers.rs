@@ -10,6 +10,7 @@ use tonic::transport::{Channel, Endpoint};
 use crate::convert::{leave_to_pb, state_from_pb, step_from_pb};
 use crate::pb;
 use crate::pb::ring_client::RingClient;
+use crate::tls::ClusterTls;
 
 /// Channels kept at most; past it the cache starts over (peers that left the ring
 /// would otherwise accumulate for ever).
@@ -19,13 +20,21 @@ const CHANNELS_MAX: usize = 1024;
 pub struct Peers {
     rpc_timeout: Duration,
     channels: Mutex<HashMap<String, Channel>>,
+    /// Cluster TLS for every channel; `None` dials in plaintext (loopback or
+    /// `--insecure-ring` nodes).
+    tls: Option<ClusterTls>,
 }
 
 impl Peers {
     pub fn new(rpc_timeout: Duration) -> Peers {
+        Peers::with_tls(rpc_timeout, None)
+    }
+
+    pub fn with_tls(rpc_timeout: Duration, tls: Option<&ClusterTls>) -> Peers {
         Peers {
             rpc_timeout,
             channels: Mutex::new(HashMap::new()),
+            tls: tls.cloned(),
         }
     }
 
@@ -47,10 +56,16 @@ impl Peers {
         if channels.len() >= CHANNELS_MAX {
             channels.clear();
         }
-        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))
             .map_err(|_| Unreachable)?
             .connect_timeout(self.rpc_timeout)
             .tcp_nodelay(true);
+        if let Some(tls) = &self.tls {
+            endpoint = endpoint
+                .tls_config_with_verifier(tls.client_config(), tls.verifier_for(addr))
+                .map_err(|_| Unreachable)?;
+        }
         let channel = endpoint.connect_lazy();
         channels.insert(addr.to_owned(), channel.clone());
         Ok(channel)

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 use crate::convert::{leave_from_pb, state_to_pb, step_to_pb};
-use crate::driver::Shared;
 use crate::pb;
+use crate::shared::Shared;
 
 pub struct RingService {
     pub shared: Arc<Shared>,
@@ -23,6 +23,13 @@ impl pb::ring_server::Ring for RingService {
         &self,
         request: Request<pb::NotifyRequest>,
     ) -> Result<Response<pb::Empty>, Status> {
+        let tls_on = self.shared.tls_on;
+        let claimed = request.get_ref().candidate.as_ref().map(|c| c.addr.clone());
+        if let Some(addr) = &claimed
+            && !crate::tls::peer_covers(&request, tls_on, addr)
+        {
+            return Err(refuse_claim("notify", addr));
+        }
         let candidate = request
             .into_inner()
             .candidate
@@ -56,6 +63,12 @@ impl pb::ring_server::Ring for RingService {
         &self,
         request: Request<pb::LeaveRequest>,
     ) -> Result<Response<pb::Empty>, Status> {
+        let claimed = request.get_ref().leaving.as_ref().map(|l| l.addr.clone());
+        if let Some(addr) = &claimed
+            && !crate::tls::peer_covers(&request, self.shared.tls_on, addr)
+        {
+            return Err(refuse_claim("leave", addr));
+        }
         let notice = leave_from_pb(request.into_inner())
             .map_err(|_| Status::invalid_argument("leave without a node"))?;
         tracing::info!(leaving = notice.leaving.id, addr = %notice.leaving.addr, "neighbour leaves the ring");
@@ -64,4 +77,17 @@ impl pb::ring_server::Ring for RingService {
         tokio::spawn(async move { shared.run_effects(effects).await });
         Ok(Response::new(pb::Empty {}))
     }
+}
+
+/// A peer claimed a ring address its certificate does not cover: it is a member of
+/// the cluster impersonating another node, or a misconfigured one.
+fn refuse_claim(op: &str, addr: &str) -> Status {
+    tracing::warn!(
+        op,
+        claimed = addr,
+        "refused a ring address the peer's certificate does not cover"
+    );
+    Status::permission_denied(format!(
+        "the peer's certificate does not cover the ring address {addr} it claims"
+    ))
 }

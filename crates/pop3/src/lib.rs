@@ -1,4 +1,4 @@
-//! The POP3 server of a chordmail node (DESIGN.md §6): the tokio shell around
+//! The POP3 server of a chordmail node (docs/DESIGN.md §6): the tokio shell around
 //! `cm-pop3-proto`.
 //!
 //! This crate owns the clock and the timers of a session: it serves connections

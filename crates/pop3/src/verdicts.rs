@@ -67,7 +67,7 @@ pub async fn retrieve(mail: &Mail, lock: &MaildropLock, id: MessageId) -> Option
     }
 }
 
-/// RFC 1939 §6 UPDATE: removes the deleted messages, all or none (DESIGN.md §6).
+/// RFC 1939 §6 UPDATE: removes the deleted messages, all or none (docs/DESIGN.md §6).
 pub async fn update(mail: &Mail, lock: &MaildropLock, deleted: &[MessageId]) -> UpdateOutcome {
     if deleted.is_empty() {
         return UpdateOutcome::Removed;

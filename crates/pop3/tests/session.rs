@@ -1,5 +1,5 @@
 //! The POP3 shell against a real one-node mail service: each semantic rule of
-//! DESIGN.md §6 and issue 4 is one test. A session's rules are tested over
+//! docs/DESIGN.md §6 and issue 4 is one test. A session's rules are tested over
 //! `tokio::io::duplex` (`Server::duplex`); what needs the accept loop (several
 //! sessions, the connection limit, shutdown) over loopback TCP. Waits poll
 //! against a deadline.
@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 const ALICE: &str = "alice@example.org";
 const PASSWORD: &str = "correct horse";
-/// How long a released maildrop lock may take to be free again (DESIGN.md §9.3).
+/// How long a released maildrop lock may take to be free again (docs/DESIGN.md §9.3).
 const LOCK_RELEASE_DEADLINE: Duration = Duration::from_secs(10);
 
 struct Server {
@@ -196,6 +196,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
         assert!(reply.starts_with("+OK maildrop has"), "{reply}");
     }
 
+    /// QUIT, answered with the sign-off (RFC 1939 §6).
+    async fn quit(&mut self) {
+        assert_eq!(
+            self.command("QUIT").await,
+            "+OK chordmail POP3 server signing off"
+        );
+    }
+
     /// True once the server closed the connection.
     async fn closed(&mut self) -> bool {
         let mut line = Vec::new();
@@ -249,10 +257,7 @@ async fn second_session_is_in_use_until_quit() {
     let reply = second.command(&format!("PASS {PASSWORD}")).await;
     assert!(reply.starts_with("-ERR [IN-USE] "), "{reply}");
     // The refused session stays in AUTHORIZATION and may try again.
-    assert_eq!(
-        first.command("QUIT").await,
-        "+OK chordmail POP3 server signing off"
-    );
+    first.quit().await;
     assert!(first.closed().await);
     second.command(&format!("USER {ALICE}")).await;
     assert!(
@@ -271,10 +276,7 @@ async fn lock_is_freed_when_the_connection_drops() {
     let first = Client::logged_in(server.addr).await;
     drop(first);
     let mut again = login_eventually(server.addr).await;
-    assert_eq!(
-        again.command("QUIT").await,
-        "+OK chordmail POP3 server signing off"
-    );
+    again.quit().await;
 }
 
 // Goal: RSET unmarks. Method: DELE both messages, check they vanish from STAT,
@@ -304,10 +306,7 @@ async fn dele_then_rset_keeps_everything() {
         client.command("RSET").await,
         format!("+OK maildrop has 2 messages ({total} octets)")
     );
-    assert_eq!(
-        client.command("QUIT").await,
-        "+OK chordmail POP3 server signing off"
-    );
+    client.quit().await;
     let mut client = login_eventually(server.addr).await;
     assert_eq!(client.command("STAT").await, format!("+OK 2 {total}"));
 }
@@ -333,10 +332,7 @@ async fn dele_then_quit_removes() {
     let second_id = server.deliver(MESSAGE_TWO).await;
     let mut client = Client::logged_in(server.addr).await;
     assert_eq!(client.command("DELE 1").await, "+OK message 1 deleted");
-    assert_eq!(
-        client.command("QUIT").await,
-        "+OK chordmail POP3 server signing off"
-    );
+    client.quit().await;
     let mut client = login_eventually(server.addr).await;
     assert_eq!(
         client.command("STAT").await,
@@ -361,10 +357,7 @@ async fn uidl_is_stable_across_sessions() {
         client.lines("UIDL").await,
         vec![format!("1 {}", ids[0]), format!("2 {}", ids[1])]
     );
-    assert_eq!(
-        client.command("QUIT").await,
-        "+OK chordmail POP3 server signing off"
-    );
+    client.quit().await;
     let mut client = login_eventually(server.addr).await;
     assert_eq!(
         client.lines("UIDL").await,
@@ -556,10 +549,7 @@ async fn stls_upgrades_the_connection() {
     client.login(ALICE, PASSWORD).await;
     let (_, body) = client.multi_line("RETR 1").await;
     assert_eq!(body, MESSAGE_ONE);
-    assert_eq!(
-        client.command("QUIT").await,
-        "+OK chordmail POP3 server signing off"
-    );
+    client.quit().await;
     session.await.unwrap().unwrap();
     drop(server.dir);
 }

@@ -525,6 +525,43 @@ mod tests {
         }
     }
 
+    /// Undoes the stuffing as a strict receiver does (RFC 5321 §4.5.2): lines end in
+    /// CRLF, a lone dot ends the data, a leading dot is dropped.
+    fn unstuffed(wire: &[u8]) -> Option<Vec<u8>> {
+        let mut data = Vec::new();
+        let mut rest = wire;
+        while let Some(end_idx) = rest.windows(2).position(|window| window == b"\r\n") {
+            let line = &rest[..end_idx + 2];
+            rest = &rest[end_idx + 2..];
+            if line == b".\r\n" {
+                return rest.is_empty().then_some(data);
+            }
+            data.extend_from_slice(line.strip_prefix(b".").unwrap_or(line));
+        }
+        None
+    }
+
+    proptest::proptest! {
+        /// Goal: whatever the message, a strict receiver gets back exactly its lines,
+        /// and no lenient one (bare CR or LF as line end) sees an early end of data.
+        #[test]
+        fn dot_stuffing_round_trips_and_never_ends_early(
+            lines in proptest::collection::vec("[.a]{0,4}", 0..12),
+            noise in proptest::collection::vec(proptest::sample::select(&b".\r\na"[..]), 0..64),
+        ) {
+            let message: Vec<u8> = lines.iter().flat_map(|line| format!("{line}\r\n").into_bytes()).collect();
+            proptest::prop_assert_eq!(unstuffed(&dot_stuffed(&message)), Some(message));
+
+            let wire = dot_stuffed(&noise);
+            let body = &wire[..wire.len() - 3];
+            for terminator in [&b"\n.\r"[..], b"\n.\n", b"\r.\r", b"\r.\n"] {
+                let early = body.windows(terminator.len()).any(|window| window == terminator);
+                proptest::prop_assert!(!early, "{:?} in {:?}", terminator, wire);
+            }
+            proptest::prop_assert!(!body.starts_with(b".\r") && !body.starts_with(b".\n"));
+        }
+    }
+
     #[test]
     fn reply_lines_parse_and_status_prefers_the_enhanced_code() {
         assert_eq!(
@@ -545,6 +582,60 @@ mod tests {
         assert_eq!(reply(451, "4.3.0 try later").status(), "4.3.0");
         assert_eq!(reply(550, "4.3.0 class mismatch").status(), "5.0.0");
         assert_eq!(reply(550, "5.1.1 x").diagnostic(), "550 5.1.1 x");
+    }
+
+    /// A session over one end of an in-memory pipe; the test plays the server on the
+    /// other end.
+    fn piped_session() -> (Session, tokio::io::DuplexStream) {
+        let (client_end, server_end) = tokio::io::duplex(64 * 1024);
+        let session = Session {
+            io: Box::new(client_end),
+            unread: Vec::new(),
+            extensions: Extensions::default(),
+            tls: false,
+            peer: "mx.test[127.0.0.1]".to_string(),
+            command_timeout: Duration::from_secs(5),
+            data_timeout: Duration::from_secs(5),
+        };
+        (session, server_end)
+    }
+
+    /// Goal: every way a reply can overrun its bounds ends the session with a reason
+    /// instead of buffering without end or waiting for ever.
+    /// Method: each case writes a hostile reply into a pipe; time is paused so the
+    /// stalled case times out at once and deterministically.
+    #[tokio::test(start_paused = true)]
+    async fn hostile_replies_are_cut_off() {
+        let too_long = format!("250 {}\r\n", "x".repeat(REPLY_LINE_BYTES_MAX));
+        let too_many = "250-x\r\n".repeat(REPLY_LINES_MAX) + "250 x\r\n";
+        let cases: [(&str, &[u8]); 5] = [
+            ("longer than 512", too_long.as_bytes()),
+            ("more than 64 reply lines", too_many.as_bytes()),
+            ("changed the reply code", b"250-a\r\n251 b\r\n"),
+            ("malformed", b"hello\r\n"),
+            ("did not answer", b"250 half a line without its end"),
+        ];
+        for (expected, bytes) in cases {
+            let (mut session, mut server_end) = piped_session();
+            server_end.write_all(bytes).await.unwrap();
+            let Broken(reason) = session
+                .read_reply(Duration::from_secs(300))
+                .await
+                .unwrap_err();
+            assert!(reason.contains(expected), "{expected}: {reason}");
+        }
+
+        let (mut session, mut server_end) = piped_session();
+        let exact = format!("250-{}\r\n250 ok\n", "y".repeat(REPLY_LINE_BYTES_MAX - 6));
+        server_end.write_all(exact.as_bytes()).await.unwrap();
+        let reply = session.read_reply(Duration::from_secs(1)).await.unwrap();
+        assert_eq!((reply.code, reply.lines.len()), (250, 2));
+        drop(server_end);
+        let Broken(reason) = session
+            .read_reply(Duration::from_secs(1))
+            .await
+            .unwrap_err();
+        assert!(reason.contains("closed the connection"), "{reason}");
     }
 
     #[test]

@@ -11,7 +11,7 @@ use crate::limits::{
     TIMEOUT_S_MAX,
 };
 
-/// The `[relay]` table (DESIGN.md §12). Missing keys take the defaults below, unknown
+/// The `[relay]` table (docs/DESIGN.md §12). Missing keys take the defaults below, unknown
 /// keys are refused so that a misspelt `retry_max_s` does not silently do nothing.
 ///
 /// Deserialising checks only the shape; call [`RelayConfig::validate`] before use,
@@ -27,6 +27,9 @@ pub struct RelayConfig {
     /// The name we give in EHLO and in DSNs (`Reporting-MTA`, `MAILER-DAEMON@`). The
     /// binary should set it to the node's public name; receivers check it.
     pub hostname: String,
+    /// The port of hosts found through DNS MX or A/AAAA: 25 (RFC 5321 §4.5.4.2)
+    /// except where a test points DNS at a server on loopback.
+    pub mx_port: u16,
     /// How long to wait for a TCP connection to one address.
     pub connect_timeout_s: u64,
     /// How long to wait for the reply to one command (greeting, EHLO, MAIL, RCPT,
@@ -50,6 +53,7 @@ impl Default for RelayConfig {
             routes: BTreeMap::new(),
             smarthost: None,
             hostname: "localhost".to_string(),
+            mx_port: crate::route::SMTP_PORT,
             connect_timeout_s: 30,
             command_timeout_s: 300,
             data_timeout_s: 600,
@@ -149,6 +153,9 @@ impl RelayConfig {
                 format!("{:?} is not a host name", self.hostname),
             );
         }
+        if self.mx_port == 0 {
+            return bad("mx_port", "must not be 0".to_string());
+        }
         for (key, value) in [
             ("connect_timeout_s", self.connect_timeout_s),
             ("command_timeout_s", self.command_timeout_s),
@@ -241,13 +248,26 @@ mod tests {
         assert_eq!(config.retry_first_s, 5);
         config.validate().unwrap();
 
+        // As the binary reads it: a `[relay]` table in the node's configuration file.
+        #[derive(Deserialize)]
+        struct File {
+            #[serde(default)]
+            relay: RelayConfig,
+        }
+        let file: File = toml::from_str("[relay]\nhostname = \"relay.a.test\"\n").unwrap();
+        assert_eq!(file.relay.hostname, "relay.a.test");
+        assert_eq!(file.relay.lifetime_s, 432_000);
+        let file: File = toml::from_str("").unwrap();
+        assert_eq!(file.relay, RelayConfig::default());
+
         let misspelt = toml::from_str::<RelayConfig>("retry_maximum_s = 10");
         assert!(misspelt.unwrap_err().to_string().contains("unknown field"));
     }
 
     #[test]
     fn validate_refuses_values_past_their_limits() {
-        let cases: [(&str, fn(&mut RelayConfig)); 7] = [
+        type Spoil = fn(&mut RelayConfig);
+        let cases: [(&str, Spoil); 8] = [
             ("routes", |c| {
                 c.routes.insert("B.test".into(), "h:25".into());
             }),
@@ -256,6 +276,7 @@ mod tests {
             }),
             ("smarthost", |c| c.smarthost = Some("h:0".into())),
             ("hostname", |c| c.hostname = "a b".into()),
+            ("mx_port", |c| c.mx_port = 0),
             ("data_timeout_s", |c| c.data_timeout_s = 0),
             ("retry_max_s", |c| c.retry_max_s = c.retry_first_s - 1),
             ("lifetime_s", |c| c.lifetime_s = LIFETIME_S_MAX + 1),

@@ -74,6 +74,7 @@ impl RecipientOutcome {
 /// # Panics
 /// When a recipient is outside `domain`, or the batch is empty or longer than
 /// [`BATCH_MESSAGES_MAX`]: the caller groups the queue by domain.
+#[tracing::instrument(name = "relay.batch", skip_all, fields(domain = %domain, n_messages = batch.len()))]
 pub async fn deliver_batch<R: Resolver>(
     config: &RelayConfig,
     resolver: &R,

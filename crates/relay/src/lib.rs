@@ -1,5 +1,5 @@
 //! Mail to other domains: everything of the outbound queue that talks to the
-//! outside world (DESIGN.md §12).
+//! outside world (docs/DESIGN.md §12).
 //!
 //! The queue's entries are replicated ring data kept by `cm-repl`
 //! (`Mail::enqueue`, `Mail::outbound_due`); this crate stores nothing itself. Its
@@ -10,13 +10,13 @@
 //! In reading order:
 //! - [`config`]: [`RelayConfig`], the `[relay]` table, with the retry policy
 //!   ([`RelayConfig::retry_delay`], [`RelayConfig::expired`]);
-//! - [`route`]: [`route()`], the hosts to try for a domain (routes, smarthost, DNS
+//! - [`mod@route`]: [`route()`], the hosts to try for a domain (routes, smarthost, DNS
 //!   MX), behind the [`Resolver`] trait with [`DnsResolver`] as the real one;
 //! - [`deliver`]: [`deliver_batch`], several messages for one domain over one
 //!   connection, with a [`RecipientOutcome`] per recipient;
 //! - `client`: the small SMTP client under it (bounded replies, timeouts,
 //!   opportunistic STARTTLS, dot-stuffing);
-//! - [`dsn`]: [`dsn()`], RFC 3464 bounces, and [`should_bounce`], which keeps
+//! - [`mod@dsn`]: [`dsn()`], RFC 3464 bounces, and [`should_bounce`], which keeps
 //!   bounces from looping;
 //! - [`queue`]: the worker that drives the replicated queue through the above;
 //! - [`limits`]: every bound, as named constants.
@@ -34,4 +34,4 @@ pub use config::{HostPort, RelayConfig};
 pub use deliver::{Envelope, OutboundMessage, RecipientOutcome, deliver_batch};
 pub use dsn::{DsnFailure, DsnReport, dsn, is_bounce, should_bounce};
 pub use error::RelayError;
-pub use route::{DnsFailure, DnsResolver, MxRecord, Resolver, SMTP_PORT, route};
+pub use route::{DnsFailure, DnsResolver, MxRecord, NoResolver, Resolver, SMTP_PORT, route};

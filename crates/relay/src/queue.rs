@@ -166,7 +166,10 @@ fn by_domain(entries: &[Attempted]) -> BTreeMap<String, Vec<(usize, Envelope)>> 
                 sender: sender.clone(),
                 recipients,
             };
-            domains.entry(domain).or_default().push((entry_idx, envelope));
+            domains
+                .entry(domain)
+                .or_default()
+                .push((entry_idx, envelope));
         }
     }
     domains

@@ -80,7 +80,7 @@ pub async fn route<R: Resolver>(
         return match resolver.ips(domain).await {
             Ok(ips) if !ips.is_empty() => Ok(vec![HostPort {
                 host: domain.to_ascii_lowercase(),
-                port: SMTP_PORT,
+                port: config.mx_port,
             }]),
             Ok(_) | Err(DnsFailure::NoSuchDomain) => Err(no_such_domain(domain)),
             Err(DnsFailure::Temporary(reason)) => Err(RecipientOutcome::Deferred {
@@ -89,11 +89,29 @@ pub async fn route<R: Resolver>(
         };
     }
     records.sort_by_key(|record| record.preference);
+    // RFC 5321 §5.1: when we are one of the MX hosts, only better ones may be tried,
+    // or the message would come back to us and loop.
+    let own_preference = records
+        .iter()
+        .find(|record| record.exchange.eq_ignore_ascii_case(&config.hostname))
+        .map(|record| record.preference);
+    if let Some(own_preference) = own_preference {
+        records.retain(|record| record.preference < own_preference);
+        if records.is_empty() {
+            return Err(RecipientOutcome::Failed {
+                reason: format!(
+                    "mail for {domain} loops back to myself ({})",
+                    config.hostname
+                ),
+                status: "5.4.6".to_string(),
+            });
+        }
+    }
     let mut hops: Vec<HostPort> = Vec::new();
     for record in records {
         let hop = HostPort {
             host: record.exchange.to_ascii_lowercase(),
-            port: SMTP_PORT,
+            port: config.mx_port,
         };
         if !hops.contains(&hop) && hops.len() < MX_HOSTS_MAX {
             hops.push(hop);
@@ -167,6 +185,23 @@ fn dns_failure(err: hickory_resolver::net::NetError) -> Result<(), DnsFailure> {
         Ok(())
     } else {
         Err(DnsFailure::Temporary(err.to_string()))
+    }
+}
+
+/// The resolver of a node whose system DNS configuration could not be read: routes
+/// and the smarthost still work, and a domain that needs DNS is deferred (never
+/// bounced) with the reason, until the node restarts with a working configuration.
+pub struct NoResolver {
+    pub reason: String,
+}
+
+impl Resolver for NoResolver {
+    async fn mx(&self, _domain: &str) -> Result<Vec<MxRecord>, DnsFailure> {
+        Err(DnsFailure::Temporary(self.reason.clone()))
+    }
+
+    async fn ips(&self, _host: &str) -> Result<Vec<IpAddr>, DnsFailure> {
+        Err(DnsFailure::Temporary(self.reason.clone()))
     }
 }
 

@@ -22,7 +22,7 @@ use crate::quorum::Fanout;
 use crate::{Mail, MailError};
 
 /// How long a lease lives without renewal; bounds how long a crashed session's
-/// node keeps a mailbox locked (DESIGN.md §9.3 asks for 10 s at most).
+/// node keeps a mailbox locked (docs/DESIGN.md §9.3 asks for 10 s at most).
 pub const LEASE_TTL: Duration = Duration::from_secs(8);
 /// Renewal period: three tries before the lease would expire.
 pub const LEASE_RENEW_PERIOD: Duration = Duration::from_millis(2500);

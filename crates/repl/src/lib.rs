@@ -31,6 +31,7 @@
 
 mod accounts;
 pub mod antientropy;
+pub mod checks;
 mod convert;
 mod deletion;
 pub mod imap;

@@ -486,7 +486,7 @@ async fn a_mailbox_read_waits_only_the_grace_for_stragglers() {
 
 /// Goal: a write whose acknowledgements were lost is refused, not counted. Method:
 /// two of three members apply the delivery and lose the answer; the client is told
-/// to retry (451) although the copies exist: DESIGN.md's "a refused write may
+/// to retry (451) although the copies exist: docs/DESIGN.md's "a refused write may
 /// appear later, whole" — never the other way round.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lost_acknowledgements_refuse_the_write() {

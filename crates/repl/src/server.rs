@@ -64,6 +64,7 @@ fn status(error: MailError) -> Status {
 impl pb::replica_server::Replica for ReplicaService {
     async fn apply(&self, request: Request<pb::WriteBatch>) -> Result<Response<pb::Ack>, Status> {
         let writes = writes_from_pb(request.into_inner(), self.local.bits()).map_err(status)?;
+        crate::checks::check_writes(&writes, crate::now_ms()).map_err(status)?;
         cm_types::metrics::REPLICA_WRITES_RECEIVED.add(writes.len() as u64);
         self.local.apply(writes).await.map_err(status)?;
         Ok(Response::new(pb::Ack {}))
@@ -120,6 +121,9 @@ impl pb::replica_server::Replica for ReplicaService {
         &self,
         request: Request<pb::SubscribeRequest>,
     ) -> Result<Response<pb::Ack>, Status> {
+        // Notifications go to the subscriber's ring address: a peer may name only
+        // its own, or it could aim this node's notifications at another host.
+        crate::checks::check_claimed_addr(&request, &request.get_ref().subscriber_addr)?;
         let request = request.into_inner();
         let address = address_from_pb(&request.address).map_err(status)?;
         let folder = folder_from_pb(&request.folder).map_err(status)?;
@@ -249,6 +253,7 @@ impl pb::replica_server::Replica for ReplicaService {
         &self,
         request: Request<pb::HandoffRequest>,
     ) -> Result<Response<pb::HandoffReply>, Status> {
+        crate::checks::check_claimed_addr(&request, &request.get_ref().addr)?;
         let request = request.into_inner();
         let mail = self
             .mail

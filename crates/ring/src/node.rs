@@ -117,7 +117,7 @@ pub struct Finger {
     pub addr: String,
 }
 
-/// This node's view of the ring, as `GET /api/ring` shows it (DESIGN.md §8).
+/// This node's view of the ring, as `GET /api/ring` shows it (docs/DESIGN.md §8).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct RingView {
     pub id: RingKey,
@@ -752,7 +752,7 @@ impl Node {
         }
     }
 
-    /// The local invariants of STYLE.md: the successor list is ordered, has no
+    /// The local invariants of the ring: the successor list is ordered, has no
     /// duplicates, is no longer than its limit, and names us only when we are alone.
     pub(crate) fn assert_invariants(&self) {
         assert!(

@@ -1,7 +1,7 @@
 //! A load generator for an echo service: `calls` calls, `concurrency` at a time, from
 //! one account; checks that every reply carries exactly its own request's body and
 //! prints one JSON line with the counts and latencies. Used by `tests/test_rpc.py`
-//! and `crates/rpc/bench.py`.
+//! and `tools/bench/rpc.py`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -1,4 +1,4 @@
-//! Request/reply between programs over mail: the chordmail middleware (DESIGN.md §7).
+//! Request/reply between programs over mail: the chordmail middleware (docs/DESIGN.md §7).
 //!
 //! A [`Client`] mails a request to a service's address and polls its own mailbox for
 //! the answer; a [`Service`] polls the service's mailbox, runs a handler per request

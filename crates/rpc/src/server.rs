@@ -9,7 +9,7 @@ use crate::RpcError;
 pub const SMTP_PORT_DEFAULT: u16 = 25;
 pub const POP3_PORT_DEFAULT: u16 = 110;
 /// A chordmail node serves POP3 at its SMTP port plus 10000 (ring port + 10000 and
-/// + 20000, DESIGN.md §2), so `HOST:SMTP` alone names a chordmail node completely.
+/// + 20000, docs/DESIGN.md §2), so `HOST:SMTP` alone names a chordmail node completely.
 pub const POP3_OFFSET_FROM_SMTP: u16 = 10_000;
 
 /// One mail server: a host with its SMTP (submission) and POP3 (retrieval) ports.

@@ -5,7 +5,10 @@
 //! (`cm-smtp`) reads from the socket, feeds this crate and writes what it returns.
 //! It deliberately knows nothing of accounts or storage either: where a decision
 //! needs them, the [`Session`] asks the shell through a [`Step`] and is told the
-//! verdict.
+//! verdict. What the core cannot know, the time and unique values, the shell
+//! passes in ([`Arrival`]); with them the session writes the trace headers
+//! (RFC 5321 §4.4) into the buffer the body is received into, and hands the
+//! message over as one `Bytes` ([`Delivery`]).
 //!
 //! In reading order:
 //! - [`limits`]: [`SmtpLimits`], the bounds of a session (config lowers, never raises);
@@ -31,6 +34,6 @@ pub use error::SmtpError;
 pub use limits::SmtpLimits;
 pub use reply::Reply;
 pub use session::{
-    AuthVerdict, Delivery, DeliveryVerdict, InputMode, RecipientVerdict, Session, SessionConfig,
-    Step,
+    Arrival, AuthVerdict, Delivery, DeliveryVerdict, InputMode, RecipientVerdict, Session,
+    SessionConfig, Step,
 };

@@ -96,7 +96,6 @@ enum Phase {
 /// the [`DataReceiver`], is never copied: at the end either the room is skipped
 /// (a zero-copy slice) or the short trace moves to the front and the field goes
 /// into the room after it.
-#[derive(Debug)]
 struct Incoming {
     receiver: DataReceiver,
     buffer: BytesMut,
@@ -104,6 +103,16 @@ struct Incoming {
     /// is exactly as long.
     message_id_field: String,
     trace_bytes: usize,
+}
+
+/// Written by hand so that a message body never reaches a log or a panic message.
+impl std::fmt::Debug for Incoming {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Incoming")
+            .field("buffer_bytes", &self.buffer.len())
+            .field("trace_bytes", &self.trace_bytes)
+            .finish_non_exhaustive()
+    }
 }
 
 /// What the next line of input is: a command, a SASL response or message data.
@@ -504,6 +513,15 @@ impl Session {
     }
 
     pub fn recipient_verdict(&mut self, recipient: Address, verdict: RecipientVerdict) -> Step {
+        // An authenticated client may send to any domain: the shell queues that
+        // copy for delivery elsewhere (docs/DESIGN.md §12). Anyone else is refused
+        // there, so the ring is never an open relay.
+        let verdict = match verdict {
+            RecipientVerdict::DomainNotServed if self.authenticated.is_some() => {
+                RecipientVerdict::Accepted
+            }
+            other => other,
+        };
         let reply = match verdict {
             RecipientVerdict::Accepted => {
                 match std::mem::replace(&mut self.phase, Phase::Moved) {

@@ -3,11 +3,13 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
-use cm_repl::Mail;
+use cm_repl::{Mail, MailError};
 use cm_serve::UpgradableStream;
 use cm_smtp_proto::limits::SMTP_READ_CHUNK_BYTES;
-use cm_smtp_proto::session::{Arrival, Delivery};
-use cm_smtp_proto::{CommandReader, InputMode, Reply, Session, SessionConfig, Step, reply};
+use cm_smtp_proto::{
+    Arrival, CommandReader, Delivery, InputMode, Reply, Session, SessionConfig, Step, reply,
+};
+use cm_types::Address;
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio_util::sync::CancellationToken;
 
@@ -187,15 +189,37 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<'_, S> {
 
     /// Stores the message once for all recipients: the `Bytes` the core handed
     /// over travel to every replica without a copy.
+    /// Stores the message for the recipients of served domains and queues it for
+    /// the others (only an authenticated session has those); 250 only when both are
+    /// durable.
     async fn deliver(&self, delivery: Delivery) -> cm_smtp_proto::DeliveryVerdict {
         let n_recipients = delivery.recipients.len();
         let n_bytes = delivery.message.len();
-        let outcome = self
-            .mail
-            .deliver(&delivery.recipients, delivery.message)
-            .await;
+        let (local, remote): (Vec<Address>, Vec<Address>) = delivery
+            .recipients
+            .into_iter()
+            .partition(|recipient| self.mail.serves_domain(recipient.domain()));
+        let message = delivery.message;
+        let outcome = async {
+            let mut ids = Vec::with_capacity(n_recipients);
+            if !local.is_empty() {
+                ids.extend(self.mail.deliver(&local, message.clone()).await?);
+            }
+            if !remote.is_empty() {
+                let sender = Address::parse(&delivery.reverse_path).ok();
+                ids.push(self.mail.enqueue(sender.as_ref(), &remote, message).await?);
+            }
+            Ok::<_, MailError>(ids)
+        }
+        .await;
         let verdict = verdicts::delivery(outcome);
-        tracing::debug!(n_recipients, n_bytes, ?verdict, "delivery");
+        tracing::debug!(
+            n_recipients,
+            n_remote = remote.len(),
+            n_bytes,
+            ?verdict,
+            "delivery"
+        );
         verdict
     }
 

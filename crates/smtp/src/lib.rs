@@ -1,4 +1,4 @@
-//! The SMTP server of a chordmail node (DESIGN.md §5): the tokio shell around
+//! The SMTP server of a chordmail node (docs/DESIGN.md §5): the tokio shell around
 //! `cm-smtp-proto`.
 //!
 //! This crate owns the clock and the timers of a session: it serves connections

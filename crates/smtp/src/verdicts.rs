@@ -36,7 +36,7 @@ pub async fn credentials(mail: &Mail, credentials: &Credentials) -> AuthVerdict 
     }
 }
 
-/// DESIGN.md §4: 250 only once every copy is durable; any failure is 451 so that
+/// docs/DESIGN.md §4: 250 only once every copy is durable; any failure is 451 so that
 /// the client keeps the message and retries, except input the store refuses.
 pub fn delivery<Id: std::fmt::Display>(outcome: Result<Vec<Id>, MailError>) -> DeliveryVerdict {
     match outcome {

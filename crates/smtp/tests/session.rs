@@ -39,15 +39,23 @@ struct Client {
 }
 
 impl Client {
-    async fn connect(addr: SocketAddr) -> (Client, Reply) {
-        let stream = TcpStream::connect(addr).await.unwrap();
-        let mut client = Client {
+    fn new(stream: impl Io + 'static) -> Client {
+        Client {
             stream: Box::new(stream),
             buffer: Vec::new(),
             read_timeout: READ_TIMEOUT,
-        };
+        }
+    }
+
+    /// A client over `stream` and the server's greeting.
+    async fn greeted_by(stream: impl Io + 'static) -> (Client, Reply) {
+        let mut client = Client::new(stream);
         let greeting = client.reply().await;
         (client, greeting)
+    }
+
+    async fn connect(addr: SocketAddr) -> (Client, Reply) {
+        Client::greeted_by(TcpStream::connect(addr).await.unwrap()).await
     }
 
     async fn send(&mut self, bytes: &[u8]) {
@@ -194,13 +202,7 @@ impl Server {
             )
             .await;
         });
-        let mut client = Client {
-            stream: Box::new(client_side),
-            buffer: Vec::new(),
-            read_timeout: READ_TIMEOUT,
-        };
-        let greeting = client.reply().await;
-        (client, greeting)
+        Client::greeted_by(client_side).await
     }
 
     /// Every message in `address`'s maildrop, oldest first.
@@ -576,15 +578,13 @@ async fn tls_client(server: &Server, tls_dir: &std::path::Path) -> Client {
     client.expect("STARTTLS", 220).await;
     assert!(client.buffer.is_empty());
     let tls = cm_serve::testing::connect_tls(tls_dir, client.stream).await;
-    Client {
-        stream: Box::new(tls),
-        buffer: Vec::new(),
-        read_timeout: READ_TIMEOUT,
-    }
+    Client::new(tls)
 }
 
-/// Goal: STARTTLS (RFC 3207) resets the session, AUTH works inside TLS, and the
-/// trace header says ESMTPSA (RFC 3848).
+/// Goal: STARTTLS (RFC 3207) resets the session, AUTH works inside TLS, the trace
+/// header says ESMTPSA (RFC 3848), and an authenticated session may send to another
+/// domain: that copy goes to the outbound queue (unauthenticated, it is refused:
+/// `refused_inputs_store_nothing`).
 #[tokio::test]
 async fn starttls_then_auth_plain() {
     let (server, tls_dir) = start_with_tls().await;
@@ -605,7 +605,7 @@ async fn starttls_then_auth_plain() {
         )
         .await;
     client.expect(&format!("MAIL FROM:<{BOB}>"), 250).await;
-    client.expect("RCPT TO:<friend@elsewhere.net>", 550).await;
+    client.expect("RCPT TO:<friend@elsewhere.net>", 250).await;
     client.expect(&format!("RCPT TO:<{ALICE}>"), 250).await;
     client.expect("DATA", 354).await;
     client.send(b"Subject: secure\r\n\r\nhello\r\n.\r\n").await;
@@ -613,6 +613,18 @@ async fn starttls_then_auth_plain() {
     let stored = server.stored(ALICE).await;
     let trace = split_trace(&stored[0], b"Subject: secure\r\n\r\nhello\r\n");
     assert!(trace.contains("with ESMTPSA"), "{trace}");
+
+    // The copy for the other domain is queued (docs/DESIGN.md §12), with the same
+    // octets as the local one, from the authenticated sender.
+    let queued = server.mail.outbound_held(10).await.unwrap();
+    assert_eq!(queued.len(), 1, "the authenticated relay queued nothing");
+    assert_eq!(queued[0].recipients, vec!["friend@elsewhere.net"]);
+    assert_eq!(queued[0].sender, BOB);
+    let due = server.mail.outbound_due(u64::MAX, 10).await.unwrap().due;
+    assert_eq!(
+        due[0].1, stored[0],
+        "the queued octets differ from the stored ones"
+    );
 }
 
 /// Goal: commands pipelined behind STARTTLS in clear text are dropped (RFC 3207 §4.2).

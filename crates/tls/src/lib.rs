@@ -5,6 +5,11 @@
 //! in `--data/tls/` so that clients that pinned it keep trusting it across restarts.
 //! This crate does no I/O on sockets; the shells wrap the returned configuration in a
 //! `tokio_rustls::TlsAcceptor`.
+//!
+//! [`cluster`] makes the cluster CA and node certificates of the ring port's mutual
+//! TLS (DESIGN.md §10) and checks that a peer's certificate covers a ring address.
+
+pub mod cluster;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -28,6 +33,14 @@ pub enum TlsError {
     Generate(String),
     #[error("certificate and key do not form a usable TLS configuration: {0}")]
     Config(String),
+    #[error("{path} exists already; remove it first or use another directory")]
+    Exists { path: PathBuf },
+    #[error("{addr:?} is not a ring address HOST:PORT")]
+    BadAddr { addr: String },
+    #[error(
+        "{path} may be read by other users (mode {mode:o}): run chmod 600 on it, and replace the secret if others could have read it"
+    )]
+    Readable { path: PathBuf, mode: u32 },
 }
 
 /// Builds the server configuration from `cert` and `key`, or from the self-signed

@@ -48,7 +48,7 @@ pub fn hash64(bytes: &[u8]) -> u64 {
     u64::from_be_bytes(digest[..8].try_into().expect("sha-256 has 32 bytes"))
 }
 
-/// The ring key under which all data of one mail address lives (DESIGN.md §4).
+/// The ring key under which all data of one mail address lives (docs/DESIGN.md §4).
 pub fn key_of_address(address: &Address, bits: u32) -> RingKey {
     truncate_key(hash64(address.as_str().as_bytes()), bits)
 }

@@ -151,6 +151,14 @@ pub static OUTBOUND_BOUNCES: Metric = Metric::counter(
     "chordmail_outbound_bounces_total",
     "Recipients of outbound mail that failed for good (5xx or lifetime expiry)",
 );
+pub static ADMIN_UNAUTHORIZED: Metric = Metric::counter(
+    "chordmail_admin_unauthorized_total",
+    "Admin API requests refused for a missing or wrong token",
+);
+pub static REPLICA_WRITES_REFUSED: Metric = Metric::counter(
+    "chordmail_replica_writes_refused_total",
+    "Write batches from peers refused by the checks on replica data",
+);
 
 /// Every metric above, in the order they are rendered.
 pub static ALL: &[&Metric] = &[
@@ -176,6 +184,8 @@ pub static ALL: &[&Metric] = &[
     &OUTBOUND_DELIVERIES,
     &OUTBOUND_DEFERRALS,
     &OUTBOUND_BOUNCES,
+    &ADMIN_UNAUTHORIZED,
+    &REPLICA_WRITES_REFUSED,
 ];
 
 /// The Prometheus text exposition (version 0.0.4) of `metrics`.

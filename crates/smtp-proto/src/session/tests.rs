@@ -158,7 +158,9 @@ fn scripted_conversations() {
             ("cmlnaHQ=\r\n", 235),
             ("AUTH PLAIN AGJAZXhhbXBsZS5vcmcAcmlnaHQ=\r\n", 503),
             ("MAIL FROM:<b@example.org>\r\n", 250),
-            ("RCPT TO:<x@elsewhere.net>\r\n", 550),
+            // Authenticated: another domain is accepted, to be relayed (the
+            // unauthenticated case is refused under "Policy" above).
+            ("RCPT TO:<x@elsewhere.net>\r\n", 250),
             ("QUIT\r\n", 221),
         ],
         &[("EHLO c\r\n", 250), ("STARTTLS\r\n", 220)],
@@ -330,4 +332,41 @@ fn ehlo_advertises_the_extensions() {
          250-ENHANCEDSTATUSCODES\r\n250-AUTH PLAIN LOGIN\r\n250 HELP\r\n"
     );
     assert_eq!(say(&mut session, "STARTTLS\r\n"), 454);
+}
+
+/// Goal: the delivered message is the receive buffer itself, not a copy of it,
+/// with and without an added Message-ID. Method: note where the buffer's bytes
+/// are before the terminating dot (which appends nothing), and compare with where
+/// the delivered `Bytes` point.
+#[test]
+fn the_body_is_not_copied_at_the_end_of_data() {
+    for (body, has_message_id) in [
+        (&b"Message-ID: <m@c>\r\n\r\nhi\r\n"[..], true),
+        (&b"Subject: s\r\n\r\nhi\r\n"[..], false),
+    ] {
+        let mut session = in_transaction(SmtpLimits::default(), &["b"]);
+        assert_eq!(say(&mut session, "DATA\r\n"), 354);
+        session.begin_data(ARRIVAL);
+        assert!(session.feed_data(&mut &body[..]).is_none());
+        let Phase::Data {
+            incoming: Some(incoming),
+            ..
+        } = &session.phase
+        else {
+            panic!("receiving")
+        };
+        let buffer_start = incoming.buffer.as_ptr() as usize;
+        let room_bytes = incoming.message_id_field.len();
+        let Some(Step::Deliver(delivery)) = session.feed_data(&mut &b".\r\n"[..]) else {
+            panic!("deliver expected")
+        };
+        let message_start = delivery.message.as_ptr() as usize;
+        let expected_start = if has_message_id {
+            buffer_start + room_bytes
+        } else {
+            buffer_start
+        };
+        assert_eq!(message_start, expected_start, "{body:?}");
+        assert!(delivery.message.ends_with(body));
+    }
 }

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Seconds from a kill -9 to `replicas` copies of every key again (issue 6, DESIGN.md §9.3).
+"""Seconds from a kill -9 to `replicas` copies of every key again (issue 6, docs/DESIGN.md §9.3).
 
 Starts a ring of N `chordmail node` processes on loopback (--replicas 3, default
 timing unless --fast), creates the accounts, loads M small messages over them with
@@ -12,155 +12,50 @@ every message, then kill -9 one node and polls, on the live nodes, until
   out_of_sync:  every live node's `GET /api/ring` reports out_of_sync == 0.
 
 Everything runs in a scratch directory, and every process started here is killed at
-the end. Example:
+the end. Example, from the repository root:
 
     cargo build --release -p chordmail
-    tools/bench-rereplication.py --bin target/release/chordmail
+    python3 -m tools.bench.rereplication --bin target/release/chordmail
 """
 import argparse
 import concurrent.futures
-import hashlib
-import json
-import os
 import random
 import shutil
-import signal
 import smtplib
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-SMTP_OFFSET, POP3_OFFSET, HTTP_OFFSET = 10_000, 20_000, 30_000
-FAST_TIMING = {
-    "anti_entropy_ms": 500,
-    "stabilize_ms": 100,
-    "fix_fingers_ms": 100,
-    "fix_successors_ms": 200,
-    "check_predecessor_ms": 200,
-    "probe_ms": 500,
-    "rpc_timeout_ms": 300,
-}
-
-
-def http_get(url, timeout=30):
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            status, raw = response.status, response.read()
-    except urllib.error.HTTPError as error:
-        status, raw = error.code, error.read()
-    try:
-        return status, json.loads(raw) if raw else None
-    except ValueError:
-        return status, raw.decode(errors="replace")
-
-
-def http_post(url, body, timeout=30):
-    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST")
-    request.add_header("Content-Type", "application/json")
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return response.status
-    except urllib.error.HTTPError as error:
-        return error.code
-
-
-def port_group_is_free(port):
-    for candidate in (port, port + SMTP_OFFSET, port + POP3_OFFSET, port + HTTP_OFFSET):
-        with socket.socket() as sock:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                sock.bind(("127.0.0.1", candidate))
-            except OSError:
-                return False
-    return True
-
-
-def wait_for(predicate, timeout, what, interval=0.1):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        try:
-            if predicate():
-                return
-        except Exception as error:  # noqa: BLE001 - retried until the deadline
-            last = error
-        time.sleep(interval)
-    sys.exit(f"timed out after {timeout} s waiting for {what} (last error: {last!r})")
-
-
-def key_of(address, bits=64):
-    key = int.from_bytes(hashlib.sha256(address.lower().encode()).digest()[:8], "big")
-    return key if bits == 64 else key & ((1 << bits) - 1)
-
-
-class Node:
-    def __init__(self, binary, workdir, port, replicas, extra):
-        self.port = port
-        self.addr = f"127.0.0.1:{port}"
-        self.smtp_port = port + SMTP_OFFSET
-        self.http = f"http://127.0.0.1:{port + HTTP_OFFSET}"
-        self.command = [binary, "node", "--addr", self.addr, "--data", str(workdir / f"data-{port}"),
-                        "--replicas", str(replicas), "--domain", "example.org", *extra]
-        self.log = workdir / f"node-{port}.log"
-        self.process = None
-        self.id = None
-
-    def start(self):
-        with open(self.log, "ab") as log:
-            env = dict(os.environ, RUST_LOG=os.environ.get("RUST_LOG", "warn"))
-            self.process = subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT, env=env)
-        wait_for(lambda: self.process.poll() is None and http_get(self.http + "/healthz", 2)[0] == 200, 30,
-                 f"{self.addr} to be ready")
-        self.id = http_get(self.http + "/api/ring")[1]["id"]
-
-    def kill(self):
-        if self.process and self.process.poll() is None:
-            self.process.send_signal(signal.SIGKILL)
-            self.process.wait()
-
-
-def replica_set(live, address, replicas):
-    ordered = sorted(live, key=lambda node: node.id)
-    key = key_of(address)
-    start = next((index for index, node in enumerate(ordered) if node.id >= key), 0)
-    return [ordered[(start + offset) % len(ordered)] for offset in range(min(replicas, len(ordered)))]
+from tools.chordlab import (FAST_TIMING, ApiError, Node, NodeError, fetcher, free_ring_port, replica_set,
+                            ring_problems, wait_until, write_config)
+from tools.chordlab.node import REPO
 
 
 def ring_is_correct(live):
-    ordered = sorted(live, key=lambda node: node.id)
-    for index, node in enumerate(ordered):
-        want = [member.addr for member in ordered[index:] + ordered[:index]]
-        status, cluster = http_get(node.http + "/api/cluster", 5)
-        if status != 200 or [entry["addr"] for entry in cluster["nodes"]] != want:
-            return False
-        status, view = http_get(node.http + "/api/ring", 5)
-        if status != 200 or [entry["addr"] for entry in view["successors"]][: len(want) - 1] != want[1:]:
-            return False
-        if len(want) > 1 and (view["predecessor"] or {}).get("addr") != want[-1]:
-            return False
-    return True
+    try:
+        return not ring_problems(fetcher(live), [node.member() for node in live])
+    except (OSError, ApiError):
+        return False
 
 
 def missing_copies(live, counts, replicas):
     """(address, member) pairs whose member lacks some of the address's messages."""
     missing = 0
     for address, count in counts.items():
-        for member in replica_set(live, address, replicas):
-            status, copy = http_get(f"{member.http}/api/replicas/{address}", 30)
+        for member in replica_set(live, address, replicas, id_of=lambda node: node.member()["id"]):
+            status, copy = member.api("GET", f"/api/replicas/{address}", timeout=30)
             if status != 200 or copy["visible"] < count:
                 missing += 1
     return missing
 
 
 def all_in_sync(live):
-    return all(http_get(node.http + "/api/ring", 5)[1]["out_of_sync"] == 0 for node in live)
+    try:
+        return all(node.get("/api/ring")["out_of_sync"] == 0 for node in live)
+    except (OSError, ApiError):
+        return False
 
 
 def load(nodes, addresses, n_messages, concurrency, size):
@@ -200,7 +95,7 @@ def load(nodes, addresses, n_messages, concurrency, size):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--bin", default=str(ROOT / "target" / "debug" / "chordmail"), help="chordmail binary (debug or release)")
+    parser.add_argument("--bin", default=str(REPO / "target" / "debug" / "chordmail"), help="chordmail binary (debug or release)")
     parser.add_argument("--nodes", type=int, default=4, help="ring size (default 4: 3 copies stay possible after the kill)")
     parser.add_argument("--replicas", type=int, default=3)
     parser.add_argument("--messages", type=int, default=10_000)
@@ -215,28 +110,19 @@ def main():
     workdir = Path(tempfile.mkdtemp(prefix="bench-rereplication-"))
     extra = []
     if args.fast:
-        config = workdir / "fast.toml"
-        config.write_text("".join(f"{key} = {value}\n" for key, value in FAST_TIMING.items()))
-        extra = ["--config", str(config)]
-    ports = []
-    while len(ports) < args.nodes:
-        port = random.randrange(20_000, 35_000)
-        if port not in ports and port_group_is_free(port):
-            ports.append(port)
+        extra = ["--config", str(write_config(workdir / "fast.toml", FAST_TIMING))]
     nodes = []
     try:
-        first = Node(args.bin, workdir, ports[0], args.replicas, extra)
-        nodes.append(first)
-        first.start()
-        for port in ports[1:]:
-            node = Node(args.bin, workdir, port, args.replicas, extra + ["--entry-addr", first.addr])
+        for index in range(args.nodes):
+            node = Node(args.bin, workdir, ring_port=free_ring_port(), replicas=args.replicas, domains=("example.org",),
+                        args=extra, rust_log="warn")
             nodes.append(node)
-            node.start()
+            node.start(entry=nodes[0].addr if index else None)
+        first = nodes[0]
         wait_for(lambda: ring_is_correct(nodes), 60, "the ring")
         addresses = [f"bench{number}@example.org" for number in range(args.accounts)]
         for address in addresses:
-            status = http_post(first.http + "/api/users", {"address": address, "password": "bench"})
-            assert status == 201, status
+            first.add_user(address, "bench")
         started = time.monotonic()
         counts = load(nodes, addresses, args.messages, args.concurrency, args.size)
         load_s = time.monotonic() - started
@@ -270,6 +156,8 @@ def main():
             print(f"  {label}: {value}")
         if len(times) < 3:
             sys.exit(1)
+    except NodeError as error:
+        sys.exit(str(error))
     finally:
         for node in nodes:
             node.kill()
@@ -277,6 +165,13 @@ def main():
             print(f"kept {workdir}")
         else:
             shutil.rmtree(workdir, ignore_errors=True)
+
+
+def wait_for(predicate, timeout, what, interval=0.1):
+    try:
+        wait_until(predicate, timeout, what, interval)
+    except AssertionError as error:
+        sys.exit(str(error))
 
 
 if __name__ == "__main__":

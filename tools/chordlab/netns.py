@@ -1,7 +1,8 @@
-"""Network namespaces for a fault scenario: one bridge, one namespace per node.
+"""Network namespaces for a cluster: one bridge, one namespace per node (the fault
+harness and the partition tests).
 
-Layout (names carry a random per-run prefix so that runs never collide and leftovers
-are easy to spot):
+Layout (names carry a random per-run prefix, `cf` or `ct` and 4 hex digits, so that
+runs never collide and leftovers are easy to spot):
 
     root namespace:  bridge <p>br with 10.A.B.1/24  (the harness talks from here)
     node i:          namespace <p>n<i>, veth <p>v<i> (bridge side) <-> eth0 (inside),
@@ -10,7 +11,8 @@ are easy to spot):
 Partitions are iptables DROP rules inside the node namespaces (INPUT, by source), so
 the harness address 10.A.B.1 is never cut off. Every object created is remembered and
 removed by `Network.destroy()`, which is idempotent and safe to call from a signal
-handler or a `finally`.
+handler or a `finally`. `python3 -m tools.chordlab.netns` removes the leftovers of
+runs that were killed with -9.
 """
 import ipaddress
 import os
@@ -50,10 +52,13 @@ def pick_subnet(rng):
     raise RuntimeError("no free 10.x.y.0/24 subnet")
 
 
+PREFIXES = ("cf", "ct")  # the fault harness, the tests
+
+
 class Network:
-    def __init__(self, prefix=None):
+    def __init__(self, prefix=None, kind="cf"):
         rng = random.SystemRandom()
-        self.prefix = prefix or "cf%04x" % rng.randrange(0x10000)
+        self.prefix = prefix or "%s%04x" % (kind, rng.randrange(0x10000))
         self.subnet = pick_subnet(rng)
         self.bridge = f"{self.prefix}br"
         self.namespaces = {}  # index -> namespace name
@@ -144,16 +149,19 @@ class Network:
                 subprocess.run(["iptables", "-D", *self.forward_rule], capture_output=True)
 
 
-def leftovers(prefix="cf"):
-    """Namespaces and links named like ours (from a run that was killed with -9)."""
+def leftovers(prefixes=PREFIXES):
+    """Namespaces and links named like ours (from a run that was killed with -9);
+    `prefixes` may also be one full run prefix."""
+    prefixes = (prefixes,) if isinstance(prefixes, str) else prefixes
     names = [line.split()[0] for line in sh("ip", "netns", "list", check=False).splitlines() if line.strip()]
     links = [line.split(":")[1].strip().split("@")[0] for line in sh("ip", "-o", "link", check=False).splitlines()]
-    match = lambda n: n.startswith(prefix) and len(n) >= 7 and all(c in "0123456789abcdef" for c in n[2:6])
+    match = lambda n: (any(n.startswith(p) for p in prefixes) and len(n) >= 7
+                       and all(c in "0123456789abcdef" for c in n[2:6]))
     return [n for n in names if match(n)], [l for l in links if match(l)]
 
 
 if __name__ == "__main__":
-    # `python3 netns.py`: removes leftovers of killed runs.
+    # `python3 -m tools.chordlab.netns`: removes leftovers of killed runs.
     namespaces, links = leftovers()
     for name in namespaces:
         subprocess.run(["ip", "netns", "pids", name], capture_output=True)

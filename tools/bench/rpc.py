@@ -6,7 +6,7 @@ Not a test: it prints a Markdown table for BENCHMARKS.md. It starts `chordmail u
 `rpc serve -- cat` (an echo service) through node 2 and the `rpc_load` example through
 node 1, once with 1 concurrent call and once with 16.
 
-    python3 crates/rpc/bench/rpc_bench.py [--calls-1 50] [--calls-16 320] [--poll-ms 100]
+    python3 -m tools.bench.rpc [--calls-1 50] [--calls-16 320] [--poll-ms 100]
 
 Binaries: CHORDMAIL_BIN (default target/debug/chordmail) and CM_RPC_EXAMPLES (default
 target/debug/examples, built with `cargo build -p cm-rpc --examples`).
@@ -19,39 +19,19 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[3]
-BIN = os.environ.get("CHORDMAIL_BIN", str(ROOT / "target" / "debug" / "chordmail"))
-EXAMPLES = Path(os.environ.get("CM_RPC_EXAMPLES", ROOT / "target" / "debug" / "examples"))
+from tools.chordlab import Node, default_binary, wait_until
+from tools.chordlab.node import target_dir
+
+BIN = default_binary()
+EXAMPLES = Path(os.environ.get("CM_RPC_EXAMPLES", target_dir() / "debug" / "examples"))
 PASSWORD = "bench secret"
 
 
 def percentile(values, fraction):
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(round(fraction * (len(ordered) - 1))))]
-
-
-def wait_for(url, timeout_s=60):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.2)
-    raise SystemExit(f"{url} not ready within {timeout_s}s")
-
-
-def add_user(http, address):
-    body = json.dumps({"address": address, "password": PASSWORD}).encode()
-    request = urllib.request.Request(http + "/api/users", data=body, method="POST",
-                                     headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=30) as response:
-        assert response.status == 201, response.status
 
 
 def main():
@@ -66,14 +46,17 @@ def main():
                           stdout=open(work / "up.log", "wb"), stderr=subprocess.STDOUT)
     runner = None
     try:
-        https = [f"http://127.0.0.1:{args.base_port + idx + 30000}" for idx in range(3)]
-        for http in https:
-            wait_for(http + "/healthz")
+        # Handles on the nodes of `up` (node i: ring port base + i, its data in ring/node-i,
+        # one admin token for all in ring/admin.token).
+        nodes = [Node(BIN, work, ring_port=args.base_port + idx, data=work / "ring" / f"node-{idx}",
+                      token_file=work / "ring" / "admin.token").with_default_ports() for idx in range(3)]
+        for handle in nodes:
+            wait_until(handle.is_ready, 60, f"{handle.http}/healthz", interval=0.2)
         time.sleep(3)  # Lets `up` create its demo account and the ring settle.
-        add_user(https[0], "bench-svc@localhost")
-        add_user(https[0], "bench-caller@localhost")
+        nodes[0].add_user("bench-svc@localhost", PASSWORD)
+        nodes[0].add_user("bench-caller@localhost", PASSWORD)
         (work / "password").write_text(PASSWORD + "\n")
-        node = lambda idx: f"127.0.0.1:{args.base_port + idx + 10000}"  # noqa: E731
+        node = lambda idx: f"127.0.0.1:{nodes[idx].smtp_port}"  # noqa: E731
         runner = subprocess.Popen(
             [BIN, "rpc", "serve", "--server", node(1), "--server", node(2),
              "--account", "bench-svc@localhost", "--password-file", str(work / "password"),
