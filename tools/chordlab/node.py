@@ -1,6 +1,6 @@
 """One `chordmail node` process, on loopback or inside a network namespace.
 
-The launcher always passes `--addr`, `--smtp`, `--pop3`, `--http`, `--data`,
+The launcher always passes `--addr`, `--smtp`, `--pop3`, `--imap`, `--http`, `--data`,
 `--replicas` and `--domain` (the layout of `ports`), so a node started here never
 depends on the binary's defaults; extra flags go in `args`. Each node appends its
 output to its log file, which start-up failures quote.
@@ -12,8 +12,8 @@ import time
 from pathlib import Path
 
 from . import admin
-from .ports import (DEFAULT_HTTP_OFFSET, DEFAULT_POP3_OFFSET, DEFAULT_SMTP_OFFSET, HTTP_OFFSET, POP3_OFFSET,
-                    SMTP_OFFSET, free_ring_port)
+from .ports import (DEFAULT_HTTP_OFFSET, DEFAULT_IMAP_OFFSET, DEFAULT_POP3_OFFSET, DEFAULT_SMTP_OFFSET, HTTP_OFFSET,
+                    IMAP_OFFSET, POP3_OFFSET, SMTP_OFFSET, free_ring_port)
 
 READY_TIMEOUT_S = 30.0
 REPO = Path(__file__).resolve().parents[2]
@@ -113,6 +113,7 @@ class Node:
         self.addr = f"{host}:{self.ring_port}"
         self.smtp_port = self.ring_port + SMTP_OFFSET
         self.pop3_port = self.ring_port + POP3_OFFSET
+        self.imap_port = self.ring_port + IMAP_OFFSET
         self.http_port = self.ring_port + HTTP_OFFSET
         self.http = f"http://{host}:{self.http_port}"
         self.data = Path(data) if data else Path(workdir) / f"data-{self.ring_port}"
@@ -132,6 +133,7 @@ class Node:
         --http is given (`chordmail up`, command lines given verbatim)."""
         self.smtp_port = self.ring_port + DEFAULT_SMTP_OFFSET
         self.pop3_port = self.ring_port + DEFAULT_POP3_OFFSET
+        self.imap_port = self.ring_port + DEFAULT_IMAP_OFFSET
         self.http_port = self.ring_port + DEFAULT_HTTP_OFFSET
         self.http = f"http://{self.host}:{self.http_port}"
         return self
@@ -144,7 +146,7 @@ class Node:
         command = prefix + [
             self.binary, "node", "--addr", self.addr,
             "--smtp", f"{self.host}:{self.smtp_port}", "--pop3", f"{self.host}:{self.pop3_port}",
-            "--http", f"{self.host}:{self.http_port}",
+            "--imap", f"{self.host}:{self.imap_port}", "--http", f"{self.host}:{self.http_port}",
             "--data", str(self.data), "--replicas", str(self.replicas),
         ]
         for domain in self.domains:
