@@ -1,11 +1,10 @@
-"""IMAP (issue 15, DESIGN.md §11) on a real ring, with Python's imaplib as the client.
+"""IMAP (issue 15, docs/DESIGN.md §11) on a real ring, with Python's imaplib as the client.
 
 Method: a ring of 3 `chordmail node` processes on loopback with `--replicas 3` and the
 fast timing of test_replication; mail goes in with smtplib through one node, IMAP
 sessions run on the others, POP3 checks what IMAP changed. Every node serves IMAP on
-the port chordlab gives it (`--imap`; the binary's default is ring port + 9000).
-Waits poll against a deadline; the IDLE latency is printed with an `[imap timing]`
-prefix (run with `-s`).
+its ring port + 9000 (docs/DESIGN.md §2). Waits poll against a deadline; the IDLE latency
+is printed with an `[imap timing]` prefix (run with `-s`).
 
 With 3 nodes and 3 replicas every node holds a replica of every mailbox, so IDLE is
 woken by the node's own replica (the write applied there). On a 4-node ring a node
@@ -21,8 +20,8 @@ import time
 from tools.chordlab import wait_until
 from test_replication import PASSWORD, add_users, message, replica_set, send, start_ring
 
-
-# A delivery reaches an IDLE session within this (DESIGN.md §11: 1 s; the fallback
+IMAP_OFFSET = 9_000
+# A delivery reaches an IDLE session within this (docs/DESIGN.md §11: 1 s; the fallback
 # poll, were it the path taken, would still fit).
 IDLE_BOUND_S = 3.0
 # Below the fallback poll's 2 s: a wake-up this fast came from a notification.
@@ -30,7 +29,7 @@ NOTIFIED_BOUND_S = 1.0
 
 
 def imap_port(node):
-    return node.imap_port
+    return node.ring_port + IMAP_OFFSET
 
 
 def imap_login(node, address):
@@ -168,7 +167,7 @@ def idle_rounds(client, writer, address, n_rounds, first_exists):
 
 def test_idle_hears_a_delivery_through_another_node(make_node, tmp_path):
     """Goal: an IDLE session learns of a delivery made through another node at once
-    (DESIGN.md §11: within 1 s). Method: IDLE on node B (a replica of the mailbox, as
+    (docs/DESIGN.md §11: within 1 s). Method: IDLE on node B (a replica of the mailbox, as
     every node of a 3-node ring with 3 copies is, so its own replica wakes it);
     deliver through node A and time `* N EXISTS` from before the SMTP session;
     end IDLE with DONE; three rounds."""

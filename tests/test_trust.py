@@ -1,4 +1,4 @@
-"""Who may talk to a node (DESIGN.md §8, §10): the admin token, mutual TLS on the ring
+"""Who may talk to a node (docs/DESIGN.md §8, §10): the admin token, mutual TLS on the ring
 port, secure defaults and private files.
 
 Method: real `chordmail node` and `chordmail up` processes on 127.0.0.0/8; attacks

@@ -2,19 +2,18 @@
 
 A node started by `chordlab.Node` on ring port P listens for SMTP on P + SMTP_OFFSET,
 POP3 on P + POP3_OFFSET, IMAP on P + IMAP_OFFSET and the admin API on P + HTTP_OFFSET,
-and the launcher passes all four explicitly (`--smtp`, `--pop3`, `--imap`, `--http`),
-so nothing here depends on the binary's defaults. Only where the binary picks the ports itself (`chordmail up`, the
+and the launcher passes all four explicitly (`--smtp`, `--pop3`, `--imap`, `--http`), so nothing here depends on the
+binary's defaults. Only where the binary picks the ports itself (`chordmail up`, the
 seed's verbatim command lines) do the DEFAULT_* offsets below apply.
 """
 import random
 import socket
 
-SMTP_OFFSET, POP3_OFFSET, HTTP_OFFSET = 10_000, 20_000, 3_000
-IMAP_OFFSET = DEFAULT_IMAP_OFFSET = 9_000
+SMTP_OFFSET, POP3_OFFSET, IMAP_OFFSET, HTTP_OFFSET = 10_000, 20_000, 9_000, 3_000
 
 # The binary's own defaults (crates/chordmail/src/config.rs), for nodes whose ports
 # the binary chooses: `chordmail up` and command lines given verbatim.
-DEFAULT_SMTP_OFFSET, DEFAULT_POP3_OFFSET, DEFAULT_HTTP_OFFSET = 10_000, 20_000, 3_000
+DEFAULT_SMTP_OFFSET, DEFAULT_POP3_OFFSET, DEFAULT_IMAP_OFFSET, DEFAULT_HTTP_OFFSET = 10_000, 20_000, 9_000, 3_000
 
 RING_PORT_RANGE = (20_000, 35_000)
 
@@ -37,7 +36,7 @@ def group(port, offsets=(SMTP_OFFSET, POP3_OFFSET, IMAP_OFFSET, HTTP_OFFSET)):
 
 
 def free_ring_port():
-    """A ring port whose SMTP, POP3 and HTTP companions are free too; never the same
+    """A ring port whose SMTP, POP3, IMAP and HTTP companions are free too; never the same
     one twice in this process."""
     for _ in range(1000):
         port = random.randrange(*RING_PORT_RANGE)
@@ -48,8 +47,7 @@ def free_ring_port():
     raise RuntimeError("no free group of loopback ports")
 
 
-def free_port_block(count, offsets=(DEFAULT_SMTP_OFFSET, DEFAULT_POP3_OFFSET, DEFAULT_IMAP_OFFSET,
-                                    DEFAULT_HTTP_OFFSET)):
+def free_port_block(count, offsets=(DEFAULT_SMTP_OFFSET, DEFAULT_POP3_OFFSET, DEFAULT_IMAP_OFFSET, DEFAULT_HTTP_OFFSET)):
     """A base port P with P..P+count-1 and their service ports all free (for
     `chordmail up --base-port P`, which uses the binary's default offsets)."""
     for _ in range(1000):

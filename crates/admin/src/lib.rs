@@ -6,7 +6,7 @@
 //! crate that defines wire DTOs for operators; it holds no state of its own.
 //!
 //! Every `/api/*` route needs `Authorization: Bearer TOKEN` with the node's
-//! [`AdminToken`] (DESIGN.md §8, §10); `/healthz` and `/metrics` stay open for probes
+//! [`AdminToken`] (docs/DESIGN.md §8, §10); `/healthz` and `/metrics` stay open for probes
 //! and scrapers, and the status page at `/` shows the ring only to a caller that
 //! presents the token.
 

@@ -11,7 +11,7 @@ use crate::cli::{
 };
 
 /// The environment variable the clients read the admin token from when no
-/// `--token-file` is given (DESIGN.md §8).
+/// `--token-file` is given (docs/DESIGN.md §8).
 const TOKEN_ENV: &str = "CHORDMAIL_TOKEN";
 /// The token file of `chordmail up` with its default `--data`, the last resort.
 const UP_TOKEN_FILE: &str = "chordmail-data/up/admin.token";

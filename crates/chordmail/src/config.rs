@@ -17,7 +17,7 @@ pub const POP3_PORT_OFFSET: u16 = 20_000;
 pub const HTTP_PORT_OFFSET: u16 = 3_000;
 pub const IMAP_PORT_OFFSET: u16 = 9_000;
 
-/// The three files of the ring port's mutual TLS (DESIGN.md §10).
+/// The three files of the ring port's mutual TLS (docs/DESIGN.md §10).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClusterFiles {
     pub ca: PathBuf,
@@ -157,7 +157,7 @@ impl NodeConfig {
             HTTP_PORT_OFFSET,
         )?;
         if args.http.is_none() && file.http.is_none() {
-            // The admin API stays on the host unless asked otherwise (DESIGN.md §2).
+            // The admin API stays on the host unless asked otherwise (docs/DESIGN.md §2).
             http.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
         }
         let cluster = resolve_cluster_files(

@@ -64,7 +64,7 @@ fn main() -> ExitCode {
     }
 }
 
-/// `chordmail cert`: the cluster CA and node certificates (DESIGN.md §10).
+/// `chordmail cert`: the cluster CA and node certificates (docs/DESIGN.md §10).
 fn cert(args: cli::CertArgs) -> ExitCode {
     use cm_tls::cluster;
     let outcome = match &args.action {

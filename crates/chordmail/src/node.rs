@@ -25,7 +25,7 @@ pub struct Prepared {
     cluster_tls: Option<cm_net::ClusterTls>,
 }
 
-/// The checks of DESIGN.md §10 that must pass before anything binds or is written:
+/// The checks of docs/DESIGN.md §10 that must pass before anything binds or is written:
 /// secret files private, the admin token and the cluster files readable.
 pub fn prepare(config: &NodeConfig) -> Result<Prepared, crate::config::UsageError> {
     crate::trust::check_tls_key(config)?;

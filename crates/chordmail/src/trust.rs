@@ -1,4 +1,4 @@
-//! What a node checks and prepares before it binds anything (DESIGN.md §10): a private
+//! What a node checks and prepares before it binds anything (docs/DESIGN.md §10): a private
 //! data directory, the admin token, and the cluster certificates of the ring port.
 //! A refused file is a usage error (exit 2) naming the file and the fix; a data
 //! directory that cannot be made is a runtime failure (exit 1), as before.

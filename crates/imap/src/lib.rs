@@ -1,4 +1,4 @@
-//! The IMAP server of a chordmail node (DESIGN.md §11): the tokio shell around
+//! The IMAP server of a chordmail node (docs/DESIGN.md §11): the tokio shell around
 //! `cm-imap-proto`.
 //!
 //! This crate owns the clock, the timers and the socket of a session: it serves

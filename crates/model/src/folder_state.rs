@@ -2,7 +2,7 @@
 //! their UIDs, and the views SELECT and STATUS are built from.
 //!
 //! Keeping the three together gives SELECT and STATUS one definition of what a
-//! folder shows (DESIGN.md §11: STATUS numbers new messages as SELECT would): the
+//! folder shows (docs/DESIGN.md §11: STATUS numbers new messages as SELECT would): the
 //! shell numbers with [`FolderState::claims_to_write`], writes the claims, merges
 //! them, and only then reads [`FolderState::messages`] or [`FolderState::counts`].
 

@@ -1,4 +1,4 @@
-//! Mutual TLS on the ring port (DESIGN.md §10): the server asks every peer for a
+//! Mutual TLS on the ring port (docs/DESIGN.md §10): the server asks every peer for a
 //! certificate that chains to the cluster CA, and every outgoing channel presents this
 //! node's certificate and accepts only a server whose certificate chains to that CA
 //! and covers the whole ring address dialled (host and port), so that a member cannot

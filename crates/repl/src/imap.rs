@@ -1,4 +1,4 @@
-//! IMAP's data through the replica sets (DESIGN.md §11): an account's folders, and
+//! IMAP's data through the replica sets (docs/DESIGN.md §11): an account's folders, and
 //! per folder its messages, flags and UID map, all under the account's ring key.
 //!
 //! - Reads merge every member that answers (a read quorum at least) and copy what

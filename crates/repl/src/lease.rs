@@ -39,7 +39,7 @@ pub enum LeaseScope {
     /// The POP3 maildrop (RFC 1939 §8), held for a whole session.
     Maildrop,
     /// One IMAP folder's UID map, held while one session numbers new messages
-    /// (DESIGN.md §11), for [`crate::imap::UID_LEASE_TTL`] at most.
+    /// (docs/DESIGN.md §11), for [`crate::imap::UID_LEASE_TTL`] at most.
     UidMap(FolderId),
 }
 

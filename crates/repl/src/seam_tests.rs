@@ -731,7 +731,7 @@ async fn outbound_entries_are_retried_and_deleted_by_operators() {
     );
 }
 
-// IMAP through the seam (DESIGN.md §11).
+// IMAP through the seam (docs/DESIGN.md §11).
 
 /// Each node's resolved UIDs of `folder`, from its own replica.
 async fn uids_everywhere(
@@ -1085,7 +1085,7 @@ async fn a_node_outside_the_replica_set_is_notified() {
         .expect("the outsider was not notified within 5 s");
 }
 
-/// Goal: the conflict rule of DESIGN.md §11 at work: after a partition in which both
+/// Goal: the conflict rule of docs/DESIGN.md §11 at work: after a partition in which both
 /// sides numbered, no UID names two messages, none is reused, and the messages
 /// concerned get new UIDs above every UID claimed. Method: six nodes; message 1 is
 /// numbered everywhere; then nodes 1-3 and 4-6 each form a replica set of their

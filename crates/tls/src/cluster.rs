@@ -1,4 +1,4 @@
-//! Cluster certificates for mutual TLS on the ring port (DESIGN.md §10): a cluster CA,
+//! Cluster certificates for mutual TLS on the ring port (docs/DESIGN.md §10): a cluster CA,
 //! node certificates it signs for one ring address each, and the check that a peer's
 //! certificate covers the ring address it claims.
 //!
@@ -194,7 +194,7 @@ fn distinguished_name(common_name: &str) -> DistinguishedName {
 }
 
 /// Certificates are valid for a century: there is no revocation, an operator who
-/// needs to withdraw trust makes a new CA (DESIGN.md §10).
+/// needs to withdraw trust makes a new CA (docs/DESIGN.md §10).
 fn set_validity(params: &mut CertificateParams) {
     params.not_before = rcgen::date_time_ymd(2020, 1, 1);
     params.not_after = rcgen::date_time_ymd(2120, 1, 1);

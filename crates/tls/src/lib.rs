@@ -7,7 +7,7 @@
 //! `tokio_rustls::TlsAcceptor`.
 //!
 //! [`cluster`] makes the cluster CA and node certificates of the ring port's mutual
-//! TLS (DESIGN.md §10) and checks that a peer's certificate covers a ring address.
+//! TLS (docs/DESIGN.md §10) and checks that a peer's certificate covers a ring address.
 
 pub mod cluster;
 
