@@ -318,7 +318,10 @@ async fn shutdown_and_autologout_end_sessions() {
         ..ImapLimits::default()
     };
     let (mut client, session) = server.connect_from(IpAddr::V4(Ipv4Addr::LOCALHOST)).await;
-    assert!(client.line().await.starts_with("* BYE"), "no BYE at autologout");
+    assert!(
+        client.line().await.starts_with("* BYE"),
+        "no BYE at autologout"
+    );
     let ended = tokio::time::timeout(Duration::from_secs(10), session)
         .await
         .expect("the autologout did not fire");
