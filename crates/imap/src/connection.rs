@@ -90,7 +90,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<'_, S> {
                 }
                 read = tokio::time::timeout_at(input_deadline, self.stream.read(&mut chunk)) => {
                     input_deadline = tokio::time::Instant::now() + limits.idle_timeout;
-                    read.map_err(|_| ImapServerError::IdleTimeout)??
+                    match read {
+                        Ok(read) => read?,
+                        Err(_) => {
+                            // RFC 9051 §7.1.5: BYE before the server closes.
+                            self.out.extend_from_slice(b"* BYE [UNAVAILABLE] autologout\r\n");
+                            let _ = self.flush().await;
+                            return Err(ImapServerError::IdleTimeout);
+                        }
+                    }
                 }
                 woken = wait_for_change(&mut idling, limits.idle_poll_interval) => {
                     tracing::trace!(woken, "idle poll");

@@ -317,7 +317,11 @@ async fn shutdown_and_autologout_end_sessions() {
         idle_timeout: Duration::from_millis(200),
         ..ImapLimits::default()
     };
-    let (_client, session) = server.connect_from(IpAddr::V4(Ipv4Addr::LOCALHOST)).await;
+    let (mut client, session) = server.connect_from(IpAddr::V4(Ipv4Addr::LOCALHOST)).await;
+    assert!(
+        client.line().await.starts_with("* BYE"),
+        "no BYE at autologout"
+    );
     let ended = tokio::time::timeout(Duration::from_secs(10), session)
         .await
         .expect("the autologout did not fire");

@@ -82,22 +82,58 @@ pub fn check_writes(writes: &[Write], now_ms: u64) -> Result<(), MailError> {
                     ));
                 }
             }
-            Write::Folder {
-                address, bodies, ..
+            Write::Folders {
+                address, folders, ..
             } => {
-                // The folder documents themselves were bounded when decoded
-                // (`convert`); their versions are not checked against the clock yet.
-                if let Some((id, body)) = bodies
-                    .iter()
-                    .find(|(_, body)| body.len() > STORED_BODY_BYTES_MAX)
-                {
-                    return refuse(format!(
-                        "message {id} of {address} has {} bytes, over the size limit",
-                        body.len()
-                    ));
+                // Sizes and counts were bounded when the records were decoded
+                // (`Folders::decode`); a version far ahead would win every later
+                // rename or deletion.
+                let version_max = now_ms.saturating_add(VERSION_FUTURE_MS_MAX);
+                let ahead = folders.records.values().any(|record| {
+                    [
+                        record.created,
+                        record.name.version,
+                        record.subscribed.version,
+                    ]
+                    .into_iter()
+                    .chain(record.deleted)
+                    .any(|version| version.wall_ms > version_max)
+                });
+                if ahead {
+                    return refuse(format!("a folder record of {address} lies in the future"));
                 }
             }
-            Write::Folders { .. } => {}
+            Write::Folder {
+                address,
+                delta,
+                bodies,
+                ..
+            } => {
+                let version_max = now_ms.saturating_add(VERSION_FUTURE_MS_MAX);
+                let tombstone_max = now_ms.saturating_add(TOMBSTONE_FUTURE_MS_MAX);
+                let flag_ahead = delta
+                    .flags
+                    .registers
+                    .values()
+                    .any(|register| register.version.wall_ms > version_max);
+                let tombstone_ahead = delta
+                    .mailbox
+                    .tombstones
+                    .values()
+                    .any(|deleted_ms| *deleted_ms > tombstone_max);
+                if flag_ahead || tombstone_ahead {
+                    return refuse(format!("a folder write of {address} lies in the future"));
+                }
+                for (id, body) in bodies {
+                    if delta.mailbox.received.get(id) != Some(&(body.len() as u64))
+                        || body.len() > STORED_BODY_BYTES_MAX
+                    {
+                        return refuse(format!(
+                            "folder message {id} of {address} is over the size limit or not the size it claims"
+                        ));
+                    }
+                }
+            }
             Write::Meta { .. } => {
                 return refuse("node settings are never replicated".to_owned());
             }
@@ -431,5 +467,53 @@ mod tests {
             ]
         );
         server.abort();
+    }
+
+    /// Goal: IMAP folder writes from a peer are bounded in time and size like the
+    /// rest. Method: a flag version and a folder record from the far future, and
+    /// a body whose length is not the size the folder records, are each refused.
+    #[test]
+    fn forged_folder_writes_are_refused() {
+        let address = Address::parse("carol@example.org").unwrap();
+        let id = cm_model::MessageId::from_u128(7);
+        let version = |wall_ms| Version {
+            wall_ms,
+            counter: 0,
+            node: 9,
+        };
+        let folder = |delta: cm_model::FolderState,
+                      bodies: Vec<(cm_model::MessageId, bytes::Bytes)>| {
+            Write::Folder {
+                key: 1,
+                address: address.clone(),
+                folder: cm_model::FolderId(5),
+                delta: Box::new(delta),
+                bodies,
+            }
+        };
+        let seen = cm_model::FlagName::parse("\\Seen").unwrap();
+        let flagged = |wall_ms| cm_model::FolderState {
+            flags: cm_model::Flags::default()
+                .write(id, std::slice::from_ref(&seen), true, version(wall_ms))
+                .unwrap(),
+            ..Default::default()
+        };
+        assert!(check_writes(&[folder(flagged(NOW_MS), vec![])], NOW_MS).is_ok());
+        assert!(check_writes(&[folder(flagged(u64::MAX), vec![])], NOW_MS).is_err());
+        let mut received = cm_model::FolderState::default();
+        received.mailbox.received.insert(id, 5);
+        let body = bytes::Bytes::from_static(b"12345");
+        assert!(check_writes(&[folder(received.clone(), vec![(id, body)])], NOW_MS).is_ok());
+        let longer = bytes::Bytes::from_static(b"123456");
+        assert!(check_writes(&[folder(received, vec![(id, longer)])], NOW_MS).is_err());
+        let records = cm_model::Folders::default()
+            .create("Later", cm_model::FolderId(5), version(u64::MAX / 2))
+            .unwrap();
+        let write = Write::Folders {
+            key: 1,
+            address: address.clone(),
+            folders: Box::new(records),
+        };
+        assert!(check_writes(&[write], NOW_MS).is_err());
     }
 }

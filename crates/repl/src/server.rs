@@ -121,6 +121,9 @@ impl pb::replica_server::Replica for ReplicaService {
         &self,
         request: Request<pb::SubscribeRequest>,
     ) -> Result<Response<pb::Ack>, Status> {
+        // Notifications go to the subscriber's ring address: a peer may name only
+        // its own, or it could aim this node's notifications at another host.
+        crate::checks::check_claimed_addr(&request, &request.get_ref().subscriber_addr)?;
         let request = request.into_inner();
         let address = address_from_pb(&request.address).map_err(status)?;
         let folder = folder_from_pb(&request.folder).map_err(status)?;
