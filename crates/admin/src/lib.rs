@@ -21,9 +21,9 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, put};
 use axum::{Json, Router};
 use cm_repl::{Mail, MailError};
+pub use cm_ring::{NodeRef, RingView};
 use cm_types::Address;
 use cm_types::limits::ADMIN_BODY_BYTES_MAX;
-pub use cm_ring::{NodeRef, RingView};
 use serde::{Deserialize, Serialize};
 
 /// `GET /api/ring`: the ring's own view of this node (`cm_ring::RingView`, the one

@@ -327,6 +327,7 @@ mod tests {
             address: address(),
             lease_id: 7,
             ttl_ms: 60_000,
+            ..Default::default()
         };
         let mut answered = Vec::new();
         let mut note = |name: &'static str, ok: bool| {
@@ -347,6 +348,7 @@ mod tests {
         let body = pb::BodyRequest {
             address: address(),
             id: vec![0; 16],
+            ..Default::default()
         };
         note("ReadBody", client.read_body(body).await.is_ok());
         note("AcquireLease", client.acquire_lease(lease()).await.is_ok());
@@ -446,12 +448,15 @@ mod tests {
             Vec::<&str>::new()
         );
         assert_eq!(mail.local().account(&alice).await.unwrap(), before);
-        assert!(
-            mail.local()
-                .leases
-                .acquire(&alice, 99, std::time::Duration::from_secs(1))
-        );
-        mail.local().leases.release(&alice, 99);
+        assert!(mail.local().leases.acquire(
+            &alice,
+            crate::lease::LeaseScope::Maildrop,
+            99,
+            std::time::Duration::from_secs(1)
+        ));
+        mail.local()
+            .leases
+            .release(&alice, crate::lease::LeaseScope::Maildrop, 99);
 
         assert_eq!(
             answered_methods(tls_channel(Some(&member_dir))).await,
