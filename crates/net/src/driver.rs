@@ -224,6 +224,12 @@ impl RingDriver {
                 Err(StartError::EntryUnreachable { addr }) if !remembered.is_empty() => {
                     tracing::warn!(entry = %addr, n_remembered = remembered.len(), "entry node does not answer; rejoining through remembered peers");
                 }
+                // The same when the entry answers but the lookup through it meets
+                // only dead nodes: its neighbours crashed with us and it has not
+                // noticed yet (seen when 2 of 3 nodes restart at once).
+                Err(StartError::JoinFailed { addr, reason }) if !remembered.is_empty() => {
+                    tracing::warn!(entry = %addr, %reason, n_remembered = remembered.len(), "joining through the entry node failed; rejoining through remembered peers");
+                }
                 Err(error) => return Err(error),
             }
         } else {
