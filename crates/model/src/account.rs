@@ -148,15 +148,8 @@ pub fn hash_password(password: &str) -> Result<String, PasswordError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::version;
     use proptest::prelude::*;
-
-    fn version(wall_ms: u64, node: u64) -> Version {
-        Version {
-            wall_ms,
-            counter: 0,
-            node,
-        }
-    }
 
     #[test]
     fn verifies_only_the_right_password() {

@@ -168,15 +168,8 @@ impl Flags {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::{check_merge_laws, version};
     use proptest::prelude::*;
-
-    fn version(wall_ms: u64, node: u64) -> Version {
-        Version {
-            wall_ms,
-            counter: 0,
-            node,
-        }
-    }
 
     #[test]
     fn flag_names_are_normalised_and_checked() {
@@ -231,19 +224,10 @@ mod tests {
             .prop_map(|registers| Flags { registers })
     }
 
-    fn merged(a: &Flags, b: &Flags) -> Flags {
-        let mut result = a.clone();
-        result.merge(b);
-        result
-    }
-
     proptest! {
         #[test]
         fn merge_is_commutative_associative_idempotent(a in flags(), b in flags(), c in flags()) {
-            prop_assert_eq!(merged(&a, &b), merged(&b, &a));
-            prop_assert_eq!(merged(&merged(&a, &b), &c), merged(&a, &merged(&b, &c)));
-            prop_assert_eq!(merged(&merged(&a, &b), &b), merged(&a, &b));
-            prop_assert_eq!(merged(&a, &a), a);
+            check_merge_laws(&a, &b, &c)?;
         }
     }
 }

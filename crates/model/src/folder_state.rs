@@ -91,16 +91,9 @@ impl FolderState {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{Lww, Version};
+    use crate::Lww;
+    use crate::testing::{check_merge_laws, merged, version};
     use proptest::prelude::*;
-
-    fn version(wall_ms: u64, node: u64) -> Version {
-        Version {
-            wall_ms,
-            counter: 0,
-            node,
-        }
-    }
 
     #[test]
     fn numbering_then_reading_shows_what_status_counts() {
@@ -171,19 +164,10 @@ mod tests {
             })
     }
 
-    fn merged(a: &FolderState, b: &FolderState) -> FolderState {
-        let mut result = a.clone();
-        result.merge(b);
-        result
-    }
-
     proptest! {
         #[test]
         fn merge_is_commutative_associative_idempotent(a in state(), b in state(), c in state()) {
-            prop_assert_eq!(merged(&a, &b), merged(&b, &a));
-            prop_assert_eq!(merged(&merged(&a, &b), &c), merged(&a, &merged(&b, &c)));
-            prop_assert_eq!(merged(&merged(&a, &b), &b), merged(&a, &b));
-            prop_assert_eq!(merged(&a, &a), a);
+            check_merge_laws(&a, &b, &c)?;
         }
 
         /// After numbering, every visible message shows once, with a UID of its

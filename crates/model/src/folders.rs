@@ -364,15 +364,8 @@ fn check_name(name: &str) -> Result<(), FolderError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::{check_merge_laws, merged, version};
     use proptest::prelude::*;
-
-    fn version(wall_ms: u64, node: u64) -> Version {
-        Version {
-            wall_ms,
-            counter: 0,
-            node,
-        }
-    }
 
     fn apply(folders: &mut Folders, write: impl FnOnce(&Folders) -> Result<Folders, FolderError>) {
         let delta = write(folders).unwrap();
@@ -514,19 +507,10 @@ mod tests {
             .prop_map(|records| Folders { records })
     }
 
-    fn merged(a: &Folders, b: &Folders) -> Folders {
-        let mut result = a.clone();
-        result.merge(b);
-        result
-    }
-
     proptest! {
         #[test]
         fn merge_is_commutative_associative_idempotent(a in folders(), b in folders(), c in folders()) {
-            prop_assert_eq!(merged(&a, &b), merged(&b, &a));
-            prop_assert_eq!(merged(&merged(&a, &b), &c), merged(&a, &merged(&b, &c)));
-            prop_assert_eq!(merged(&merged(&a, &b), &b), merged(&a, &b));
-            prop_assert_eq!(merged(&a, &a), a);
+            check_merge_laws(&a, &b, &c)?;
         }
 
         #[test]

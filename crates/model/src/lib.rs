@@ -22,6 +22,8 @@ pub mod lww;
 pub mod mailbox;
 pub mod message;
 pub mod outbound;
+#[cfg(test)]
+mod testing;
 pub mod uids;
 
 pub use account::{Account, HashError, PasswordError, check_password_hash};

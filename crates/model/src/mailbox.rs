@@ -49,6 +49,7 @@ impl Mailbox {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::merged;
     use proptest::prelude::*;
 
     fn mailbox() -> impl Strategy<Value = Mailbox> {
@@ -62,12 +63,6 @@ mod tests {
                 received,
                 tombstones,
             })
-    }
-
-    fn merged(a: &Mailbox, b: &Mailbox) -> Mailbox {
-        let mut result = a.clone();
-        result.merge(b);
-        result
     }
 
     proptest! {

@@ -172,14 +172,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-
-    fn version(wall_ms: u64, node: u64) -> Version {
-        Version {
-            wall_ms,
-            counter: 0,
-            node,
-        }
-    }
+    use crate::testing::{check_merge_laws, merged, version};
 
     fn base() -> Outbound {
         Outbound::new(
@@ -249,12 +242,6 @@ mod tests {
         entry
     }
 
-    fn merged(a: &Outbound, b: &Outbound) -> Outbound {
-        let mut result = a.clone();
-        result.merge(b);
-        result
-    }
-
     proptest! {
         #[test]
         fn merge_is_commutative_associative_and_idempotent(
@@ -263,9 +250,7 @@ mod tests {
             c in proptest::collection::vec(change(), 0..24),
         ) {
             let (a, b, c) = (replica(&a), replica(&b), replica(&c));
-            prop_assert_eq!(merged(&a, &b), merged(&b, &a));
-            prop_assert_eq!(merged(&merged(&a, &b), &c), merged(&a, &merged(&b, &c)));
-            prop_assert_eq!(merged(&a, &a), a.clone());
+            check_merge_laws(&a, &b, &c)?;
             prop_assert!(merged(&a, &b).attempts.len() <= OUTBOUND_ATTEMPTS_KEPT_MAX);
         }
     }

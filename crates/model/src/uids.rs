@@ -147,6 +147,7 @@ impl UidMap {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::check_merge_laws;
     use proptest::prelude::*;
 
     fn id(raw: u128) -> MessageId {
@@ -269,10 +270,7 @@ mod tests {
             };
             let merged = |x: &UidMap, y: &UidMap| { let mut z = x.clone(); z.merge(y); z };
             let (a, b, c) = (map(&a), map(&b), map(&c));
-            prop_assert_eq!(merged(&a, &b), merged(&b, &a));
-            prop_assert_eq!(merged(&merged(&a, &b), &c), merged(&a, &merged(&b, &c)));
-            prop_assert_eq!(merged(&merged(&a, &b), &b), merged(&a, &b));
-            prop_assert_eq!(merged(&a, &a), a.clone());
+            check_merge_laws(&a, &b, &c)?;
             let resolved = merged(&a, &b).resolve();
             prop_assert_eq!(resolved.uid_of.len(), resolved.message_of.len());
         }
