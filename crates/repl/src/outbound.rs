@@ -93,9 +93,12 @@ impl Mail {
             if entry.removed_ms.is_some() {
                 continue;
             }
-            let coordinates = self
-                .replica_set(key)
-                .await?
+            // An entry whose replica set cannot be found now (a lookup during
+            // churn) waits for the next scan instead of failing this one.
+            let Ok(set) = self.replica_set(key).await else {
+                continue;
+            };
+            let coordinates = set
                 .first()
                 .is_some_and(|coordinator| self.is_me(coordinator));
             if !coordinates {
