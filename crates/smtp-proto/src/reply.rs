@@ -161,6 +161,16 @@ pub fn auth_failed() -> Reply {
     Reply::new(535, "5.7.8", "authentication credentials invalid")
 }
 
+/// RFC 4954 §6: AUTH before STARTTLS on a connection where passwords may not go
+/// in clear text.
+pub fn encryption_required() -> Reply {
+    Reply::new(
+        538,
+        "5.7.11",
+        "Encryption required for requested authentication mechanism",
+    )
+}
+
 pub fn auth_unavailable() -> Reply {
     Reply::new(454, "4.7.0", "temporary authentication failure")
 }

@@ -25,6 +25,10 @@ pub struct SessionConfig {
     pub limits: SmtpLimits,
     /// A TLS configuration exists, so STARTTLS can be offered (until it is active).
     pub tls_available: bool,
+    /// AUTH may be offered and used before STARTTLS: the peer is on loopback, where
+    /// nobody can read the password on the way. After STARTTLS it always may
+    /// (docs/DESIGN.md §10, as POP3 and IMAP).
+    pub plaintext_allowed: bool,
     /// The peer's address, for the `Received:` header.
     pub peer_ip: IpAddr,
     /// The shell's id of this connection (in its span), named in the `Received:`
@@ -431,6 +435,14 @@ impl Session {
     }
 
     fn start_auth(&mut self, greeting: Greeting, start: AuthStart) -> (Phase, Step) {
+        // Checked before the mechanism and any initial response are looked at, so
+        // a password sent in clear text off loopback is never even decoded.
+        if !self.auth_allowed() {
+            return (
+                Phase::Greeted { greeting },
+                Step::Reply(reply::encryption_required()),
+            );
+        }
         if self.authenticated.is_some() {
             return (
                 Phase::Greeted { greeting },
@@ -695,6 +707,12 @@ impl Session {
         Step::Reply(reply)
     }
 
+    /// Whether AUTH is offered and accepted now: under TLS, or on a connection
+    /// where plaintext is allowed.
+    fn auth_allowed(&self) -> bool {
+        self.tls_active || self.config.plaintext_allowed
+    }
+
     /// RFC 5321 §4.1.1.1, RFC 2920, RFC 1870, RFC 6152, RFC 6531, RFC 2034, RFC 4954, RFC 3207.
     fn ehlo_keywords(&self) -> Vec<String> {
         let mut keywords = vec![
@@ -703,8 +721,11 @@ impl Session {
             "8BITMIME".to_owned(),
             "SMTPUTF8".to_owned(),
             "ENHANCEDSTATUSCODES".to_owned(),
-            "AUTH PLAIN LOGIN".to_owned(),
         ];
+        // RFC 4954 §4: a mechanism that needs encryption is not advertised before it.
+        if self.auth_allowed() {
+            keywords.push("AUTH PLAIN LOGIN".to_owned());
+        }
         if self.config.tls_available && !self.tls_active {
             keywords.push("STARTTLS".to_owned());
         }

@@ -34,6 +34,7 @@ where
         hostname: config.hostname.clone(),
         limits: limits.clone(),
         tls_available: config.tls.is_some(),
+        plaintext_allowed: crate::plaintext_allowed(peer_ip),
         peer_ip,
         session_id: session_id.to_owned(),
     });

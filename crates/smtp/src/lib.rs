@@ -18,7 +18,7 @@
 mod connection;
 mod verdicts;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -129,5 +129,32 @@ impl cm_serve::Shell for SmtpShell {
             shutdown,
         )
         .await
+    }
+}
+
+/// Whether AUTH may be offered and used before STARTTLS: on loopback the password
+/// never leaves the host (docs/DESIGN.md §10, as `cm_pop3::plaintext_allowed`).
+pub fn plaintext_allowed(peer: IpAddr) -> bool {
+    peer.to_canonical().is_loopback()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plaintext_only_on_loopback() {
+        let table: [(&str, bool); 6] = [
+            ("127.0.0.1", true),
+            ("127.3.4.5", true),
+            ("::1", true),
+            ("::ffff:127.0.0.1", true),
+            ("192.0.2.7", false),
+            ("::ffff:192.0.2.7", false),
+        ];
+        for (peer, allowed) in table {
+            let peer: IpAddr = peer.parse().unwrap();
+            assert_eq!(plaintext_allowed(peer), allowed, "{peer}");
+        }
     }
 }

@@ -184,6 +184,11 @@ async fn start_with_limits(limits: SmtpLimits) -> Server {
 impl Server {
     /// A session over an in-memory stream, as if from 127.0.0.1, and its greeting.
     async fn duplex(&self) -> (Client, Reply) {
+        self.duplex_from(IpAddr::V4(Ipv4Addr::LOCALHOST)).await
+    }
+
+    /// A session over an in-memory stream, as if from `peer`, and its greeting.
+    async fn duplex_from(&self, peer: IpAddr) -> (Client, Reply) {
         let (client_side, server_side) = tokio::io::duplex(64 * 1024);
         let (config, mail, shutdown) = (
             self.config.clone(),
@@ -191,16 +196,9 @@ impl Server {
             self.shutdown.clone(),
         );
         tokio::spawn(async move {
-            let loopback = IpAddr::V4(Ipv4Addr::LOCALHOST);
-            let _ = cm_smtp::handle_connection(
-                server_side,
-                loopback,
-                "duplex",
-                &config,
-                &mail,
-                &shutdown,
-            )
-            .await;
+            let _ =
+                cm_smtp::handle_connection(server_side, peer, "duplex", &config, &mail, &shutdown)
+                    .await;
         });
         Client::greeted_by(client_side).await
     }
@@ -574,7 +572,12 @@ async fn auth_failures_are_slowed_down() {
 }
 
 async fn tls_client(server: &Server, tls_dir: &std::path::Path) -> Client {
-    let mut client = greeted(server).await;
+    tls_client_from(server, tls_dir, IpAddr::V4(Ipv4Addr::LOCALHOST)).await
+}
+
+async fn tls_client_from(server: &Server, tls_dir: &std::path::Path, peer: IpAddr) -> Client {
+    let (client, greeting) = server.duplex_from(peer).await;
+    let mut client = after_ehlo(client, greeting).await;
     client.expect("STARTTLS", 220).await;
     assert!(client.buffer.is_empty());
     let tls = cm_serve::testing::connect_tls(tls_dir, client.stream).await;
@@ -625,6 +628,43 @@ async fn starttls_then_auth_plain() {
         due[0].1, stored[0],
         "the queued octets differ from the stored ones"
     );
+}
+
+/// A documentation address (RFC 5737): a peer that is not on loopback.
+const REMOTE_PEER: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7));
+
+/// Goal: from a peer that is not on loopback, AUTH is not advertised before
+/// STARTTLS and is refused with 538 5.7.11 (RFC 4954 §6) without authenticating,
+/// whatever the credentials; after STARTTLS the same client logs in. A loopback
+/// peer may still log in without TLS (`auth_failures_are_slowed_down`).
+#[tokio::test]
+async fn auth_off_loopback_needs_starttls() {
+    let (server, tls_dir) = start_with_tls().await;
+    let (mut client, greeting) = server.duplex_from(REMOTE_PEER).await;
+    assert_eq!(greeting.code, 220);
+    let ehlo = client.expect("EHLO far.test", 250).await;
+    assert!(
+        !ehlo.lines.iter().any(|line| line.starts_with("AUTH")),
+        "{:?}",
+        ehlo.lines
+    );
+    assert!(ehlo.lines.iter().any(|line| line == "STARTTLS"));
+    let plain = BASE64.encode(format!("\0{BOB}\0{PASSWORD}"));
+    let reply = client.expect(&format!("AUTH PLAIN {plain}"), 538).await;
+    assert_eq!(
+        reply.lines,
+        ["5.7.11 Encryption required for requested authentication mechanism"]
+    );
+    client.expect("AUTH LOGIN", 538).await;
+    // Not authenticated: relaying is still refused.
+    client.expect("MAIL FROM:<x@y.net>", 250).await;
+    client.expect("RCPT TO:<friend@elsewhere.net>", 550).await;
+    client.expect("QUIT", 221).await;
+
+    let mut client = tls_client_from(&server, tls_dir.path(), REMOTE_PEER).await;
+    let ehlo = client.expect("EHLO far.test", 250).await;
+    assert!(ehlo.lines.iter().any(|line| line == "AUTH PLAIN LOGIN"));
+    client.expect(&format!("AUTH PLAIN {plain}"), 235).await;
 }
 
 /// Goal: commands pipelined behind STARTTLS in clear text are dropped (RFC 3207 §4.2).

@@ -8,6 +8,7 @@ fn config() -> SessionConfig {
         hostname: "mx.test".into(),
         limits: SmtpLimits::default(),
         tls_available: true,
+        plaintext_allowed: true,
         peer_ip: std::net::IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 7)),
         session_id: "s1".into(),
     }
@@ -314,6 +315,58 @@ fn starttls_forgets_ehlo_and_auth() {
     };
     assert!(!ehlo.lines.iter().any(|line| line == "STARTTLS"));
     assert_eq!(say(&mut session, "STARTTLS\r\n"), 503);
+}
+
+/// The EHLO reply's keyword lines, without the greeting line.
+fn ehlo_keywords(session: &mut Session) -> Vec<String> {
+    let Step::Reply(ehlo) = session.command(Ok(Command::Ehlo("c".into()))) else {
+        panic!("EHLO is answered")
+    };
+    ehlo.lines[1..].to_vec()
+}
+
+/// Goal: off loopback, AUTH is neither advertised nor accepted before STARTTLS
+/// (538 5.7.11, RFC 4954 §6), and both are after it; the password sent too early
+/// authenticates nobody. Method: one session through STARTTLS.
+#[test]
+fn auth_needs_tls_where_plaintext_is_not_allowed() {
+    let mut session = Session::new(SessionConfig {
+        plaintext_allowed: false,
+        ..config()
+    });
+    let keywords = ehlo_keywords(&mut session);
+    assert!(
+        !keywords.iter().any(|keyword| keyword.starts_with("AUTH")),
+        "{keywords:?}"
+    );
+    assert!(keywords.iter().any(|keyword| keyword == "STARTTLS"));
+    let Step::Reply(refusal) = session.command(Ok(Command::Auth(AuthStart {
+        mechanism: Mechanism::Plain,
+        initial_response: Some("AGJAZXhhbXBsZS5vcmcAcmlnaHQ=".into()),
+    }))) else {
+        panic!("AUTH before STARTTLS is refused")
+    };
+    assert_eq!(
+        refusal.to_bytes(),
+        b"538 5.7.11 Encryption required for requested authentication mechanism\r\n"
+    );
+    for line in ["AUTH LOGIN\r\n", "AUTH CRAM-MD5\r\n"] {
+        assert_eq!(say(&mut session, line), 538, "{line:?}");
+    }
+    assert!(session.authenticated().is_none());
+    assert_eq!(session.input_mode(), InputMode::Command);
+    assert_eq!(say(&mut session, "STARTTLS\r\n"), 220);
+    session.tls_started();
+    let keywords = ehlo_keywords(&mut session);
+    assert!(keywords.iter().any(|keyword| keyword == "AUTH PLAIN LOGIN"));
+    assert_eq!(
+        say(&mut session, "AUTH PLAIN AGJAZXhhbXBsZS5vcmcAcmlnaHQ=\r\n"),
+        235
+    );
+    assert_eq!(
+        session.authenticated().map(Address::as_str),
+        Some("b@example.org")
+    );
 }
 
 #[test]
