@@ -34,6 +34,6 @@ pub use error::SmtpError;
 pub use limits::SmtpLimits;
 pub use reply::Reply;
 pub use session::{
-    Arrival, AuthVerdict, Delivery, DeliveryVerdict, InputMode, RecipientVerdict, Session,
-    SessionConfig, Step,
+    Arrival, AuthVerdict, Delivery, DeliveryVerdict, InputMode, RecipientVerdict, SenderVerdict,
+    Session, SessionConfig, Step,
 };

@@ -171,6 +171,25 @@ pub fn encryption_required() -> Reply {
     )
 }
 
+/// docs/DESIGN.md §10: a sender in a served domain that is not the login
+/// (RFC 3463 5.7.1, "delivery not authorized").
+pub fn sender_not_owned() -> Reply {
+    Reply::new(
+        553,
+        "5.7.1",
+        "Sender address rejected: not owned by the authenticated user",
+    )
+}
+
+/// The same refusal for a session that did not log in at all, saying how to.
+pub fn sender_needs_login() -> Reply {
+    Reply::new(
+        553,
+        "5.7.1",
+        "Sender address rejected: not owned by the authenticated user; authenticate (AUTH) to send as this address",
+    )
+}
+
 pub fn auth_unavailable() -> Reply {
     Reply::new(454, "4.7.0", "temporary authentication failure")
 }

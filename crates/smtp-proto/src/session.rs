@@ -29,6 +29,10 @@ pub struct SessionConfig {
     /// nobody can read the password on the way. After STARTTLS it always may
     /// (docs/DESIGN.md §10, as POP3 and IMAP).
     pub plaintext_allowed: bool,
+    /// A MAIL FROM address in a domain the ring serves needs a session
+    /// authenticated as that address (docs/DESIGN.md §10); `false` lets anyone use
+    /// any sender, for operators whose users send through other submission paths.
+    pub sender_login_match: bool,
     /// The peer's address, for the `Received:` header.
     pub peer_ip: IpAddr,
     /// The shell's id of this connection (in its span), named in the `Received:`
@@ -135,6 +139,9 @@ pub enum Step {
     Close(Reply),
     /// Look the address up; answer with [`Session::recipient_verdict`].
     VerifyRecipient(Address),
+    /// Say whether the sender's domain is served; answer with
+    /// [`Session::sender_verdict`], handing the MAIL command back.
+    VerifySender(MailFrom, Address),
     /// Check the credentials; answer with [`Session::auth_verdict`].
     Authenticate(Credentials),
     /// Send the 354 reply, call [`Session::begin_data`], then feed the input to
@@ -168,6 +175,15 @@ pub enum RecipientVerdict {
     DomainNotServed,
     /// The lookup failed (no quorum, disk): try again later.
     Unavailable,
+}
+
+/// Where a MAIL FROM address lives, for the rule that binds senders to logins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SenderVerdict {
+    /// A domain the ring serves: only its owner, logged in, may send as it.
+    DomainServed,
+    /// Any other domain: mail from outside, which the ring cannot vouch for.
+    DomainNotServed,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -339,6 +355,19 @@ impl Session {
                     return (
                         Phase::Greeted { greeting },
                         Step::Reply(reply::utf8_not_permitted()),
+                    );
+                }
+                // The null reverse-path of bounces names nobody, so it needs no login.
+                if self.config.sender_login_match && !from.reverse_path.is_empty() {
+                    let Ok(address) = Address::parse(&from.reverse_path) else {
+                        return (
+                            Phase::Greeted { greeting },
+                            Step::Reply(reply::for_error(&SmtpError::BadAddress)),
+                        );
+                    };
+                    return (
+                        Phase::Greeted { greeting },
+                        Step::VerifySender(from, address),
                     );
                 }
                 (
@@ -521,6 +550,35 @@ impl Session {
         match step {
             Step::Reply(reply) => self.answer(reply),
             other => other,
+        }
+    }
+
+    /// Accepts or refuses the MAIL command of [`Step::VerifySender`]: an address in
+    /// a served domain only from a session authenticated as that address.
+    pub fn sender_verdict(
+        &mut self,
+        from: MailFrom,
+        address: Address,
+        verdict: SenderVerdict,
+    ) -> Step {
+        let Phase::Greeted { greeting } = std::mem::replace(&mut self.phase, Phase::Moved) else {
+            panic!("sender verdict outside a MAIL command");
+        };
+        let reply = match (verdict, &self.authenticated) {
+            (SenderVerdict::DomainNotServed, _) => None,
+            (SenderVerdict::DomainServed, Some(login)) if *login == address => None,
+            (SenderVerdict::DomainServed, Some(_)) => Some(reply::sender_not_owned()),
+            (SenderVerdict::DomainServed, None) => Some(reply::sender_needs_login()),
+        };
+        match reply {
+            None => {
+                self.phase = Phase::Mail { greeting, from };
+                self.answer(reply::sender_ok())
+            }
+            Some(refusal) => {
+                self.phase = Phase::Greeted { greeting };
+                self.answer(refusal)
+            }
         }
     }
 

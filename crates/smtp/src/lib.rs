@@ -41,6 +41,10 @@ pub struct SmtpConfig {
     /// A failed AUTH is answered after [`cm_serve::auth_failure_delay`] of this
     /// step, so guessing passwords costs time while a typo costs little.
     pub auth_failure_delay: Duration,
+    /// A MAIL FROM address in a served domain needs a session authenticated as
+    /// that address (docs/DESIGN.md §10). `false` relaxes it, for operators whose
+    /// users submit through gateways that cannot log in as each sender.
+    pub sender_login_match: bool,
 }
 
 impl Default for SmtpConfig {
@@ -50,6 +54,7 @@ impl Default for SmtpConfig {
             tls: None,
             limits: SmtpLimits::default(),
             auth_failure_delay: Duration::from_secs(1),
+            sender_login_match: true,
         }
     }
 }
@@ -61,6 +66,7 @@ impl std::fmt::Debug for SmtpConfig {
             .field("tls", &self.tls.is_some())
             .field("limits", &self.limits)
             .field("auth_failure_delay", &self.auth_failure_delay)
+            .field("sender_login_match", &self.sender_login_match)
             .finish()
     }
 }

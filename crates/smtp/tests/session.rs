@@ -342,7 +342,7 @@ async fn trace_headers_over_duplex() {
 async fn pipelined_transaction() {
     let server = start(fast_config()).await;
     let (mut client, _) = Client::connect(server.addr).await;
-    client.send(format!("EHLO p\r\nMAIL FROM:<{BOB}>\r\nRCPT TO:<{ALICE}>\r\nRCPT TO:<nobody@example.org>\r\nDATA\r\n").as_bytes()).await;
+    client.send(format!("EHLO p\r\nMAIL FROM:<x@y.net>\r\nRCPT TO:<{ALICE}>\r\nRCPT TO:<nobody@example.org>\r\nDATA\r\n").as_bytes()).await;
     let ehlo = client.reply().await;
     assert!(ehlo.lines.iter().any(|line| line == "PIPELINING"));
     assert!(ehlo.lines.iter().any(|line| line == "SIZE 26214400"));
@@ -665,6 +665,54 @@ async fn auth_off_loopback_needs_starttls() {
     let ehlo = client.expect("EHLO far.test", 250).await;
     assert!(ehlo.lines.iter().any(|line| line == "AUTH PLAIN LOGIN"));
     client.expect(&format!("AUTH PLAIN {plain}"), 235).await;
+}
+
+/// Goal: a MAIL FROM address in a served domain is accepted only from a session
+/// logged in as that address, with the reply text saying why (and, without a
+/// login, to log in); nothing is stored from a refused transaction; `<>` and
+/// other domains need no login; `sender_login_match = false` relaxes the rule.
+#[tokio::test]
+async fn senders_in_served_domains_need_their_login() {
+    let server = start(fast_config()).await;
+    let mut client = greeted(&server).await;
+    let reply = client.expect(&format!("MAIL FROM:<{ALICE}>"), 553).await;
+    assert_eq!(
+        reply.lines,
+        [
+            "5.7.1 Sender address rejected: not owned by the authenticated user; \
+          authenticate (AUTH) to send as this address"
+        ]
+    );
+    client.expect(&format!("RCPT TO:<{BOB}>"), 503).await;
+    client.expect("DATA", 503).await;
+    client.expect("MAIL FROM:<>", 250).await;
+    client.expect("RSET", 250).await;
+    client.expect("MAIL FROM:<x@y.net>", 250).await;
+    client.expect("RSET", 250).await;
+    let plain = BASE64.encode(format!("\0{BOB}\0{PASSWORD}"));
+    client.expect(&format!("AUTH PLAIN {plain}"), 235).await;
+    let reply = client.expect(&format!("MAIL FROM:<{ALICE}>"), 553).await;
+    assert_eq!(
+        reply.lines,
+        ["5.7.1 Sender address rejected: not owned by the authenticated user"]
+    );
+    client.expect(&format!("RCPT TO:<{ALICE}>"), 503).await;
+    server.assert_nothing_stored().await;
+    client.expect("MAIL FROM:<Bob@LOCALHOST>", 250).await;
+    client.expect(&format!("RCPT TO:<{ALICE}>"), 250).await;
+    client.expect("DATA", 354).await;
+    client.send(b"Subject: mine\r\n\r\nhi\r\n.\r\n").await;
+    assert_eq!(client.reply().await.code, 250);
+    assert_eq!(server.stored(ALICE).await.len(), 1);
+
+    let relaxed = start(SmtpConfig {
+        sender_login_match: false,
+        ..fast_config()
+    })
+    .await;
+    let mut client = greeted(&relaxed).await;
+    client.expect(&format!("MAIL FROM:<{ALICE}>"), 250).await;
+    client.expect(&format!("RCPT TO:<{BOB}>"), 250).await;
 }
 
 /// Goal: commands pipelined behind STARTTLS in clear text are dropped (RFC 3207 §4.2).
