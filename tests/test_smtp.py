@@ -251,3 +251,23 @@ def test_ten_bad_commands_close_the_session(mail_node):
         assert replies[9].startswith(b"421")
         assert stream.readline() == b""
     assert_nothing_stored(mail_node)
+
+
+def test_authentication_results_are_ours_alone(mail_node):
+    """Goal: the node writes Authentication-Results (RFC 8601) naming who logged in,
+    and drops one a client forged in its name (§5); another host's stays. Method: a
+    logged-in and an anonymous smtplib delivery, each with a forged field, read back
+    over POP3."""
+    kept = b"Authentication-Results: mx.elsewhere.example; auth=pass\r\nSubject: forged\r\n\r\nhi\r\n"
+    forged = b"Authentication-Results: localhost;\r\n auth=pass smtp.auth=alice@example.org\r\n"
+    with smtp(mail_node) as client:
+        client.login(BOB, PASSWORD)
+        assert client.sendmail(BOB, [ALICE], forged + kept) == {}
+    with smtp(mail_node) as client:
+        assert client.sendmail("x@y.example", [ALICE], forged + kept) == {}
+    logged_in, anonymous = fetch_all(mail_node, ALICE)
+    for stored, ours in [(logged_in, f"Authentication-Results: localhost;\r\n\tauth=pass smtp.auth={BOB}\r\n"),
+                         (anonymous, "Authentication-Results: localhost; auth=none\r\n")]:
+        trace = trace_of(stored, kept)
+        assert ours in trace, trace
+        assert trace.count("Authentication-Results") == 1, f"the forged field is gone: {trace}"

@@ -96,7 +96,8 @@ enum Phase {
 }
 
 /// The message being received, in the one buffer that becomes the delivered
-/// `Bytes`: `[room for a Message-ID field][Return-Path, Received][body so far]`.
+/// `Bytes`: `[room for a Message-ID field][Return-Path, Received,
+/// Authentication-Results][body so far]`.
 ///
 /// RFC 5321 §4.4 puts the trace fields in front of the body, and whether a
 /// `Message-ID:` must be added is known only at the end. Writing the trace first
@@ -217,8 +218,9 @@ pub struct Session {
 
 impl Incoming {
     /// The trace headers, an added `Message-ID:` if the body has none, and the
-    /// body, without copying the body (see [`Incoming`]).
-    fn into_message(self) -> Bytes {
+    /// body without any `Authentication-Results` that claims to be ours, without
+    /// copying the body unless such a field has to go (see [`Incoming`]).
+    fn into_message(self, hostname: &str) -> Bytes {
         let Incoming {
             mut buffer,
             message_id_field,
@@ -226,6 +228,11 @@ impl Incoming {
             ..
         } = self;
         let room_bytes = message_id_field.len();
+        headers::remove_forged_authentication_results(
+            &mut buffer,
+            room_bytes + trace_bytes,
+            hostname,
+        );
         let body = &buffer[room_bytes + trace_bytes..];
         if headers::has_header(body, "Message-ID") {
             return buffer.freeze().slice(room_bytes..);
@@ -680,6 +687,10 @@ impl Session {
             single_recipient,
             date: &cm_types::date::rfc5322_date(arrival.unix_seconds),
         }));
+        trace.push_str(&headers::authentication_results(
+            hostname,
+            self.authenticated.as_ref().map(Address::as_str),
+        ));
         let unique = format!("{}.{:016x}", arrival.unix_seconds, arrival.nonce);
         let message_id_field = headers::message_id(&unique, hostname);
         let mut buffer = BytesMut::with_capacity(message_id_field.len() + trace.len());
@@ -726,7 +737,7 @@ impl Session {
             Ok(()) => Step::Deliver(Delivery {
                 reverse_path: from.reverse_path,
                 recipients,
-                message: incoming.into_message(),
+                message: incoming.into_message(&self.config.hostname),
             }),
             Err(error) => self.answer(reply::for_error(&error)),
         }

@@ -299,9 +299,10 @@ async fn delivers_to_several_recipients_byte_for_byte() {
 }
 
 /// Goal: the trace headers the session core adds name the peer, the session id
-/// the shell passed in, the single recipient and a Message-ID on our hostname,
-/// and the client's bytes follow them unchanged. Method: one delivery over an
-/// in-memory stream.
+/// the shell passed in, the single recipient, that nobody logged in
+/// (Authentication-Results, RFC 8601) and a Message-ID on our hostname, and the
+/// client's bytes follow them unchanged. Method: one delivery over an in-memory
+/// stream.
 #[tokio::test]
 async fn trace_headers_over_duplex() {
     let server = start(fast_config()).await;
@@ -329,11 +330,12 @@ async fn trace_headers_over_duplex() {
         lines[4].starts_with('\t') && lines[4].ends_with(" +0000"),
         "{trace}"
     );
+    assert_eq!(lines[5], "Authentication-Results: localhost; auth=none");
     assert!(
-        lines[5].starts_with("Message-ID: <") && lines[5].ends_with("@localhost>"),
+        lines[6].starts_with("Message-ID: <") && lines[6].ends_with("@localhost>"),
         "{trace}"
     );
-    assert_eq!(lines.len(), 7, "nothing else is added: {trace}");
+    assert_eq!(lines.len(), 8, "nothing else is added: {trace}");
 }
 
 /// Goal: PIPELINING (RFC 2920) — a whole transaction sent in one write gets its
@@ -616,6 +618,12 @@ async fn starttls_then_auth_plain() {
     let stored = server.stored(ALICE).await;
     let trace = split_trace(&stored[0], b"Subject: secure\r\n\r\nhello\r\n");
     assert!(trace.contains("with ESMTPSA"), "{trace}");
+    assert!(
+        trace.contains(
+            "Authentication-Results: localhost;\r\n\tauth=pass smtp.auth=bob@localhost\r\n"
+        ),
+        "{trace}"
+    );
 
     // The copy for the other domain is queued (docs/DESIGN.md §12), with the same
     // octets as the local one, from the authenticated sender.
@@ -713,6 +721,32 @@ async fn senders_in_served_domains_need_their_login() {
     let mut client = greeted(&relaxed).await;
     client.expect(&format!("MAIL FROM:<{ALICE}>"), 250).await;
     client.expect(&format!("RCPT TO:<{BOB}>"), 250).await;
+}
+
+/// Goal: an Authentication-Results field a client forged in this node's name
+/// (RFC 8601 §5) is removed, whatever its case and folding, while one of another
+/// host and the rest of the message are kept byte for byte behind our own field.
+#[tokio::test]
+async fn forged_authentication_results_are_removed() {
+    let server = start(fast_config()).await;
+    let mut client = greeted(&server).await;
+    client.mail_to(ALICE).await;
+    client.expect("DATA", 354).await;
+    let kept = "Authentication-Results: mx.elsewhere.net; auth=pass smtp.auth=x@y.net\r\n\
+                Subject: claims\r\n\r\nAuthentication-Results: localhost; in the body\r\n";
+    let sent = format!(
+        "authentication-results: (trust me) LocalHost;\r\n\tauth=pass smtp.auth={ALICE}\r\n{kept}"
+    );
+    client
+        .send(&cm_smtp_proto::data::dot_stuff(sent.as_bytes()))
+        .await;
+    assert_eq!(client.reply().await.code, 250);
+    let stored = server.stored(ALICE).await;
+    let trace = split_trace(&stored[0], kept.as_bytes());
+    let lines: Vec<&str> = trace.split("\r\n").collect();
+    assert_eq!(lines[5], "Authentication-Results: localhost; auth=none");
+    assert!(lines[6].starts_with("Message-ID: <"), "{trace}");
+    assert_eq!(lines.len(), 8, "the forged field is gone: {trace}");
 }
 
 /// Goal: commands pipelined behind STARTTLS in clear text are dropped (RFC 3207 §4.2).

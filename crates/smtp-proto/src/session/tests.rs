@@ -224,17 +224,20 @@ fn bad_commands_in_a_row_close_the_session() {
 }
 
 /// Goal: the core hands over the envelope and the message with its trace headers
-/// in front (RFC 5321 §4.4), adding a Message-ID only when the body has none,
-/// whatever the reads were. Method: the same transaction split at every offset,
-/// with and without a Message-ID.
+/// in front (RFC 5321 §4.4) and its own Authentication-Results (RFC 8601), adding
+/// a Message-ID only when the body has none and dropping an
+/// Authentication-Results forged in its name, whatever the reads were. Method:
+/// the same transaction split at every offset, with and without a Message-ID,
+/// with and without a forged field.
 #[test]
 fn data_end_hands_over_the_message_with_trace_headers() {
     let trace = "Return-Path: <a@example.net>\r\n\
                  Received: from client.test ([192.0.2.7])\r\n\
                  \tby mx.test with UTF8SMTP id s1;\r\n\
-                 \tTue, 29 Feb 2000 00:00:00 +0000\r\n";
+                 \tTue, 29 Feb 2000 00:00:00 +0000\r\n\
+                 Authentication-Results: mx.test; auth=none\r\n";
     let added_id = "Message-ID: <951782400.0000000000000abc@mx.test>\r\n";
-    let table: [(&[u8], String); 2] = [
+    let table: [(&[u8], String); 3] = [
         (
             b"Subject: x\r\n\r\n.dot\r\n",
             format!("{trace}{added_id}Subject: x\r\n\r\n.dot\r\n"),
@@ -242,6 +245,11 @@ fn data_end_hands_over_the_message_with_trace_headers() {
         (
             b"Message-ID: <mine@c>\r\n\r\nhi\r\n",
             format!("{trace}Message-ID: <mine@c>\r\n\r\nhi\r\n"),
+        ),
+        (
+            b"Authentication-Results: mx.test;\r\n\tauth=pass smtp.auth=b@example.org\r\n\
+              Subject: forged\r\n\r\nhi\r\n",
+            format!("{trace}{added_id}Subject: forged\r\n\r\nhi\r\n"),
         ),
     ];
     for (body, expected) in table {
@@ -513,5 +521,33 @@ fn senders_in_served_domains_are_bound_to_the_login() {
     assert_eq!(
         reply_to(&mut relaxed, "MAIL FROM:<b@example.org>\r\n").code,
         250
+    );
+}
+
+/// Goal: a session that logged in gets `auth=pass` with its login in
+/// Authentication-Results; one from another host stays. Method: one delivery
+/// after AUTH.
+#[test]
+fn authentication_results_name_the_login() {
+    let mut session = Session::new(config());
+    say(&mut session, "EHLO client.test\r\n");
+    say(&mut session, "AUTH PLAIN AGJAZXhhbXBsZS5vcmcAcmlnaHQ=\r\n");
+    say(&mut session, "MAIL FROM:<b@example.org>\r\n");
+    say(&mut session, "RCPT TO:<c@example.org>\r\n");
+    let body = b"Authentication-Results: other.test; auth=pass smtp.auth=x@y\r\n\r\nhi\r\n";
+    let Step::Deliver(delivery) = send_message(&mut session, &crate::data::dot_stuff(body), 0)
+    else {
+        panic!("deliver expected")
+    };
+    let message = String::from_utf8(delivery.message.to_vec()).unwrap();
+    assert!(
+        message.contains(
+            "+0000\r\nAuthentication-Results: mx.test;\r\n\tauth=pass smtp.auth=b@example.org\r\nMessage-ID: <"
+        ),
+        "{message}"
+    );
+    assert!(
+        message.ends_with(std::str::from_utf8(body).unwrap()),
+        "{message}"
     );
 }
