@@ -267,6 +267,16 @@ pub fn too_many_connections(hostname: &str) -> Reply {
     )
 }
 
+/// docs/DESIGN.md §10: past the per-client connection budget; 4.7.0 (a security
+/// policy, RFC 3463) where the node's own limit says 4.3.2.
+pub fn too_many_connections_from_client(hostname: &str) -> Reply {
+    Reply::new(
+        421,
+        "4.7.0",
+        format!("{hostname} too many connections from your address, try again later"),
+    )
+}
+
 pub fn shutting_down(hostname: &str) -> Reply {
     Reply::new(421, "4.3.2", format!("{hostname} shutting down"))
 }

@@ -45,6 +45,9 @@ pub struct SmtpConfig {
     /// that address (docs/DESIGN.md §10). `false` relaxes it, for operators whose
     /// users submit through gateways that cannot log in as each sender.
     pub sender_login_match: bool,
+    /// Connections one client address may hold at once, trusted networks exempt
+    /// (docs/DESIGN.md §10, "Budgets").
+    pub client_budget: cm_serve::ClientBudget,
 }
 
 impl Default for SmtpConfig {
@@ -55,6 +58,7 @@ impl Default for SmtpConfig {
             limits: SmtpLimits::default(),
             auth_failure_delay: Duration::from_secs(1),
             sender_login_match: true,
+            client_budget: cm_serve::ClientBudget::default(),
         }
     }
 }
@@ -67,6 +71,7 @@ impl std::fmt::Debug for SmtpConfig {
             .field("limits", &self.limits)
             .field("auth_failure_delay", &self.auth_failure_delay)
             .field("sender_login_match", &self.sender_login_match)
+            .field("client_budget", &self.client_budget)
             .finish()
     }
 }
@@ -113,6 +118,14 @@ impl cm_serve::Shell for SmtpShell {
     /// RFC 5321 §3.1: a server may answer 421 at connection time when it cannot serve.
     fn refusal(&self) -> Vec<u8> {
         cm_smtp_proto::reply::too_many_connections(&self.config.hostname).to_bytes()
+    }
+
+    fn client_budget(&self) -> cm_serve::ClientBudget {
+        self.config.client_budget.clone()
+    }
+
+    fn client_refusal(&self) -> Vec<u8> {
+        cm_smtp_proto::reply::too_many_connections_from_client(&self.config.hostname).to_bytes()
     }
 
     fn span(&self, session_id: &str, peer: SocketAddr) -> tracing::Span {

@@ -783,6 +783,39 @@ async fn connection_limit() {
     assert!(second.is_closed().await);
 }
 
+/// Goal: one client address past its connection budget gets 421 4.7.0 and is
+/// closed, while another address is still greeted. Method: budget 2 with loopback
+/// not trusted, clients 127.0.0.2 and 127.0.0.3 over TCP.
+#[tokio::test]
+async fn client_connection_budget() {
+    let server = start(SmtpConfig {
+        client_budget: cm_serve::ClientBudget {
+            connections_per_client_max: 2,
+            trusted_networks: Vec::new(),
+        },
+        ..fast_config()
+    })
+    .await;
+    async fn connect_from(from: [u8; 4], addr: SocketAddr) -> (Client, Reply) {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(SocketAddr::from((from, 0))).unwrap();
+        Client::greeted_by(socket.connect(addr).await.unwrap()).await
+    }
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let (client, greeting) = connect_from([127, 0, 0, 2], server.addr).await;
+        assert_eq!(greeting.code, 220);
+        held.push(client);
+    }
+    let (mut over, refusal) = connect_from([127, 0, 0, 2], server.addr).await;
+    assert_eq!(refusal.code, 421);
+    assert!(refusal.lines[0].starts_with("4.7.0"), "{:?}", refusal.lines);
+    assert!(over.is_closed().await);
+    let (mut other, greeting) = connect_from([127, 0, 0, 3], server.addr).await;
+    assert_eq!(greeting.code, 220);
+    other.expect("EHLO other.test", 250).await;
+}
+
 /// Goal: shutdown says 421 to open sessions and `serve` returns once they closed.
 #[tokio::test]
 async fn shutdown_closes_sessions() {
