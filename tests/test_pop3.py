@@ -32,7 +32,7 @@ def make_message(subject, body_lines):
 
 def send(node, message):
     with smtplib.SMTP("127.0.0.1", node.smtp_port, timeout=30) as smtp:
-        smtp.sendmail("bob@example.org", [ALICE], message.encode())
+        smtp.sendmail("bob@elsewhere.example", [ALICE], message.encode())
 
 
 def body_of(raw):

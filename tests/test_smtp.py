@@ -87,7 +87,7 @@ def test_pipelining_in_one_write(mail_node):
         stream = sock.makefile("rb")
         assert stream.readline().startswith(b"220")
         sock.sendall(
-            f"EHLO p\r\nMAIL FROM:<{BOB}>\r\nRCPT TO:<{ALICE}>\r\nRCPT TO:<nobody@example.org>\r\nDATA\r\n".encode()
+            f"EHLO p\r\nMAIL FROM:<x@y.example>\r\nRCPT TO:<{ALICE}>\r\nRCPT TO:<nobody@example.org>\r\nDATA\r\n".encode()
         )
         codes = []
         while len(codes) < 5:
@@ -120,7 +120,7 @@ def test_ten_mebibyte_message(mail_node):
     line = b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ.......\r\n"
     body = b"Subject: big\r\n\r\n" + line * (10 * 1024 * 1024 // len(line))
     with smtp(mail_node) as client:
-        assert client.sendmail(BOB, [ALICE], body) == {}
+        assert client.sendmail("big@elsewhere.example", [ALICE], body) == {}
     [stored] = fetch_all(mail_node, ALICE)
     trace_of(stored, body)
 
@@ -159,7 +159,7 @@ def test_starttls_then_auth_plain_and_login(mail_node):
 
 def test_rset_mid_transaction(mail_node):
     with smtp(mail_node) as client:
-        client.ehlo()
+        client.login(BOB, PASSWORD)  # in clear text: allowed on loopback
         assert client.mail(BOB)[0] == 250
         assert client.rcpt(ALICE)[0] == 250
         assert client.rset()[0] == 250
@@ -175,15 +175,41 @@ def test_swaks_plain_and_tls_auth(mail_node, tmp_path):
     # swaks sends the file, then CRLF . CRLF itself: the file has no final line end.
     data_file.write_bytes(message[:-2])
     server = f"127.0.0.1:{mail_node.smtp_port}"
-    plain = ["swaks", "--server", server, "--from", BOB, "--to", ALICE, "--data", f"@{data_file}"]
-    tls_auth = plain + ["--tls", "--auth", "LOGIN", "--auth-user", BOB, "--auth-password", PASSWORD]
-    for command in (plain, tls_auth):
+    anonymous = ["swaks", "--server", server, "--from", "x@y.example", "--to", ALICE, "--data", f"@{data_file}"]
+    as_bob = ["swaks", "--server", server, "--from", BOB, "--to", ALICE, "--data", f"@{data_file}",
+              "--auth-user", BOB, "--auth-password", PASSWORD]
+    # On loopback AUTH is offered without TLS too (docs/DESIGN.md §10).
+    plain_auth = as_bob + ["--auth", "PLAIN"]
+    tls_auth = as_bob + ["--tls", "--auth", "LOGIN"]
+    for command in (anonymous, plain_auth, tls_auth):
         result = subprocess.run(command, capture_output=True, text=True, timeout=60)
         assert result.returncode == 0, result.stdout + result.stderr
     stored = fetch_all(mail_node, ALICE)
-    assert len(stored) == 2
+    assert len(stored) == 3
     assert " with ESMTP id " in trace_of(stored[0], message)
-    assert " with ESMTPSA id " in trace_of(stored[1], message)
+    assert " with ESMTPA id " in trace_of(stored[1], message)
+    assert " with ESMTPSA id " in trace_of(stored[2], message)
+
+
+def test_senders_in_served_domains_need_their_login(mail_node):
+    """Goal: nobody sends as a served address without logging in as it
+    (docs/DESIGN.md §10): 553 5.7.1 without a login and with another one, nothing
+    stored; the owner, logged in, is served. Method: smtplib on loopback."""
+    with smtp(mail_node) as client:
+        client.ehlo()
+        code, text = client.mail(BOB)
+        assert (code, text.split(b" ")[0]) == (553, b"5.7.1"), text
+        assert b"authenticate" in text, text
+        assert client.rcpt(ALICE)[0] == 503
+        client.login(ALICE, PASSWORD)
+        code, text = client.mail(BOB)
+        assert code == 553 and b"not owned by the authenticated user" in text, text
+        assert client.rcpt(ALICE)[0] == 503
+    assert_nothing_stored(mail_node)
+    with smtp(mail_node) as client:
+        client.login(BOB, PASSWORD)
+        assert client.sendmail(BOB, [ALICE], b"Subject: mine\r\n\r\nhi\r\n") == {}
+    assert len(fetch_all(mail_node, ALICE)) == 1
 
 
 @pytest.mark.parametrize(
@@ -225,3 +251,23 @@ def test_ten_bad_commands_close_the_session(mail_node):
         assert replies[9].startswith(b"421")
         assert stream.readline() == b""
     assert_nothing_stored(mail_node)
+
+
+def test_authentication_results_are_ours_alone(mail_node):
+    """Goal: the node writes Authentication-Results (RFC 8601) naming who logged in,
+    and drops one a client forged in its name (§5); another host's stays. Method: a
+    logged-in and an anonymous smtplib delivery, each with a forged field, read back
+    over POP3."""
+    kept = b"Authentication-Results: mx.elsewhere.example; auth=pass\r\nSubject: forged\r\n\r\nhi\r\n"
+    forged = b"Authentication-Results: localhost;\r\n auth=pass smtp.auth=alice@example.org\r\n"
+    with smtp(mail_node) as client:
+        client.login(BOB, PASSWORD)
+        assert client.sendmail(BOB, [ALICE], forged + kept) == {}
+    with smtp(mail_node) as client:
+        assert client.sendmail("x@y.example", [ALICE], forged + kept) == {}
+    logged_in, anonymous = fetch_all(mail_node, ALICE)
+    for stored, ours in [(logged_in, f"Authentication-Results: localhost;\r\n\tauth=pass smtp.auth={BOB}\r\n"),
+                         (anonymous, "Authentication-Results: localhost; auth=none\r\n")]:
+        trace = trace_of(stored, kept)
+        assert ours in trace, trace
+        assert trace.count("Authentication-Results") == 1, f"the forged field is gone: {trace}"

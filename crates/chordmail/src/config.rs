@@ -48,6 +48,9 @@ pub struct NodeConfig {
     pub ring_timing: cm_net::Timing,
     pub anti_entropy_period: std::time::Duration,
     pub tombstone_grace: std::time::Duration,
+    /// `smtp_sender_login_match` (docs/DESIGN.md §10): a MAIL FROM in a served
+    /// domain needs a session logged in as that address.
+    pub smtp_sender_login_match: bool,
     /// The outbound queue's `[relay]` table (docs/DESIGN.md §12), validated.
     pub relay: cm_relay::RelayConfig,
 }
@@ -88,6 +91,9 @@ struct ConfigFile {
     anti_entropy_ms: Option<u64>,
     /// Age in seconds after which tombstones of deleted mail are collected.
     tombstone_grace_s: Option<u64>,
+    /// `false` lets SMTP sessions use a sender in a served domain without logging
+    /// in as it (file only: relaxing a security rule takes a written decision).
+    smtp_sender_login_match: Option<bool>,
     /// Mail to other domains: routes, smarthost, retries (file only).
     relay: Option<cm_relay::RelayConfig>,
 }
@@ -292,6 +298,7 @@ impl NodeConfig {
             ring_timing,
             anti_entropy_period,
             tombstone_grace,
+            smtp_sender_login_match: file.smtp_sender_login_match.unwrap_or(true),
             relay,
         })
     }
@@ -426,6 +433,7 @@ mod tests {
         assert_eq!((from_file.bits, from_file.replicas), (8, 2));
         assert_eq!(from_file.domains, ["example.org"]);
         assert_eq!(from_file.http.to_string(), "127.0.0.1:9999");
+        assert!(from_file.smtp_sender_login_match, "on by default");
         let overridden = NodeArgs {
             config: Some(path),
             bits: Some(16),
@@ -489,6 +497,19 @@ mod tests {
         );
         let loopback = NodeConfig::resolve(&args("127.0.0.2:5000")).unwrap();
         assert_eq!(loopback.cluster, None);
+    }
+
+    #[test]
+    fn the_sender_login_match_is_relaxed_only_by_the_config_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.toml");
+        std::fs::write(&path, "smtp_sender_login_match = false\n").unwrap();
+        let relaxed = NodeConfig::resolve(&NodeArgs {
+            config: Some(path),
+            ..args("127.0.0.1:6000")
+        })
+        .unwrap();
+        assert!(!relaxed.smtp_sender_login_match);
     }
 
     #[test]

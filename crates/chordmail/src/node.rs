@@ -131,6 +131,7 @@ pub async fn run(config: NodeConfig, prepared: Prepared) -> anyhow::Result<()> {
     let smtp_config = cm_smtp::SmtpConfig {
         hostname: config.hostname.clone(),
         tls: Some(tls.clone()),
+        sender_login_match: config.smtp_sender_login_match,
         ..Default::default()
     };
     tasks.spawn(cm_smtp_task(

@@ -227,7 +227,10 @@ fn print_directions(n_nodes: u16, first_port: u16, replicas: u16, token_path: &P
         token_path.display()
     );
     println!(
-        "  try       swaks --server 127.0.0.1:{smtp} --to {DEMO_ADDRESS} --from you@localhost"
+        "  try       swaks --server 127.0.0.1:{smtp} --to {DEMO_ADDRESS} --from {DEMO_ADDRESS} --auth PLAIN --auth-user {DEMO_ADDRESS} --auth-password {DEMO_PASSWORD}"
+    );
+    println!(
+        "            (a sender in a served domain must log in as itself; AUTH needs STARTTLS except on loopback)"
     );
     println!(
         "            python3 -c \"import poplib; p=poplib.POP3('127.0.0.1',{pop3}); p.user('{DEMO_ADDRESS}'); p.pass_('{DEMO_PASSWORD}'); print(p.stat())\""

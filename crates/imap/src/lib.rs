@@ -46,6 +46,10 @@ pub struct ImapConfig {
     /// A failed login is answered after [`cm_serve::auth_failure_delay`] of this
     /// step, so guessing passwords costs time while a typo costs little.
     pub auth_failure_delay: Duration,
+    /// Connections one client address may hold at once, trusted networks exempt
+    /// (docs/DESIGN.md §10, "Budgets"); past it, the same refusal as past
+    /// `limits.connections_max`.
+    pub client_budget: cm_serve::ClientBudget,
 }
 
 impl Default for ImapConfig {
@@ -55,6 +59,7 @@ impl Default for ImapConfig {
             allow_plaintext: false,
             limits: ImapLimits::default(),
             auth_failure_delay: Duration::from_secs(1),
+            client_budget: cm_serve::ClientBudget::default(),
         }
     }
 }
@@ -66,6 +71,7 @@ impl std::fmt::Debug for ImapConfig {
             .field("allow_plaintext", &self.allow_plaintext)
             .field("limits", &self.limits)
             .field("auth_failure_delay", &self.auth_failure_delay)
+            .field("client_budget", &self.client_budget)
             .finish()
     }
 }
@@ -115,6 +121,10 @@ impl cm_serve::Shell for ImapShell {
     /// RFC 9051 §7.1.5: BYE instead of a greeting, with RFC 5530's UNAVAILABLE.
     fn refusal(&self) -> Vec<u8> {
         b"* BYE [UNAVAILABLE] too many connections, try again later\r\n".to_vec()
+    }
+
+    fn client_budget(&self) -> cm_serve::ClientBudget {
+        self.config.client_budget.clone()
     }
 
     fn span(&self, session_id: &str, peer: SocketAddr) -> tracing::Span {

@@ -48,6 +48,10 @@ pub struct Pop3Config {
     /// A failed login is answered after [`cm_serve::auth_failure_delay`] of this
     /// step, so guessing passwords costs time while a typo costs little.
     pub auth_failure_delay: Duration,
+    /// Connections one client address may hold at once, trusted networks exempt
+    /// (docs/DESIGN.md §10, "Budgets"); past it, the same refusal as past
+    /// `limits.connections_max`.
+    pub client_budget: cm_serve::ClientBudget,
 }
 
 impl Default for Pop3Config {
@@ -58,6 +62,7 @@ impl Default for Pop3Config {
             allow_plaintext: false,
             limits: Pop3Limits::default(),
             auth_failure_delay: Duration::from_secs(1),
+            client_budget: cm_serve::ClientBudget::default(),
         }
     }
 }
@@ -70,6 +75,7 @@ impl std::fmt::Debug for Pop3Config {
             .field("allow_plaintext", &self.allow_plaintext)
             .field("limits", &self.limits)
             .field("auth_failure_delay", &self.auth_failure_delay)
+            .field("client_budget", &self.client_budget)
             .finish()
     }
 }
@@ -120,6 +126,10 @@ impl cm_serve::Shell for Pop3Shell {
     /// RFC 2449 §8.1.2: `[SYS/TEMP]`, the server cannot serve now.
     fn refusal(&self) -> Vec<u8> {
         Response::from_error(&ProtoError::TooManyConnections).to_bytes()
+    }
+
+    fn client_budget(&self) -> cm_serve::ClientBudget {
+        self.config.client_budget.clone()
     }
 
     fn span(&self, session_id: &str, peer: SocketAddr) -> tracing::Span {

@@ -1,5 +1,5 @@
-//! The accept loop: a connection limit, backoff on accept errors, one task and one
-//! span per connection, and a drain on shutdown.
+//! The accept loop: a connection limit, a per-client connection budget, backoff on
+//! accept errors, one task and one span per connection, and a drain on shutdown.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -9,6 +9,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
+
+use crate::budget::{ClientBudget, ClientCounts};
 
 /// A pause after a failed `accept` (e.g. out of file descriptors), so that the
 /// loop does not spin while the condition lasts.
@@ -27,6 +29,19 @@ pub trait Shell: Send + Sync + 'static {
 
     /// The bytes a peer over the connection limit is sent before it is closed.
     fn refusal(&self) -> Vec<u8>;
+
+    /// How many connections one client address may hold at once, and which
+    /// clients are exempt; read once when [`serve`] starts.
+    fn client_budget(&self) -> ClientBudget {
+        ClientBudget::default()
+    }
+
+    /// The bytes a peer over its per-client budget is sent before it is closed:
+    /// the same temporary refusal as over the node's limit unless the protocol
+    /// has a more precise one.
+    fn client_refusal(&self) -> Vec<u8> {
+        self.refusal()
+    }
 
     /// The span of one connection. The shell builds it because a span's name must
     /// be a literal (`smtp.session`, `pop3.session`).
@@ -53,6 +68,8 @@ pub async fn serve<S: Shell>(listener: TcpListener, shell: Arc<S>, shutdown: Can
         "a shell serves at least one connection"
     );
     let permits = Arc::new(Semaphore::new(n_connections_max));
+    let budget = shell.client_budget();
+    let client_counts = ClientCounts::default();
     loop {
         let accepted = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -66,6 +83,20 @@ pub async fn serve<S: Shell>(listener: TcpListener, shell: Arc<S>, shutdown: Can
                 continue;
             }
         };
+        // Checked before the node's limit, so that one client over its budget
+        // never holds a permit another client could use.
+        let client_slot = if budget.is_trusted(peer.ip()) {
+            None
+        } else {
+            match client_counts.try_take(peer.ip(), budget.connections_per_client_max) {
+                Some(slot) => Some(slot),
+                None => {
+                    tracing::warn!(protocol = S::PROTOCOL, %peer, "client connection budget reached, refusing");
+                    let _ = stream.try_write(&shell.client_refusal());
+                    continue;
+                }
+            }
+        };
         let Ok(permit) = permits.clone().try_acquire_owned() else {
             refuse_over_limit(&stream, &shell.refusal(), S::PROTOCOL, peer);
             continue;
@@ -76,6 +107,7 @@ pub async fn serve<S: Shell>(listener: TcpListener, shell: Arc<S>, shutdown: Can
         tokio::spawn(
             async move {
                 let _permit = permit;
+                let _client_slot = client_slot;
                 tracing::debug!("connected");
                 match shell.handle(stream, peer, &session_id, &shutdown).await {
                     Ok(()) => tracing::debug!("disconnected"),
@@ -113,6 +145,7 @@ mod tests {
     /// and counts the connections that finished.
     struct Greeter {
         connections_max: usize,
+        client_budget: ClientBudget,
         n_finished: AtomicUsize,
         /// How long a connection takes to say goodbye after shutdown.
         goodbye_delay: Duration,
@@ -128,6 +161,14 @@ mod tests {
 
         fn refusal(&self) -> Vec<u8> {
             b"busy\r\n".to_vec()
+        }
+
+        fn client_budget(&self) -> ClientBudget {
+            self.client_budget.clone()
+        }
+
+        fn client_refusal(&self) -> Vec<u8> {
+            b"too many from you\r\n".to_vec()
         }
 
         fn span(&self, session_id: &str, peer: SocketAddr) -> tracing::Span {
@@ -165,10 +206,24 @@ mod tests {
         CancellationToken,
         tokio::task::JoinHandle<()>,
     ) {
+        start_with_budget(connections_max, goodbye_delay, ClientBudget::default()).await
+    }
+
+    async fn start_with_budget(
+        connections_max: usize,
+        goodbye_delay: Duration,
+        client_budget: ClientBudget,
+    ) -> (
+        SocketAddr,
+        Arc<Greeter>,
+        CancellationToken,
+        tokio::task::JoinHandle<()>,
+    ) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let shell = Arc::new(Greeter {
             connections_max,
+            client_budget,
             n_finished: AtomicUsize::new(0),
             goodbye_delay,
         });
@@ -217,6 +272,61 @@ mod tests {
         }
         let mut third = TcpStream::connect(addr).await.unwrap();
         assert_eq!(read_line(&mut third).await, b"hello\r\n");
+    }
+
+    /// A connection to `addr` from the loopback address `from` (any of 127/8).
+    async fn connect_from(from: [u8; 4], addr: SocketAddr) -> TcpStream {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(SocketAddr::from((from, 0))).unwrap();
+        socket.connect(addr).await.unwrap()
+    }
+
+    /// Goal: one client address over its budget is refused with the client
+    /// refusal while another address is still greeted at once, a closed
+    /// connection gives its slot back, and trusted networks have no budget.
+    /// Method: budget 2 with no trusted network, clients 127.0.0.2 and 127.0.0.3;
+    /// then the default budget (loopback trusted) with 3 connections of budget 2.
+    #[tokio::test]
+    async fn refuses_a_client_over_its_budget_and_serves_the_others() {
+        let strict = ClientBudget {
+            connections_per_client_max: 2,
+            trusted_networks: Vec::new(),
+        };
+        let (addr, shell, _shutdown, _task) = start_with_budget(10, Duration::ZERO, strict).await;
+        let mut held = Vec::new();
+        for _ in 0..2 {
+            let mut stream = connect_from([127, 0, 0, 2], addr).await;
+            assert_eq!(read_line(&mut stream).await, b"hello\r\n");
+            held.push(stream);
+        }
+        let mut over = connect_from([127, 0, 0, 2], addr).await;
+        assert_eq!(read_to_end(&mut over).await, b"too many from you\r\n");
+        let mut other = connect_from([127, 0, 0, 3], addr).await;
+        assert_eq!(read_line(&mut other).await, b"hello\r\n");
+        drop(held.pop());
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while shell.n_finished.load(Ordering::SeqCst) < 1 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the connection never ended"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let mut again = connect_from([127, 0, 0, 2], addr).await;
+        assert_eq!(read_line(&mut again).await, b"hello\r\n");
+
+        let trusting = ClientBudget {
+            connections_per_client_max: 2,
+            ..ClientBudget::default()
+        };
+        let (addr, _shell, _shutdown, _task) =
+            start_with_budget(10, Duration::ZERO, trusting).await;
+        let mut streams = Vec::new();
+        for _ in 0..3 {
+            let mut stream = connect_from([127, 0, 0, 2], addr).await;
+            assert_eq!(read_line(&mut stream).await, b"hello\r\n");
+            streams.push(stream);
+        }
     }
 
     /// Goal: connections are served at once, each in its own task. Method: two

@@ -7,16 +7,19 @@
 //! its own: the accept loop logs and goes on, and [`UpgradableStream::start_tls`]
 //! returns the handshake's `std::io::Error` for the shell to wrap.
 //!
-//! Reading order: [`serve`] and [`Shell`], then [`UpgradableStream`], then
+//! Reading order: [`serve`] and [`Shell`], [`ClientBudget`] (connections per client
+//! address), then [`UpgradableStream`], then
 //! [`auth_failure_delay`]. With the `test-support` feature, `testing` holds what
 //! the shells' tests share.
 
 mod accept;
+mod budget;
 mod stream;
 #[cfg(any(test, feature = "test-support"))]
 pub mod testing;
 
 pub use accept::{ACCEPT_ERROR_BACKOFF, Shell, serve};
+pub use budget::{CONNECTIONS_PER_CLIENT_MAX_DEFAULT, ClientBudget, Network};
 pub use stream::UpgradableStream;
 
 use std::time::Duration;

@@ -17,7 +17,8 @@
 //! - [`sasl`]: AUTH PLAIN and LOGIN decoding;
 //! - [`session`]: the state machine, one enum variant per protocol state;
 //! - [`reply`]: reply encoding, and every reply of the server in one catalogue;
-//! - [`headers`]: `Received:`, `Return-Path:` and `Message-ID:` construction.
+//! - [`headers`]: `Received:`, `Return-Path:`, `Authentication-Results:` and
+//!   `Message-ID:` construction, and the removal of forged `Authentication-Results:`.
 
 pub mod command;
 pub mod data;
@@ -34,6 +35,6 @@ pub use error::SmtpError;
 pub use limits::SmtpLimits;
 pub use reply::Reply;
 pub use session::{
-    Arrival, AuthVerdict, Delivery, DeliveryVerdict, InputMode, RecipientVerdict, Session,
-    SessionConfig, Step,
+    Arrival, AuthVerdict, Delivery, DeliveryVerdict, InputMode, RecipientVerdict, SenderVerdict,
+    Session, SessionConfig, Step,
 };

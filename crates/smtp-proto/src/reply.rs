@@ -161,6 +161,35 @@ pub fn auth_failed() -> Reply {
     Reply::new(535, "5.7.8", "authentication credentials invalid")
 }
 
+/// RFC 4954 §6: AUTH before STARTTLS on a connection where passwords may not go
+/// in clear text.
+pub fn encryption_required() -> Reply {
+    Reply::new(
+        538,
+        "5.7.11",
+        "Encryption required for requested authentication mechanism",
+    )
+}
+
+/// docs/DESIGN.md §10: a sender in a served domain that is not the login
+/// (RFC 3463 5.7.1, "delivery not authorized").
+pub fn sender_not_owned() -> Reply {
+    Reply::new(
+        553,
+        "5.7.1",
+        "Sender address rejected: not owned by the authenticated user",
+    )
+}
+
+/// The same refusal for a session that did not log in at all, saying how to.
+pub fn sender_needs_login() -> Reply {
+    Reply::new(
+        553,
+        "5.7.1",
+        "Sender address rejected: not owned by the authenticated user; authenticate (AUTH) to send as this address",
+    )
+}
+
 pub fn auth_unavailable() -> Reply {
     Reply::new(454, "4.7.0", "temporary authentication failure")
 }
@@ -235,6 +264,16 @@ pub fn too_many_connections(hostname: &str) -> Reply {
         421,
         "4.3.2",
         format!("{hostname} too many connections, try again later"),
+    )
+}
+
+/// docs/DESIGN.md §10: past the per-client connection budget; 4.7.0 (a security
+/// policy, RFC 3463) where the node's own limit says 4.3.2.
+pub fn too_many_connections_from_client(hostname: &str) -> Reply {
+    Reply::new(
+        421,
+        "4.7.0",
+        format!("{hostname} too many connections from your address, try again later"),
     )
 }
 

@@ -25,6 +25,14 @@ pub struct SessionConfig {
     pub limits: SmtpLimits,
     /// A TLS configuration exists, so STARTTLS can be offered (until it is active).
     pub tls_available: bool,
+    /// AUTH may be offered and used before STARTTLS: the peer is on loopback, where
+    /// nobody can read the password on the way. After STARTTLS it always may
+    /// (docs/DESIGN.md §10, as POP3 and IMAP).
+    pub plaintext_allowed: bool,
+    /// A MAIL FROM address in a domain the ring serves needs a session
+    /// authenticated as that address (docs/DESIGN.md §10); `false` lets anyone use
+    /// any sender, for operators whose users send through other submission paths.
+    pub sender_login_match: bool,
     /// The peer's address, for the `Received:` header.
     pub peer_ip: IpAddr,
     /// The shell's id of this connection (in its span), named in the `Received:`
@@ -88,7 +96,8 @@ enum Phase {
 }
 
 /// The message being received, in the one buffer that becomes the delivered
-/// `Bytes`: `[room for a Message-ID field][Return-Path, Received][body so far]`.
+/// `Bytes`: `[room for a Message-ID field][Return-Path, Received,
+/// Authentication-Results][body so far]`.
 ///
 /// RFC 5321 §4.4 puts the trace fields in front of the body, and whether a
 /// `Message-ID:` must be added is known only at the end. Writing the trace first
@@ -131,6 +140,9 @@ pub enum Step {
     Close(Reply),
     /// Look the address up; answer with [`Session::recipient_verdict`].
     VerifyRecipient(Address),
+    /// Say whether the sender's domain is served; answer with
+    /// [`Session::sender_verdict`], handing the MAIL command back.
+    VerifySender(MailFrom, Address),
     /// Check the credentials; answer with [`Session::auth_verdict`].
     Authenticate(Credentials),
     /// Send the 354 reply, call [`Session::begin_data`], then feed the input to
@@ -166,6 +178,15 @@ pub enum RecipientVerdict {
     Unavailable,
 }
 
+/// Where a MAIL FROM address lives, for the rule that binds senders to logins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SenderVerdict {
+    /// A domain the ring serves: only its owner, logged in, may send as it.
+    DomainServed,
+    /// Any other domain: mail from outside, which the ring cannot vouch for.
+    DomainNotServed,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AuthVerdict {
     Accepted(Address),
@@ -197,8 +218,9 @@ pub struct Session {
 
 impl Incoming {
     /// The trace headers, an added `Message-ID:` if the body has none, and the
-    /// body, without copying the body (see [`Incoming`]).
-    fn into_message(self) -> Bytes {
+    /// body without any `Authentication-Results` that claims to be ours, without
+    /// copying the body unless such a field has to go (see [`Incoming`]).
+    fn into_message(self, hostname: &str) -> Bytes {
         let Incoming {
             mut buffer,
             message_id_field,
@@ -206,6 +228,11 @@ impl Incoming {
             ..
         } = self;
         let room_bytes = message_id_field.len();
+        headers::remove_forged_authentication_results(
+            &mut buffer,
+            room_bytes + trace_bytes,
+            hostname,
+        );
         let body = &buffer[room_bytes + trace_bytes..];
         if headers::has_header(body, "Message-ID") {
             return buffer.freeze().slice(room_bytes..);
@@ -337,6 +364,19 @@ impl Session {
                         Step::Reply(reply::utf8_not_permitted()),
                     );
                 }
+                // The null reverse-path of bounces names nobody, so it needs no login.
+                if self.config.sender_login_match && !from.reverse_path.is_empty() {
+                    let Ok(address) = Address::parse(&from.reverse_path) else {
+                        return (
+                            Phase::Greeted { greeting },
+                            Step::Reply(reply::for_error(&SmtpError::BadAddress)),
+                        );
+                    };
+                    return (
+                        Phase::Greeted { greeting },
+                        Step::VerifySender(from, address),
+                    );
+                }
                 (
                     Phase::Mail { greeting, from },
                     Step::Reply(reply::sender_ok()),
@@ -431,6 +471,14 @@ impl Session {
     }
 
     fn start_auth(&mut self, greeting: Greeting, start: AuthStart) -> (Phase, Step) {
+        // Checked before the mechanism and any initial response are looked at, so
+        // a password sent in clear text off loopback is never even decoded.
+        if !self.auth_allowed() {
+            return (
+                Phase::Greeted { greeting },
+                Step::Reply(reply::encryption_required()),
+            );
+        }
         if self.authenticated.is_some() {
             return (
                 Phase::Greeted { greeting },
@@ -509,6 +557,35 @@ impl Session {
         match step {
             Step::Reply(reply) => self.answer(reply),
             other => other,
+        }
+    }
+
+    /// Accepts or refuses the MAIL command of [`Step::VerifySender`]: an address in
+    /// a served domain only from a session authenticated as that address.
+    pub fn sender_verdict(
+        &mut self,
+        from: MailFrom,
+        address: Address,
+        verdict: SenderVerdict,
+    ) -> Step {
+        let Phase::Greeted { greeting } = std::mem::replace(&mut self.phase, Phase::Moved) else {
+            panic!("sender verdict outside a MAIL command");
+        };
+        let reply = match (verdict, &self.authenticated) {
+            (SenderVerdict::DomainNotServed, _) => None,
+            (SenderVerdict::DomainServed, Some(login)) if *login == address => None,
+            (SenderVerdict::DomainServed, Some(_)) => Some(reply::sender_not_owned()),
+            (SenderVerdict::DomainServed, None) => Some(reply::sender_needs_login()),
+        };
+        match reply {
+            None => {
+                self.phase = Phase::Mail { greeting, from };
+                self.answer(reply::sender_ok())
+            }
+            Some(refusal) => {
+                self.phase = Phase::Greeted { greeting };
+                self.answer(refusal)
+            }
         }
     }
 
@@ -610,6 +687,10 @@ impl Session {
             single_recipient,
             date: &cm_types::date::rfc5322_date(arrival.unix_seconds),
         }));
+        trace.push_str(&headers::authentication_results(
+            hostname,
+            self.authenticated.as_ref().map(Address::as_str),
+        ));
         let unique = format!("{}.{:016x}", arrival.unix_seconds, arrival.nonce);
         let message_id_field = headers::message_id(&unique, hostname);
         let mut buffer = BytesMut::with_capacity(message_id_field.len() + trace.len());
@@ -656,7 +737,7 @@ impl Session {
             Ok(()) => Step::Deliver(Delivery {
                 reverse_path: from.reverse_path,
                 recipients,
-                message: incoming.into_message(),
+                message: incoming.into_message(&self.config.hostname),
             }),
             Err(error) => self.answer(reply::for_error(&error)),
         }
@@ -695,6 +776,12 @@ impl Session {
         Step::Reply(reply)
     }
 
+    /// Whether AUTH is offered and accepted now: under TLS, or on a connection
+    /// where plaintext is allowed.
+    fn auth_allowed(&self) -> bool {
+        self.tls_active || self.config.plaintext_allowed
+    }
+
     /// RFC 5321 §4.1.1.1, RFC 2920, RFC 1870, RFC 6152, RFC 6531, RFC 2034, RFC 4954, RFC 3207.
     fn ehlo_keywords(&self) -> Vec<String> {
         let mut keywords = vec![
@@ -703,8 +790,11 @@ impl Session {
             "8BITMIME".to_owned(),
             "SMTPUTF8".to_owned(),
             "ENHANCEDSTATUSCODES".to_owned(),
-            "AUTH PLAIN LOGIN".to_owned(),
         ];
+        // RFC 4954 §4: a mechanism that needs encryption is not advertised before it.
+        if self.auth_allowed() {
+            keywords.push("AUTH PLAIN LOGIN".to_owned());
+        }
         if self.config.tls_available && !self.tls_active {
             keywords.push("STARTTLS".to_owned());
         }

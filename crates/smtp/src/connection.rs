@@ -34,6 +34,8 @@ where
         hostname: config.hostname.clone(),
         limits: limits.clone(),
         tls_available: config.tls.is_some(),
+        plaintext_allowed: crate::plaintext_allowed(peer_ip),
+        sender_login_match: config.sender_login_match,
         peer_ip,
         session_id: session_id.to_owned(),
     });
@@ -160,6 +162,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<'_, S> {
                 Step::StartTls(reply) => {
                     self.queue(&reply);
                     return Flow::StartTls;
+                }
+                Step::VerifySender(from, sender) => {
+                    let verdict = verdicts::sender(self.mail, &sender);
+                    tracing::debug!(%sender, ?verdict, "sender");
+                    self.session.sender_verdict(from, sender, verdict)
                 }
                 Step::VerifyRecipient(recipient) => {
                     let verdict = verdicts::recipient(self.mail, &recipient).await;

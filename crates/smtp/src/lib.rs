@@ -18,7 +18,7 @@
 mod connection;
 mod verdicts;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -41,6 +41,13 @@ pub struct SmtpConfig {
     /// A failed AUTH is answered after [`cm_serve::auth_failure_delay`] of this
     /// step, so guessing passwords costs time while a typo costs little.
     pub auth_failure_delay: Duration,
+    /// A MAIL FROM address in a served domain needs a session authenticated as
+    /// that address (docs/DESIGN.md §10). `false` relaxes it, for operators whose
+    /// users submit through gateways that cannot log in as each sender.
+    pub sender_login_match: bool,
+    /// Connections one client address may hold at once, trusted networks exempt
+    /// (docs/DESIGN.md §10, "Budgets").
+    pub client_budget: cm_serve::ClientBudget,
 }
 
 impl Default for SmtpConfig {
@@ -50,6 +57,8 @@ impl Default for SmtpConfig {
             tls: None,
             limits: SmtpLimits::default(),
             auth_failure_delay: Duration::from_secs(1),
+            sender_login_match: true,
+            client_budget: cm_serve::ClientBudget::default(),
         }
     }
 }
@@ -61,6 +70,8 @@ impl std::fmt::Debug for SmtpConfig {
             .field("tls", &self.tls.is_some())
             .field("limits", &self.limits)
             .field("auth_failure_delay", &self.auth_failure_delay)
+            .field("sender_login_match", &self.sender_login_match)
+            .field("client_budget", &self.client_budget)
             .finish()
     }
 }
@@ -109,6 +120,14 @@ impl cm_serve::Shell for SmtpShell {
         cm_smtp_proto::reply::too_many_connections(&self.config.hostname).to_bytes()
     }
 
+    fn client_budget(&self) -> cm_serve::ClientBudget {
+        self.config.client_budget.clone()
+    }
+
+    fn client_refusal(&self) -> Vec<u8> {
+        cm_smtp_proto::reply::too_many_connections_from_client(&self.config.hostname).to_bytes()
+    }
+
     fn span(&self, session_id: &str, peer: SocketAddr) -> tracing::Span {
         tracing::info_span!("smtp.session", session_id, %peer)
     }
@@ -129,5 +148,32 @@ impl cm_serve::Shell for SmtpShell {
             shutdown,
         )
         .await
+    }
+}
+
+/// Whether AUTH may be offered and used before STARTTLS: on loopback the password
+/// never leaves the host (docs/DESIGN.md §10, as `cm_pop3::plaintext_allowed`).
+pub fn plaintext_allowed(peer: IpAddr) -> bool {
+    peer.to_canonical().is_loopback()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plaintext_only_on_loopback() {
+        let table: [(&str, bool); 6] = [
+            ("127.0.0.1", true),
+            ("127.3.4.5", true),
+            ("::1", true),
+            ("::ffff:127.0.0.1", true),
+            ("192.0.2.7", false),
+            ("::ffff:192.0.2.7", false),
+        ];
+        for (peer, allowed) in table {
+            let peer: IpAddr = peer.parse().unwrap();
+            assert_eq!(plaintext_allowed(peer), allowed, "{peer}");
+        }
     }
 }

@@ -2,7 +2,7 @@
 
 use cm_repl::{Mail, MailError};
 use cm_smtp_proto::sasl::Credentials;
-use cm_smtp_proto::{AuthVerdict, DeliveryVerdict, RecipientVerdict};
+use cm_smtp_proto::{AuthVerdict, DeliveryVerdict, RecipientVerdict, SenderVerdict};
 use cm_types::Address;
 
 /// No open relay: a domain the ring does not serve is refused before any lookup.
@@ -17,6 +17,17 @@ pub async fn recipient(mail: &Mail, recipient: &Address) -> RecipientVerdict {
             tracing::warn!(%error, "recipient lookup failed");
             RecipientVerdict::Unavailable
         }
+    }
+}
+
+/// Whether a sender's domain is one the ring serves, where the core binds the
+/// address to the login. No lookup: an unknown account in a served domain is
+/// bound all the same, so nobody can send as it.
+pub fn sender(mail: &Mail, sender: &Address) -> SenderVerdict {
+    if mail.serves_domain(sender.domain()) {
+        SenderVerdict::DomainServed
+    } else {
+        SenderVerdict::DomainNotServed
     }
 }
 

@@ -184,6 +184,11 @@ async fn start_with_limits(limits: SmtpLimits) -> Server {
 impl Server {
     /// A session over an in-memory stream, as if from 127.0.0.1, and its greeting.
     async fn duplex(&self) -> (Client, Reply) {
+        self.duplex_from(IpAddr::V4(Ipv4Addr::LOCALHOST)).await
+    }
+
+    /// A session over an in-memory stream, as if from `peer`, and its greeting.
+    async fn duplex_from(&self, peer: IpAddr) -> (Client, Reply) {
         let (client_side, server_side) = tokio::io::duplex(64 * 1024);
         let (config, mail, shutdown) = (
             self.config.clone(),
@@ -191,16 +196,9 @@ impl Server {
             self.shutdown.clone(),
         );
         tokio::spawn(async move {
-            let loopback = IpAddr::V4(Ipv4Addr::LOCALHOST);
-            let _ = cm_smtp::handle_connection(
-                server_side,
-                loopback,
-                "duplex",
-                &config,
-                &mail,
-                &shutdown,
-            )
-            .await;
+            let _ =
+                cm_smtp::handle_connection(server_side, peer, "duplex", &config, &mail, &shutdown)
+                    .await;
         });
         Client::greeted_by(client_side).await
     }
@@ -301,9 +299,10 @@ async fn delivers_to_several_recipients_byte_for_byte() {
 }
 
 /// Goal: the trace headers the session core adds name the peer, the session id
-/// the shell passed in, the single recipient and a Message-ID on our hostname,
-/// and the client's bytes follow them unchanged. Method: one delivery over an
-/// in-memory stream.
+/// the shell passed in, the single recipient, that nobody logged in
+/// (Authentication-Results, RFC 8601) and a Message-ID on our hostname, and the
+/// client's bytes follow them unchanged. Method: one delivery over an in-memory
+/// stream.
 #[tokio::test]
 async fn trace_headers_over_duplex() {
     let server = start(fast_config()).await;
@@ -331,11 +330,12 @@ async fn trace_headers_over_duplex() {
         lines[4].starts_with('\t') && lines[4].ends_with(" +0000"),
         "{trace}"
     );
+    assert_eq!(lines[5], "Authentication-Results: localhost; auth=none");
     assert!(
-        lines[5].starts_with("Message-ID: <") && lines[5].ends_with("@localhost>"),
+        lines[6].starts_with("Message-ID: <") && lines[6].ends_with("@localhost>"),
         "{trace}"
     );
-    assert_eq!(lines.len(), 7, "nothing else is added: {trace}");
+    assert_eq!(lines.len(), 8, "nothing else is added: {trace}");
 }
 
 /// Goal: PIPELINING (RFC 2920) — a whole transaction sent in one write gets its
@@ -344,7 +344,7 @@ async fn trace_headers_over_duplex() {
 async fn pipelined_transaction() {
     let server = start(fast_config()).await;
     let (mut client, _) = Client::connect(server.addr).await;
-    client.send(format!("EHLO p\r\nMAIL FROM:<{BOB}>\r\nRCPT TO:<{ALICE}>\r\nRCPT TO:<nobody@example.org>\r\nDATA\r\n").as_bytes()).await;
+    client.send(format!("EHLO p\r\nMAIL FROM:<x@y.net>\r\nRCPT TO:<{ALICE}>\r\nRCPT TO:<nobody@example.org>\r\nDATA\r\n").as_bytes()).await;
     let ehlo = client.reply().await;
     assert!(ehlo.lines.iter().any(|line| line == "PIPELINING"));
     assert!(ehlo.lines.iter().any(|line| line == "SIZE 26214400"));
@@ -574,7 +574,12 @@ async fn auth_failures_are_slowed_down() {
 }
 
 async fn tls_client(server: &Server, tls_dir: &std::path::Path) -> Client {
-    let mut client = greeted(server).await;
+    tls_client_from(server, tls_dir, IpAddr::V4(Ipv4Addr::LOCALHOST)).await
+}
+
+async fn tls_client_from(server: &Server, tls_dir: &std::path::Path, peer: IpAddr) -> Client {
+    let (client, greeting) = server.duplex_from(peer).await;
+    let mut client = after_ehlo(client, greeting).await;
     client.expect("STARTTLS", 220).await;
     assert!(client.buffer.is_empty());
     let tls = cm_serve::testing::connect_tls(tls_dir, client.stream).await;
@@ -613,6 +618,12 @@ async fn starttls_then_auth_plain() {
     let stored = server.stored(ALICE).await;
     let trace = split_trace(&stored[0], b"Subject: secure\r\n\r\nhello\r\n");
     assert!(trace.contains("with ESMTPSA"), "{trace}");
+    assert!(
+        trace.contains(
+            "Authentication-Results: localhost;\r\n\tauth=pass smtp.auth=bob@localhost\r\n"
+        ),
+        "{trace}"
+    );
 
     // The copy for the other domain is queued (docs/DESIGN.md §12), with the same
     // octets as the local one, from the authenticated sender.
@@ -625,6 +636,117 @@ async fn starttls_then_auth_plain() {
         due[0].1, stored[0],
         "the queued octets differ from the stored ones"
     );
+}
+
+/// A documentation address (RFC 5737): a peer that is not on loopback.
+const REMOTE_PEER: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7));
+
+/// Goal: from a peer that is not on loopback, AUTH is not advertised before
+/// STARTTLS and is refused with 538 5.7.11 (RFC 4954 §6) without authenticating,
+/// whatever the credentials; after STARTTLS the same client logs in. A loopback
+/// peer may still log in without TLS (`auth_failures_are_slowed_down`).
+#[tokio::test]
+async fn auth_off_loopback_needs_starttls() {
+    let (server, tls_dir) = start_with_tls().await;
+    let (mut client, greeting) = server.duplex_from(REMOTE_PEER).await;
+    assert_eq!(greeting.code, 220);
+    let ehlo = client.expect("EHLO far.test", 250).await;
+    assert!(
+        !ehlo.lines.iter().any(|line| line.starts_with("AUTH")),
+        "{:?}",
+        ehlo.lines
+    );
+    assert!(ehlo.lines.iter().any(|line| line == "STARTTLS"));
+    let plain = BASE64.encode(format!("\0{BOB}\0{PASSWORD}"));
+    let reply = client.expect(&format!("AUTH PLAIN {plain}"), 538).await;
+    assert_eq!(
+        reply.lines,
+        ["5.7.11 Encryption required for requested authentication mechanism"]
+    );
+    client.expect("AUTH LOGIN", 538).await;
+    // Not authenticated: relaying is still refused.
+    client.expect("MAIL FROM:<x@y.net>", 250).await;
+    client.expect("RCPT TO:<friend@elsewhere.net>", 550).await;
+    client.expect("QUIT", 221).await;
+
+    let mut client = tls_client_from(&server, tls_dir.path(), REMOTE_PEER).await;
+    let ehlo = client.expect("EHLO far.test", 250).await;
+    assert!(ehlo.lines.iter().any(|line| line == "AUTH PLAIN LOGIN"));
+    client.expect(&format!("AUTH PLAIN {plain}"), 235).await;
+}
+
+/// Goal: a MAIL FROM address in a served domain is accepted only from a session
+/// logged in as that address, with the reply text saying why (and, without a
+/// login, to log in); nothing is stored from a refused transaction; `<>` and
+/// other domains need no login; `sender_login_match = false` relaxes the rule.
+#[tokio::test]
+async fn senders_in_served_domains_need_their_login() {
+    let server = start(fast_config()).await;
+    let mut client = greeted(&server).await;
+    let reply = client.expect(&format!("MAIL FROM:<{ALICE}>"), 553).await;
+    assert_eq!(
+        reply.lines,
+        [
+            "5.7.1 Sender address rejected: not owned by the authenticated user; \
+          authenticate (AUTH) to send as this address"
+        ]
+    );
+    client.expect(&format!("RCPT TO:<{BOB}>"), 503).await;
+    client.expect("DATA", 503).await;
+    client.expect("MAIL FROM:<>", 250).await;
+    client.expect("RSET", 250).await;
+    client.expect("MAIL FROM:<x@y.net>", 250).await;
+    client.expect("RSET", 250).await;
+    let plain = BASE64.encode(format!("\0{BOB}\0{PASSWORD}"));
+    client.expect(&format!("AUTH PLAIN {plain}"), 235).await;
+    let reply = client.expect(&format!("MAIL FROM:<{ALICE}>"), 553).await;
+    assert_eq!(
+        reply.lines,
+        ["5.7.1 Sender address rejected: not owned by the authenticated user"]
+    );
+    client.expect(&format!("RCPT TO:<{ALICE}>"), 503).await;
+    server.assert_nothing_stored().await;
+    client.expect("MAIL FROM:<Bob@LOCALHOST>", 250).await;
+    client.expect(&format!("RCPT TO:<{ALICE}>"), 250).await;
+    client.expect("DATA", 354).await;
+    client.send(b"Subject: mine\r\n\r\nhi\r\n.\r\n").await;
+    assert_eq!(client.reply().await.code, 250);
+    assert_eq!(server.stored(ALICE).await.len(), 1);
+
+    let relaxed = start(SmtpConfig {
+        sender_login_match: false,
+        ..fast_config()
+    })
+    .await;
+    let mut client = greeted(&relaxed).await;
+    client.expect(&format!("MAIL FROM:<{ALICE}>"), 250).await;
+    client.expect(&format!("RCPT TO:<{BOB}>"), 250).await;
+}
+
+/// Goal: an Authentication-Results field a client forged in this node's name
+/// (RFC 8601 §5) is removed, whatever its case and folding, while one of another
+/// host and the rest of the message are kept byte for byte behind our own field.
+#[tokio::test]
+async fn forged_authentication_results_are_removed() {
+    let server = start(fast_config()).await;
+    let mut client = greeted(&server).await;
+    client.mail_to(ALICE).await;
+    client.expect("DATA", 354).await;
+    let kept = "Authentication-Results: mx.elsewhere.net; auth=pass smtp.auth=x@y.net\r\n\
+                Subject: claims\r\n\r\nAuthentication-Results: localhost; in the body\r\n";
+    let sent = format!(
+        "authentication-results: (trust me) LocalHost;\r\n\tauth=pass smtp.auth={ALICE}\r\n{kept}"
+    );
+    client
+        .send(&cm_smtp_proto::data::dot_stuff(sent.as_bytes()))
+        .await;
+    assert_eq!(client.reply().await.code, 250);
+    let stored = server.stored(ALICE).await;
+    let trace = split_trace(&stored[0], kept.as_bytes());
+    let lines: Vec<&str> = trace.split("\r\n").collect();
+    assert_eq!(lines[5], "Authentication-Results: localhost; auth=none");
+    assert!(lines[6].starts_with("Message-ID: <"), "{trace}");
+    assert_eq!(lines.len(), 8, "the forged field is gone: {trace}");
 }
 
 /// Goal: commands pipelined behind STARTTLS in clear text are dropped (RFC 3207 §4.2).
@@ -659,6 +781,39 @@ async fn connection_limit() {
     assert_eq!(refusal.code, 421);
     assert!(refusal.lines[0].starts_with("4.3.2"));
     assert!(second.is_closed().await);
+}
+
+/// Goal: one client address past its connection budget gets 421 4.7.0 and is
+/// closed, while another address is still greeted. Method: budget 2 with loopback
+/// not trusted, clients 127.0.0.2 and 127.0.0.3 over TCP.
+#[tokio::test]
+async fn client_connection_budget() {
+    let server = start(SmtpConfig {
+        client_budget: cm_serve::ClientBudget {
+            connections_per_client_max: 2,
+            trusted_networks: Vec::new(),
+        },
+        ..fast_config()
+    })
+    .await;
+    async fn connect_from(from: [u8; 4], addr: SocketAddr) -> (Client, Reply) {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(SocketAddr::from((from, 0))).unwrap();
+        Client::greeted_by(socket.connect(addr).await.unwrap()).await
+    }
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let (client, greeting) = connect_from([127, 0, 0, 2], server.addr).await;
+        assert_eq!(greeting.code, 220);
+        held.push(client);
+    }
+    let (mut over, refusal) = connect_from([127, 0, 0, 2], server.addr).await;
+    assert_eq!(refusal.code, 421);
+    assert!(refusal.lines[0].starts_with("4.7.0"), "{:?}", refusal.lines);
+    assert!(over.is_closed().await);
+    let (mut other, greeting) = connect_from([127, 0, 0, 3], server.addr).await;
+    assert_eq!(greeting.code, 220);
+    other.expect("EHLO other.test", 250).await;
 }
 
 /// Goal: shutdown says 421 to open sessions and `serve` returns once they closed.

@@ -8,17 +8,19 @@ fn config() -> SessionConfig {
         hostname: "mx.test".into(),
         limits: SmtpLimits::default(),
         tls_available: true,
+        plaintext_allowed: true,
+        sender_login_match: true,
         peer_ip: std::net::IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 7)),
         session_id: "s1".into(),
     }
 }
 
-/// A session under `limits` past EHLO and MAIL FROM:<a@example.org>, with the
+/// A session under `limits` past EHLO and MAIL FROM:<a@example.net>, with the
 /// recipients `local_parts` (at example.org) accepted.
 fn in_transaction(limits: SmtpLimits, local_parts: &[&str]) -> Session {
     let mut session = Session::new(SessionConfig { limits, ..config() });
     assert_eq!(say(&mut session, "EHLO client.test\r\n"), 250);
-    assert_eq!(say(&mut session, "MAIL FROM:<a@example.org>\r\n"), 250);
+    assert_eq!(say(&mut session, "MAIL FROM:<a@example.net>\r\n"), 250);
     for local_part in local_parts {
         let rcpt = format!("RCPT TO:<{local_part}@example.org>\r\n");
         assert_eq!(say(&mut session, &rcpt), 250, "{rcpt}");
@@ -47,8 +49,8 @@ fn send_message(session: &mut Session, wire: &[u8], split_idx: usize) -> Step {
 }
 
 /// Parses `line` and gives the session the command; answers the shell's questions
-/// with `accept` (recipients in domain "example.org" whose local part is not
-/// "nobody" exist) and returns the code of the reply the client would see.
+/// (the served domain is "example.org", where every local part but "nobody"
+/// exists) and returns the code of the reply the client would see.
 fn say(session: &mut Session, line: &str) -> u16 {
     let mut reader = CommandReader::new(session.limits());
     let mut input = line.as_bytes();
@@ -66,6 +68,14 @@ fn say(session: &mut Session, line: &str) -> u16 {
 
 fn resolve(session: &mut Session, step: Step) -> u16 {
     let step = match step {
+        Step::VerifySender(from, address) => {
+            let verdict = if address.domain() == "example.org" {
+                SenderVerdict::DomainServed
+            } else {
+                SenderVerdict::DomainNotServed
+            };
+            session.sender_verdict(from, address, verdict)
+        }
         Step::VerifyRecipient(address) => {
             let verdict = if address.domain() != "example.org" {
                 RecipientVerdict::DomainNotServed
@@ -103,7 +113,7 @@ fn scripted_conversations() {
         // The happy path, and RSET mid-transaction.
         &[
             ("EHLO c\r\n", 250),
-            ("MAIL FROM:<a@example.org>\r\n", 250),
+            ("MAIL FROM:<a@example.net>\r\n", 250),
             ("RCPT TO:<b@example.org>\r\n", 250),
             ("RSET\r\n", 250),
             ("RCPT TO:<b@example.org>\r\n", 503),
@@ -114,7 +124,7 @@ fn scripted_conversations() {
         ],
         // Order of commands.
         &[
-            ("MAIL FROM:<a@example.org>\r\n", 503),
+            ("MAIL FROM:<a@example.net>\r\n", 503),
             ("DATA\r\n", 503),
             ("NOOP\r\n", 250),
             ("HELO c\r\n", 250),
@@ -122,15 +132,15 @@ fn scripted_conversations() {
         ],
         &[
             ("EHLO c\r\n", 250),
-            ("MAIL FROM:<a@example.org>\r\n", 250),
-            ("MAIL FROM:<a@example.org>\r\n", 503),
+            ("MAIL FROM:<a@example.net>\r\n", 250),
+            ("MAIL FROM:<a@example.net>\r\n", 503),
             ("DATA\r\n", 554),
         ],
         // Policy.
         &[
             ("EHLO c\r\n", 250),
-            ("MAIL FROM:<a@example.org> SIZE=99999999999\r\n", 552),
-            ("MAIL FROM:<a@example.org> SIZE=1000\r\n", 250),
+            ("MAIL FROM:<a@example.net> SIZE=99999999999\r\n", 552),
+            ("MAIL FROM:<a@example.net> SIZE=1000\r\n", 250),
             ("RCPT TO:<nobody@example.org>\r\n", 550),
             ("RCPT TO:<b@elsewhere.net>\r\n", 550),
             ("RCPT TO:<bad address>\r\n", 553),
@@ -141,8 +151,8 @@ fn scripted_conversations() {
         ],
         &[
             ("EHLO c\r\n", 250),
-            ("MAIL FROM:<jürgen@example.org>\r\n", 553),
-            ("MAIL FROM:<jürgen@example.org> SMTPUTF8\r\n", 250),
+            ("MAIL FROM:<jürgen@example.net>\r\n", 553),
+            ("MAIL FROM:<jürgen@example.net> SMTPUTF8\r\n", 250),
             ("RCPT TO:<jürgen@example.org>\r\n", 250),
         ],
         // Authentication.
@@ -214,17 +224,20 @@ fn bad_commands_in_a_row_close_the_session() {
 }
 
 /// Goal: the core hands over the envelope and the message with its trace headers
-/// in front (RFC 5321 §4.4), adding a Message-ID only when the body has none,
-/// whatever the reads were. Method: the same transaction split at every offset,
-/// with and without a Message-ID.
+/// in front (RFC 5321 §4.4) and its own Authentication-Results (RFC 8601), adding
+/// a Message-ID only when the body has none and dropping an
+/// Authentication-Results forged in its name, whatever the reads were. Method:
+/// the same transaction split at every offset, with and without a Message-ID,
+/// with and without a forged field.
 #[test]
 fn data_end_hands_over_the_message_with_trace_headers() {
-    let trace = "Return-Path: <a@example.org>\r\n\
+    let trace = "Return-Path: <a@example.net>\r\n\
                  Received: from client.test ([192.0.2.7])\r\n\
                  \tby mx.test with UTF8SMTP id s1;\r\n\
-                 \tTue, 29 Feb 2000 00:00:00 +0000\r\n";
+                 \tTue, 29 Feb 2000 00:00:00 +0000\r\n\
+                 Authentication-Results: mx.test; auth=none\r\n";
     let added_id = "Message-ID: <951782400.0000000000000abc@mx.test>\r\n";
-    let table: [(&[u8], String); 2] = [
+    let table: [(&[u8], String); 3] = [
         (
             b"Subject: x\r\n\r\n.dot\r\n",
             format!("{trace}{added_id}Subject: x\r\n\r\n.dot\r\n"),
@@ -233,19 +246,24 @@ fn data_end_hands_over_the_message_with_trace_headers() {
             b"Message-ID: <mine@c>\r\n\r\nhi\r\n",
             format!("{trace}Message-ID: <mine@c>\r\n\r\nhi\r\n"),
         ),
+        (
+            b"Authentication-Results: mx.test;\r\n\tauth=pass smtp.auth=b@example.org\r\n\
+              Subject: forged\r\n\r\nhi\r\n",
+            format!("{trace}{added_id}Subject: forged\r\n\r\nhi\r\n"),
+        ),
     ];
     for (body, expected) in table {
         let wire = crate::data::dot_stuff(body);
         for split_idx in 0..=wire.len() {
             let mut session = Session::new(config());
             say(&mut session, "EHLO client.test\r\n");
-            say(&mut session, "MAIL FROM:<a@example.org> SMTPUTF8\r\n");
+            say(&mut session, "MAIL FROM:<a@example.net> SMTPUTF8\r\n");
             say(&mut session, "RCPT TO:<b@example.org>\r\n");
             say(&mut session, "RCPT TO:<c@example.org>\r\n");
             let Step::Deliver(delivery) = send_message(&mut session, &wire, split_idx) else {
                 panic!("deliver expected")
             };
-            assert_eq!(delivery.reverse_path, "a@example.org");
+            assert_eq!(delivery.reverse_path, "a@example.net");
             assert_eq!(
                 delivery.recipients,
                 [
@@ -308,12 +326,64 @@ fn starttls_forgets_ehlo_and_auth() {
     assert_eq!(say(&mut session, "STARTTLS\r\n"), 220);
     session.tls_started();
     assert!(session.authenticated().is_none());
-    assert_eq!(say(&mut session, "MAIL FROM:<a@example.org>\r\n"), 503);
+    assert_eq!(say(&mut session, "MAIL FROM:<a@example.net>\r\n"), 503);
     let Step::Reply(ehlo) = session.command(Ok(Command::Ehlo("c".into()))) else {
         panic!()
     };
     assert!(!ehlo.lines.iter().any(|line| line == "STARTTLS"));
     assert_eq!(say(&mut session, "STARTTLS\r\n"), 503);
+}
+
+/// The EHLO reply's keyword lines, without the greeting line.
+fn ehlo_keywords(session: &mut Session) -> Vec<String> {
+    let Step::Reply(ehlo) = session.command(Ok(Command::Ehlo("c".into()))) else {
+        panic!("EHLO is answered")
+    };
+    ehlo.lines[1..].to_vec()
+}
+
+/// Goal: off loopback, AUTH is neither advertised nor accepted before STARTTLS
+/// (538 5.7.11, RFC 4954 §6), and both are after it; the password sent too early
+/// authenticates nobody. Method: one session through STARTTLS.
+#[test]
+fn auth_needs_tls_where_plaintext_is_not_allowed() {
+    let mut session = Session::new(SessionConfig {
+        plaintext_allowed: false,
+        ..config()
+    });
+    let keywords = ehlo_keywords(&mut session);
+    assert!(
+        !keywords.iter().any(|keyword| keyword.starts_with("AUTH")),
+        "{keywords:?}"
+    );
+    assert!(keywords.iter().any(|keyword| keyword == "STARTTLS"));
+    let Step::Reply(refusal) = session.command(Ok(Command::Auth(AuthStart {
+        mechanism: Mechanism::Plain,
+        initial_response: Some("AGJAZXhhbXBsZS5vcmcAcmlnaHQ=".into()),
+    }))) else {
+        panic!("AUTH before STARTTLS is refused")
+    };
+    assert_eq!(
+        refusal.to_bytes(),
+        b"538 5.7.11 Encryption required for requested authentication mechanism\r\n"
+    );
+    for line in ["AUTH LOGIN\r\n", "AUTH CRAM-MD5\r\n"] {
+        assert_eq!(say(&mut session, line), 538, "{line:?}");
+    }
+    assert!(session.authenticated().is_none());
+    assert_eq!(session.input_mode(), InputMode::Command);
+    assert_eq!(say(&mut session, "STARTTLS\r\n"), 220);
+    session.tls_started();
+    let keywords = ehlo_keywords(&mut session);
+    assert!(keywords.iter().any(|keyword| keyword == "AUTH PLAIN LOGIN"));
+    assert_eq!(
+        say(&mut session, "AUTH PLAIN AGJAZXhhbXBsZS5vcmcAcmlnaHQ=\r\n"),
+        235
+    );
+    assert_eq!(
+        session.authenticated().map(Address::as_str),
+        Some("b@example.org")
+    );
 }
 
 #[test]
@@ -369,4 +439,115 @@ fn the_body_is_not_copied_at_the_end_of_data() {
         assert_eq!(message_start, expected_start, "{body:?}");
         assert!(delivery.message.ends_with(body));
     }
+}
+
+/// The reply to `line` (a command) with the shell's questions answered as in
+/// [`say`].
+fn reply_to(session: &mut Session, line: &str) -> Reply {
+    let mut reader = CommandReader::new(session.limits());
+    let step = session.command(
+        reader
+            .next_command(&mut line.as_bytes())
+            .expect("a whole line"),
+    );
+    match step {
+        Step::VerifySender(from, address) => {
+            let verdict = if address.domain() == "example.org" {
+                SenderVerdict::DomainServed
+            } else {
+                SenderVerdict::DomainNotServed
+            };
+            match session.sender_verdict(from, address, verdict) {
+                Step::Reply(reply) => reply,
+                other => panic!("sender verdict answered {other:?}"),
+            }
+        }
+        Step::Reply(reply) => reply,
+        other => panic!("unexpected step {other:?}"),
+    }
+}
+
+/// Goal: a MAIL FROM address in a served domain is accepted only from a session
+/// authenticated as that very address (docs/DESIGN.md §10); `<>` and other
+/// domains from anyone; a refused MAIL starts no transaction; the setting turns
+/// the rule off. Method: a table of (logged in as, sender, expected reply), each
+/// on a fresh session, then RCPT to see whether a transaction started.
+#[test]
+fn senders_in_served_domains_are_bound_to_the_login() {
+    let needs_login = "553 5.7.1 Sender address rejected: not owned by the authenticated user; \
+                       authenticate (AUTH) to send as this address\r\n";
+    let not_owned = "553 5.7.1 Sender address rejected: not owned by the authenticated user\r\n";
+    let sender_ok = "250 2.1.0 sender OK\r\n";
+    let table: [(Option<&str>, &str, &str); 8] = [
+        (None, "<b@example.org>", needs_login),
+        (None, "<>", sender_ok),
+        (None, "<b@example.net>", sender_ok),
+        (Some("b@example.org"), "<b@example.org>", sender_ok),
+        (Some("b@example.org"), "<B@Example.ORG> SIZE=10", sender_ok),
+        (Some("b@example.org"), "<c@example.org>", not_owned),
+        (Some("b@example.org"), "<>", sender_ok),
+        (Some("b@example.org"), "<c@example.net>", sender_ok),
+    ];
+    for (login, sender, expected) in table {
+        let mut session = Session::new(config());
+        say(&mut session, "EHLO c\r\n");
+        if let Some(login) = login {
+            let token = format!("\0{login}\0right");
+            let line = format!(
+                "AUTH PLAIN {}\r\n",
+                base64::Engine::encode(&base64::engine::general_purpose::STANDARD, token)
+            );
+            assert_eq!(say(&mut session, &line), 235);
+        }
+        let reply = reply_to(&mut session, &format!("MAIL FROM:{sender}\r\n"));
+        assert_eq!(
+            String::from_utf8(reply.to_bytes()).unwrap(),
+            expected,
+            "{login:?} {sender}"
+        );
+        let rcpt_expected = if reply.code == 250 { 250 } else { 503 };
+        assert_eq!(
+            say(&mut session, "RCPT TO:<b@example.org>\r\n"),
+            rcpt_expected,
+            "{login:?} {sender}: a refused MAIL starts no transaction"
+        );
+    }
+
+    let mut relaxed = Session::new(SessionConfig {
+        sender_login_match: false,
+        ..config()
+    });
+    say(&mut relaxed, "EHLO c\r\n");
+    assert_eq!(
+        reply_to(&mut relaxed, "MAIL FROM:<b@example.org>\r\n").code,
+        250
+    );
+}
+
+/// Goal: a session that logged in gets `auth=pass` with its login in
+/// Authentication-Results; one from another host stays. Method: one delivery
+/// after AUTH.
+#[test]
+fn authentication_results_name_the_login() {
+    let mut session = Session::new(config());
+    say(&mut session, "EHLO client.test\r\n");
+    say(&mut session, "AUTH PLAIN AGJAZXhhbXBsZS5vcmcAcmlnaHQ=\r\n");
+    say(&mut session, "MAIL FROM:<b@example.org>\r\n");
+    say(&mut session, "RCPT TO:<c@example.org>\r\n");
+    let body = b"Authentication-Results: other.test; auth=pass smtp.auth=x@y\r\n\r\nhi\r\n";
+    let Step::Deliver(delivery) = send_message(&mut session, &crate::data::dot_stuff(body), 0)
+    else {
+        panic!("deliver expected")
+    };
+    let message = String::from_utf8(delivery.message.to_vec()).unwrap();
+    assert!(
+        message.contains(
+            "+0000\r\nAuthentication-Results: mx.test;\r\n\tauth=pass smtp.auth=b@example.org\r\nMessage-ID: <"
+        ),
+        "{message}"
+    );
+    assert!(
+        message.ends_with(std::str::from_utf8(body).unwrap()),
+        "{message}"
+    );
 }
