@@ -193,6 +193,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<'_, S> {
     /// the others (only an authenticated session has those); 250 only when both are
     /// durable.
     async fn deliver(&self, delivery: Delivery) -> cm_smtp_proto::DeliveryVerdict {
+        let started = std::time::Instant::now();
         let n_recipients = delivery.recipients.len();
         let n_bytes = delivery.message.len();
         let (local, remote): (Vec<Address>, Vec<Address>) = delivery
@@ -213,11 +214,32 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<'_, S> {
         }
         .await;
         let verdict = verdicts::delivery(outcome);
-        tracing::debug!(
+        cm_types::metrics::SMTP_ACCEPT_SECONDS.observe_duration(started.elapsed());
+        let (outcome, queue_id) = match &verdict {
+            cm_smtp_proto::DeliveryVerdict::Stored { queue_id } => {
+                cm_types::metrics::SMTP_MESSAGES_ACCEPTED.increment();
+                ("stored", queue_id.as_str())
+            }
+            cm_smtp_proto::DeliveryVerdict::TemporaryFailure => {
+                cm_types::metrics::SMTP_MESSAGES_REFUSED.increment();
+                ("deferred", "")
+            }
+            cm_smtp_proto::DeliveryVerdict::PermanentFailure => {
+                cm_types::metrics::SMTP_MESSAGES_REFUSED.increment();
+                ("refused", "")
+            }
+        };
+        // One line per message in the shape operators grep for (Postfix's
+        // `queue_id: from=<...>, nrcpt=N, size=N`): envelope facts only, never the
+        // recipients' list, a header or a byte of the body.
+        tracing::info!(
+            queue_id,
+            sender = %delivery.reverse_path,
             n_recipients,
+            n_local = local.len(),
             n_remote = remote.len(),
             n_bytes,
-            ?verdict,
+            outcome,
             "delivery"
         );
         verdict
