@@ -47,6 +47,8 @@ def test_json_log_lines_parse_and_the_delivery_line_has_its_fields(make_node):
     assert line["outcome"] == "stored"
     assert line["sender"] == "bob@example.org"
     assert line["n_recipients"] == 2 and line["n_local"] == 2 and line["n_remote"] == 0
+    # --replicas 1: each recipient's copy is acknowledged by the one replica.
+    assert line["n_copies_acknowledged"] == 2
     # The trace headers come in front of what the client sent.
     assert line["n_bytes"] > len(message)
     assert len(line["queue_id"]) == 32 and int(line["queue_id"], 16) >= 0, line

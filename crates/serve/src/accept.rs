@@ -102,14 +102,9 @@ struct ConnectionsOpen(Option<&'static cm_types::metrics::Metric>);
 
 impl ConnectionsOpen {
     fn count(protocol: &str) -> ConnectionsOpen {
-        use cm_types::metrics;
-        // The loop knows protocols only by name; a shell without metrics (the
-        // tests' own) counts nowhere.
-        let (accepted, open) = match protocol {
-            "smtp" => (&metrics::SMTP_CONNECTIONS, &metrics::SMTP_CONNECTIONS_OPEN),
-            "pop3" => (&metrics::POP3_CONNECTIONS, &metrics::POP3_CONNECTIONS_OPEN),
-            "imap" => (&metrics::IMAP_CONNECTIONS, &metrics::IMAP_CONNECTIONS_OPEN),
-            _ => return ConnectionsOpen(None),
+        // A shell without metrics of its own (the tests') counts nowhere.
+        let Some((accepted, open)) = cm_types::metrics::connections(protocol) else {
+            return ConnectionsOpen(None);
         };
         accepted.increment();
         open.increment();

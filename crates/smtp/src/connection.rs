@@ -215,18 +215,24 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<'_, S> {
         .await;
         let verdict = verdicts::delivery(outcome);
         cm_types::metrics::SMTP_ACCEPT_SECONDS.observe_duration(started.elapsed());
-        let (outcome, queue_id) = match &verdict {
+        // The copies the 250 rests on: the write quorum returns as soon as `W`
+        // members have each write durable, for every local recipient's message
+        // and for the outbound entry of the remote ones. The other members get
+        // theirs moments later or by anti-entropy; a refusal rests on none.
+        let n_stored_items = local.len() + usize::from(!remote.is_empty());
+        let (outcome, queue_id, n_copies_acknowledged) = match &verdict {
             cm_smtp_proto::DeliveryVerdict::Stored { queue_id } => {
                 cm_types::metrics::SMTP_MESSAGES_ACCEPTED.increment();
-                ("stored", queue_id.as_str())
+                let n_copies = n_stored_items * self.mail.config().quorum();
+                ("stored", queue_id.as_str(), n_copies)
             }
             cm_smtp_proto::DeliveryVerdict::TemporaryFailure => {
                 cm_types::metrics::SMTP_MESSAGES_REFUSED.increment();
-                ("deferred", "")
+                ("deferred", "", 0)
             }
             cm_smtp_proto::DeliveryVerdict::PermanentFailure => {
                 cm_types::metrics::SMTP_MESSAGES_REFUSED.increment();
-                ("refused", "")
+                ("refused", "", 0)
             }
         };
         // One line per message in the shape operators grep for (Postfix's
@@ -240,6 +246,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<'_, S> {
             n_remote = remote.len(),
             n_bytes,
             outcome,
+            n_copies_acknowledged,
             "delivery"
         );
         verdict

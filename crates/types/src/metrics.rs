@@ -178,6 +178,18 @@ pub static IMAP_CONNECTIONS: Metric = Metric::counter(
     "IMAP connections accepted",
 );
 
+/// The counter of accepted connections and the gauge of open ones of a protocol,
+/// by the lower-case name its shell gives `cm-serve`'s accept loop, which knows no
+/// protocol of its own.
+pub fn connections(protocol: &str) -> Option<(&'static Metric, &'static Metric)> {
+    match protocol {
+        "smtp" => Some((&SMTP_CONNECTIONS, &SMTP_CONNECTIONS_OPEN)),
+        "pop3" => Some((&POP3_CONNECTIONS, &POP3_CONNECTIONS_OPEN)),
+        "imap" => Some((&IMAP_CONNECTIONS, &IMAP_CONNECTIONS_OPEN)),
+        _ => None,
+    }
+}
+
 /// Every metric above, in the order they are rendered.
 pub static ALL: &[&Metric] = &[
     &SMTP_CONNECTIONS,
