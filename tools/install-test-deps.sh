@@ -27,3 +27,7 @@ if [ ${#packages[@]} -gt 0 ]; then
 fi
 
 python3 -c 'import pytest' 2>/dev/null || python3 -m pip install --quiet 'pytest>=7,<9'
+# tests/test_metrics.py reads /metrics with the Prometheus reference client's parser.
+python3 -c 'import prometheus_client' 2>/dev/null || python3 -m pip install --quiet 'prometheus-client>=0.16,<1'
+# tests/test_deploy.py reads deploy/prometheus.yml.
+python3 -c 'import yaml' 2>/dev/null || python3 -m pip install --quiet 'pyyaml>=6,<7'

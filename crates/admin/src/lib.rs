@@ -286,7 +286,7 @@ async fn healthz(State(state): State<AppState>) -> (StatusCode, &'static str) {
 async fn metrics() -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        cm_types::metrics::render(cm_types::metrics::ALL),
+        cm_types::metrics::render_all(),
     )
 }
 

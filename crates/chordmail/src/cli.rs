@@ -97,6 +97,22 @@ pub struct NodeArgs {
     /// File holding the admin API token (default: DATA/admin.token, made on first start).
     #[arg(long)]
     pub admin_token_file: Option<PathBuf>,
+    /// Log lines on stderr as plain text (default) or one JSON object per line.
+    #[arg(long, value_enum)]
+    pub log_format: Option<LogFormat>,
+}
+
+/// How the node writes its log (`--log-format`, config key `log_format`).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// tracing's human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line for log shippers: `timestamp`, `level`, `target`,
+    /// the event's fields (`message` and the named ones) at the top level, and
+    /// `span` with the connection's `name`, `session_id` and `peer`.
+    Json,
 }
 
 #[derive(Debug, Args)]

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::cli::NodeArgs;
+use crate::cli::{LogFormat, NodeArgs};
 
 /// Service ports default to the ring port plus these offsets (docs/DESIGN.md §2), so that
 /// the seed's two commands (ring ports 5000 and 5002) run side by side on one host.
@@ -53,6 +53,7 @@ pub struct NodeConfig {
     pub smtp_sender_login_match: bool,
     /// The outbound queue's `[relay]` table (docs/DESIGN.md §12), validated.
     pub relay: cm_relay::RelayConfig,
+    pub log_format: LogFormat,
 }
 
 /// The `--config` file: the same options as the flags.
@@ -96,6 +97,8 @@ struct ConfigFile {
     smtp_sender_login_match: Option<bool>,
     /// Mail to other domains: routes, smarthost, retries (file only).
     relay: Option<cm_relay::RelayConfig>,
+    /// `"text"` or `"json"`, as `--log-format`.
+    log_format: Option<LogFormat>,
 }
 
 /// A configuration mistake: reported with exit status 2 (bad usage).
@@ -300,6 +303,7 @@ impl NodeConfig {
             tombstone_grace,
             smtp_sender_login_match: file.smtp_sender_login_match.unwrap_or(true),
             relay,
+            log_format: args.log_format.or(file.log_format).unwrap_or_default(),
         })
     }
 }
@@ -445,6 +449,41 @@ mod tests {
             (7000, 16, 2)
         );
         assert_eq!(merged.smtp.to_string(), "127.0.0.1:17000");
+    }
+
+    #[test]
+    fn log_format_comes_from_the_flag_then_the_file_then_text() {
+        assert_eq!(
+            NodeConfig::resolve(&args("127.0.0.1:5000"))
+                .unwrap()
+                .log_format,
+            LogFormat::Text
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.toml");
+        std::fs::write(&path, "addr = \"127.0.0.1:6000\"\nlog_format = \"json\"\n").unwrap();
+        let from_file = NodeArgs {
+            config: Some(path.clone()),
+            ..NodeArgs::default()
+        };
+        assert_eq!(
+            NodeConfig::resolve(&from_file).unwrap().log_format,
+            LogFormat::Json
+        );
+        let flag_wins = NodeArgs {
+            log_format: Some(LogFormat::Text),
+            ..from_file
+        };
+        assert_eq!(
+            NodeConfig::resolve(&flag_wins).unwrap().log_format,
+            LogFormat::Text
+        );
+        std::fs::write(&path, "addr = \"127.0.0.1:6000\"\nlog_format = \"xml\"\n").unwrap();
+        let refused = NodeConfig::resolve(&NodeArgs {
+            config: Some(path),
+            ..NodeArgs::default()
+        });
+        assert!(refused.unwrap_err().0.contains("log_format"));
     }
 
     #[test]

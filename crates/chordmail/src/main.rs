@@ -33,7 +33,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            init_tracing("info");
+            init_tracing("info", config.log_format);
             let prepared = match node::prepare(&config) {
                 Ok(prepared) => prepared,
                 Err(error) => {
@@ -108,13 +108,26 @@ fn run_async(work: impl std::future::Future<Output = anyhow::Result<()>>) -> any
 
 /// Logs to stderr; `RUST_LOG` filters (default `default_directive`). Only the binary
 /// installs a subscriber (ARCHITECTURE.md, invariants).
-fn init_tracing(default_directive: &str) {
+fn init_tracing(default_directive: &str, format: cli::LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_directive));
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(ansi)
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        cli::LogFormat::Text => {
+            let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+            builder.with_ansi(ansi).init();
+        }
+        // The event's fields at the top level and the innermost span (a
+        // connection's `session_id` and `peer`) under `span`: the names a log
+        // shipper's rules match, the same for every event. No span list: it would
+        // repeat the connection on every line without adding to it.
+        cli::LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .init(),
+    }
 }

@@ -110,7 +110,7 @@ pub fn run(args: RpcArgs) -> anyhow::Result<i32> {
         RpcCommand::Call(_) => "warn",
         RpcCommand::Serve(_) => "info",
     };
-    crate::init_tracing(default_level);
+    crate::init_tracing(default_level, crate::cli::LogFormat::Text);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -28,7 +28,9 @@ pub async fn answer(
     request: Request<MessageId>,
 ) -> Answer<MessageId> {
     if let Request::Login { user, password } = request {
+        let started = std::time::Instant::now();
         let outcome = login(mail, &user, &password.0).await;
+        cm_types::metrics::IMAP_LOGIN_SECONDS.observe_duration(started.elapsed());
         if let Ok(address) = &outcome {
             account.address = Some(address.clone());
         }

@@ -110,8 +110,14 @@ impl RingHandle {
 
     /// The successor of `key` (the node responsible for it), routing around dead nodes.
     pub async fn lookup(&self, key: u64) -> Result<LookupResult, LookupError> {
+        let started = std::time::Instant::now();
         let lookup = self.shared.node().start_lookup(key);
-        self.shared.drive(lookup).await
+        let outcome = self.shared.drive(lookup).await;
+        cm_types::metrics::RING_LOOKUP_SECONDS.observe_duration(started.elapsed());
+        if let Ok(found) = &outcome {
+            cm_types::metrics::RING_LOOKUP_HOPS.observe(u64::from(found.hops));
+        }
+        outcome
     }
 
     /// The ring walked along successors from this node, each node once, in order.

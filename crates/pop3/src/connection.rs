@@ -97,7 +97,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<'_, S> {
                     }
                     Step::Login { user, password } => {
                         tracing::debug!(%user, "login");
-                        let response = match verdicts::login(self.mail, &user, &password.0).await {
+                        let started = std::time::Instant::now();
+                        let verdict = verdicts::login(self.mail, &user, &password.0).await;
+                        // Measured before the failure delay: the metric is the
+                        // service's latency, not the deliberate pause.
+                        cm_types::metrics::POP3_LOGIN_SECONDS.observe_duration(started.elapsed());
+                        let response = match verdict {
                             Ok((lock, listing)) => session.login_succeeded(lock, listing),
                             Err(failure) => {
                                 if failure == LoginFailure::BadCredentials {

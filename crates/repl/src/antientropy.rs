@@ -94,6 +94,8 @@ pub async fn run(
                     (_, Some(_)) => {}
                 }
                 metrics::ANTI_ENTROPY_ROUNDS.increment();
+                metrics::ANTI_ENTROPY_ROUND_SECONDS.observe_duration(round_started.elapsed());
+                metrics::ANTI_ENTROPY_ROUND_REPAIRED_ITEMS.observe(outcome.n_repaired as u64);
                 metrics::ADDRESSES_OUT_OF_SYNC.set(outcome.n_differing as u64);
                 if outcome.n_repaired > 0 {
                     tracing::info!(

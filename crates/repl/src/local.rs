@@ -218,6 +218,7 @@ impl LocalReplica {
         if writes.is_empty() {
             return Ok(());
         }
+        let started = std::time::Instant::now();
         let (sender, receiver) = tokio::sync::oneshot::channel();
         let touched: Vec<(Address, FolderId)> = writes
             .iter()
@@ -226,7 +227,9 @@ impl LocalReplica {
         self.committer.submit(writes, move |outcome| {
             let _ = sender.send(outcome);
         });
-        match receiver.await {
+        let outcome = receiver.await;
+        cm_types::metrics::REPLICA_LOCAL_WRITE_SECONDS.observe_duration(started.elapsed());
+        match outcome {
             Ok(Ok(())) => {
                 for (address, folder) in &touched {
                     self.watchers.changed(address, *folder);

@@ -112,11 +112,15 @@ impl Replica for RemoteReplica {
     async fn apply(&self, writes: &[Write]) -> Result<(), MailError> {
         let batch = writes_to_pb(writes);
         metrics::REPLICA_WRITES_SENT.add(writes.len() as u64);
-        self.call("apply", REPLICA_CALL_TIMEOUT, |mut client| async move {
-            client.apply(batch).await
-        })
-        .await
-        .map(|_| ())
+        let started = std::time::Instant::now();
+        let outcome = self
+            .call("apply", REPLICA_CALL_TIMEOUT, |mut client| async move {
+                client.apply(batch).await
+            })
+            .await;
+        // Failures and timeouts count too: a peer that stalls is what this shows.
+        metrics::REPLICA_REMOTE_WRITE_SECONDS.observe_duration(started.elapsed());
+        outcome.map(|_| ())
     }
 
     async fn account(

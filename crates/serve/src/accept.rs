@@ -104,10 +104,12 @@ pub async fn serve<S: Shell>(listener: TcpListener, shell: Arc<S>, shutdown: Can
         let (shell, shutdown) = (shell.clone(), shutdown.clone());
         let session_id = format!("{:016x}", rand::random::<u64>());
         let span = shell.span(&session_id, peer);
+        let open = ConnectionsOpen::count(S::PROTOCOL);
         tokio::spawn(
             async move {
                 let _permit = permit;
                 let _client_slot = client_slot;
+                let _open = open;
                 tracing::debug!("connected");
                 match shell.handle(stream, peer, &session_id, &shutdown).await {
                     Ok(()) => tracing::debug!("disconnected"),
@@ -123,6 +125,31 @@ pub async fn serve<S: Shell>(listener: TcpListener, shell: Arc<S>, shutdown: Can
     );
     let n_permits = u32::try_from(n_connections_max).expect("connection limit fits in u32");
     let _all_closed = permits.acquire_many(n_permits).await;
+}
+
+/// One connection in the `chordmail_{protocol}_connections_*` metrics: counted
+/// when accepted, and open until dropped, so that a session ending by error or
+/// panic leaves the gauge as surely as one ending by QUIT.
+struct ConnectionsOpen(Option<&'static cm_types::metrics::Metric>);
+
+impl ConnectionsOpen {
+    fn count(protocol: &str) -> ConnectionsOpen {
+        // A shell without metrics of its own (the tests') counts nowhere.
+        let Some((accepted, open)) = cm_types::metrics::connections(protocol) else {
+            return ConnectionsOpen(None);
+        };
+        accepted.increment();
+        open.increment();
+        ConnectionsOpen(Some(open))
+    }
+}
+
+impl Drop for ConnectionsOpen {
+    fn drop(&mut self) {
+        if let Some(open) = self.0 {
+            open.decrement();
+        }
+    }
 }
 
 /// RFC 5321 §3.1 and RFC 2449 §8.1.2 both let a server refuse at connection time.
@@ -360,5 +387,28 @@ mod tests {
             TcpStream::connect(addr).await.is_err(),
             "the listener is closed once serve returned"
         );
+    }
+}
+
+#[cfg(test)]
+mod connections_open_tests {
+    use super::*;
+
+    /// The only test in this crate that counts under a real protocol's name, so
+    /// nothing else moves these statics while it runs.
+    #[test]
+    fn a_connection_is_open_until_dropped() {
+        use cm_types::metrics::{IMAP_CONNECTIONS, IMAP_CONNECTIONS_OPEN};
+        let (accepted_before, open_before) = (IMAP_CONNECTIONS.get(), IMAP_CONNECTIONS_OPEN.get());
+        let first = ConnectionsOpen::count("imap");
+        let second = ConnectionsOpen::count("imap");
+        assert_eq!(IMAP_CONNECTIONS_OPEN.get(), open_before + 2);
+        drop(first);
+        assert_eq!(IMAP_CONNECTIONS_OPEN.get(), open_before + 1);
+        drop(second);
+        assert_eq!(IMAP_CONNECTIONS_OPEN.get(), open_before);
+        assert_eq!(IMAP_CONNECTIONS.get(), accepted_before + 2);
+        let unknown = ConnectionsOpen::count("test");
+        assert!(unknown.0.is_none());
     }
 }

@@ -74,18 +74,24 @@ fn run(store: &Store, receiver: &Receiver<Request>) {
             .iter()
             .flat_map(|request| request.writes.iter().cloned())
             .collect();
+        let started = std::time::Instant::now();
         let outcome = store
             .apply(&writes)
             .map_err(|error: StoreError| error.to_string());
+        cm_types::metrics::STORE_COMMIT_SECONDS.observe_duration(started.elapsed());
+        cm_types::metrics::STORE_COMMIT_BATCH_WRITES.observe(writes.len() as u64);
         cm_types::metrics::STORE_COMMITS.increment();
         cm_types::metrics::STORE_WRITES.add(writes.len() as u64);
         if outcome.is_err() && batch.len() > 1 {
             // One request's refusal (a folder over its size limit) must not fail
             // the others folded into its transaction: each is tried on its own.
             for request in batch {
+                let started = std::time::Instant::now();
                 let outcome = store
                     .apply(&request.writes)
                     .map_err(|error: StoreError| error.to_string());
+                cm_types::metrics::STORE_COMMIT_SECONDS.observe_duration(started.elapsed());
+                cm_types::metrics::STORE_COMMIT_BATCH_WRITES.observe(request.writes.len() as u64);
                 cm_types::metrics::STORE_COMMITS.increment();
                 (request.done)(outcome);
             }
