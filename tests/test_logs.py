@@ -34,7 +34,7 @@ def test_json_log_lines_parse_and_the_delivery_line_has_its_fields(make_node):
     node.add_user(CAROL, PASSWORD)
     message = f"Subject: logs\r\nMessage-ID: <logs@test>\r\n\r\n{BODY_MARKER}\r\n".encode()
     with smtplib.SMTP("127.0.0.1", node.smtp_port, timeout=30) as smtp:
-        smtp.sendmail("bob@example.org", [ALICE, CAROL], message)
+        smtp.sendmail("bob@elsewhere.test", [ALICE, CAROL], message)
 
     def delivery_lines():
         return [r for r in log_records(node) if r.get("message") == "delivery"]
@@ -45,7 +45,7 @@ def test_json_log_lines_parse_and_the_delivery_line_has_its_fields(make_node):
     (line,) = delivery_lines()
     assert line["level"] == "INFO"
     assert line["outcome"] == "stored"
-    assert line["sender"] == "bob@example.org"
+    assert line["sender"] == "bob@elsewhere.test"
     assert line["n_recipients"] == 2 and line["n_local"] == 2 and line["n_remote"] == 0
     # --replicas 1: each recipient's copy is acknowledged by the one replica.
     assert line["n_copies_acknowledged"] == 2

@@ -71,7 +71,7 @@ def test_histograms_are_exported_and_move_with_traffic(node):
     node.add_user(ALICE, PASSWORD)
 
     with smtplib.SMTP("127.0.0.1", node.smtp_port, timeout=30) as smtp:
-        smtp.sendmail("bob@example.org", [ALICE], b"Subject: m\r\n\r\nhello\r\n")
+        smtp.sendmail("bob@elsewhere.test", [ALICE], b"Subject: m\r\n\r\nhello\r\n")
     imap = imaplib.IMAP4("127.0.0.1", node.imap_port, timeout=30)
     imap.login(ALICE, PASSWORD)
     pop = poplib.POP3("127.0.0.1", node.pop3_port, timeout=30)
