@@ -26,12 +26,11 @@ use cm_model::{
 };
 use cm_ring::NodeRef;
 use cm_store::Write;
-use cm_types::{Address, metrics};
+use cm_types::Address;
 
 use crate::lease::{LeaseScope, SharedHolders, release_everywhere};
-use crate::quorum::Fanout;
 use crate::replica::ReadFor;
-use crate::{Mail, MailError, READ_STRAGGLER_GRACE, now_ms};
+use crate::{Mail, MailError, now_ms};
 
 /// How long a replica tells a node of writes to a folder after its last
 /// subscription (IDLE across the ring): a node that stopped idling, or crashed,
@@ -179,21 +178,9 @@ impl Mail {
     /// at least); members that lack records get the merge (read repair).
     pub async fn folders(&self, address: &Address) -> Result<Folders, MailError> {
         let key = self.key(address);
-        let set = self.replica_set(key).await?;
-        let target = address.clone();
-        let fanout = Fanout::Everyone {
-            grace: READ_STRAGGLER_GRACE,
-        };
         let answers = self
-            .quorum(set, "read folders", fanout, move |mail, node| {
-                let address = target.clone();
-                async move {
-                    let folders = mail
-                        .member(&node)
-                        .folders(&address, ReadFor::Client)
-                        .await?;
-                    Ok((node, folders))
-                }
+            .read_every_member(address, "read folders", |member, address| async move {
+                member.folders(&address, ReadFor::Client).await
             })
             .await?;
         let mut merged = Folders::default();
@@ -300,22 +287,9 @@ impl Mail {
         address: &Address,
         folder: FolderId,
     ) -> Result<FolderState, MailError> {
-        let key = self.key(address);
-        let set = self.replica_set(key).await?;
-        let target = address.clone();
-        let fanout = Fanout::Everyone {
-            grace: READ_STRAGGLER_GRACE,
-        };
         let answers = self
-            .quorum(set, "read folder", fanout, move |mail, node| {
-                let address = target.clone();
-                async move {
-                    let state = mail
-                        .member(&node)
-                        .folder(&address, folder, ReadFor::Client)
-                        .await?;
-                    Ok((node, state))
-                }
+            .read_every_member(address, "read folder", move |member, address| async move {
+                member.folder(&address, folder, ReadFor::Client).await
             })
             .await?;
         let mut merged = FolderState::default();
@@ -378,18 +352,6 @@ impl Mail {
             });
         }
         writes
-    }
-
-    /// Applies `writes` to the member on `node` in the background.
-    fn repair(&self, node: NodeRef, writes: Vec<Write>) {
-        let member = self.member(&node);
-        tokio::spawn(async move {
-            let n_writes = writes.len() as u64;
-            match member.apply(&writes).await {
-                Ok(()) => metrics::READ_REPAIRS.add(n_writes),
-                Err(error) => tracing::debug!(member = %node.addr, %error, "read repair failed"),
-            }
-        });
     }
 
     /// The folder's state with every visible message numbered: when some have no

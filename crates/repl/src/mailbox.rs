@@ -7,12 +7,10 @@ use std::collections::BTreeMap;
 use bytes::Bytes;
 use cm_model::{Mailbox, MessageId};
 use cm_store::Write;
-use cm_types::metrics;
 use cm_types::{Address, RingKey};
 
-use crate::quorum::Fanout;
 use crate::replica::ReadFor;
-use crate::{Mail, MailError, MaildropLock, MessageInfo, READ_STRAGGLER_GRACE, now_ms};
+use crate::{Mail, MailError, MaildropLock, MessageInfo, now_ms};
 
 impl Mail {
     /// Stores one copy of `message` per recipient, each under its own id, and
@@ -59,28 +57,16 @@ impl Mail {
     /// them at once (read repair) instead of at the next anti-entropy round.
     async fn read_mailbox(&self, address: &Address) -> Result<Mailbox, MailError> {
         let key = self.key(address);
-        let set = self.replica_set(key).await?;
-        let target = address.clone();
-        let fanout = Fanout::Everyone {
-            grace: READ_STRAGGLER_GRACE,
-        };
         let answers = self
-            .quorum(set, "read mailbox", fanout, move |mail, node| {
-                let address = target.clone();
-                async move {
-                    let mailbox = mail
-                        .member(&node)
-                        .mailbox(&address, ReadFor::Client)
-                        .await?;
-                    Ok((node, mailbox))
-                }
+            .read_every_member(address, "read mailbox", |member, address| async move {
+                member.mailbox(&address, ReadFor::Client).await
             })
             .await?;
         let mut merged = Mailbox::default();
         for (_, answer) in &answers {
             merged.merge(answer);
         }
-        for (node, answer) in &answers {
+        for (node, answer) in answers {
             let missing: Vec<Write> = merged
                 .tombstones
                 .iter()
@@ -92,18 +78,9 @@ impl Mail {
                     deleted_ms: *deleted_ms,
                 })
                 .collect();
-            if missing.is_empty() {
-                continue;
+            if !missing.is_empty() {
+                self.repair(node, missing);
             }
-            let member = self.member(node);
-            let addr = node.addr.clone();
-            tokio::spawn(async move {
-                let n_writes = missing.len() as u64;
-                match member.apply(&missing).await {
-                    Ok(()) => metrics::READ_REPAIRS.add(n_writes),
-                    Err(error) => tracing::debug!(member = %addr, %error, "read repair failed"),
-                }
-            });
         }
         Ok(merged)
     }

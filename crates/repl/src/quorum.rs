@@ -4,10 +4,14 @@
 use std::future::Future;
 use std::time::Duration;
 
-use cm_ring::NodeRef;
-use cm_types::metrics;
+use std::sync::Arc;
 
-use crate::{Mail, MailError};
+use cm_ring::NodeRef;
+use cm_store::Write;
+use cm_types::{Address, metrics};
+
+use crate::replica::Replica;
+use crate::{Mail, MailError, READ_STRAGGLER_GRACE};
 
 /// Which members a quorum call asks, and when it returns.
 #[derive(Clone, Copy, Debug)]
@@ -168,5 +172,48 @@ impl Mail {
         })
         .await
         .map(|_| ())
+    }
+}
+
+impl Mail {
+    /// Reads `what` of `address` from every member of its replica set that answers,
+    /// `R` at least; members slower than the `R`-th get [`READ_STRAGGLER_GRACE`]
+    /// more. Asking all of them matters when the set has just changed: a write that
+    /// reached `W` members of an older set may sit on one member of the current set
+    /// only. Returns each answer with the node that gave it, for read repair.
+    pub(crate) async fn read_every_member<T, F, Fut>(
+        &self,
+        address: &Address,
+        what: &str,
+        read: F,
+    ) -> Result<Vec<(NodeRef, T)>, MailError>
+    where
+        T: Send + 'static,
+        F: Fn(Arc<dyn Replica>, Address) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<T, MailError>> + Send + 'static,
+    {
+        let set = self.replica_set(self.key(address)).await?;
+        let (target, read) = (address.clone(), Arc::new(read));
+        let fanout = Fanout::Everyone {
+            grace: READ_STRAGGLER_GRACE,
+        };
+        self.quorum(set, what, fanout, move |mail, node| {
+            let answer = read(mail.member(&node), target.clone());
+            async move { Ok((node, answer.await?)) }
+        })
+        .await
+    }
+
+    /// Copies `writes` to the member on `node` in the background (read repair): a
+    /// failure only leaves the difference to the next anti-entropy round.
+    pub(crate) fn repair(&self, node: NodeRef, writes: Vec<Write>) {
+        let member = self.member(&node);
+        tokio::spawn(async move {
+            let n_writes = writes.len() as u64;
+            match member.apply(&writes).await {
+                Ok(()) => metrics::READ_REPAIRS.add(n_writes),
+                Err(error) => tracing::debug!(member = %node.addr, %error, "read repair failed"),
+            }
+        });
     }
 }
